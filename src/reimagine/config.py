@@ -1,0 +1,103 @@
+"""Settings: the only place that reads the environment. Built once (CLI or tests) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of `serve`, `worker`, `keys` and `generate`; env `REIMAGINE_<FIELD>`, flag `--<field-with-dashes>`."""
+
+    model_config = SettingsConfigDict(env_prefix="REIMAGINE_", extra="ignore", validate_default=True)
+
+    # --- network -------------------------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS (the Python fal client needs it).")
+    tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
+    public_base_url: str = Field(
+        "", description="Base URL put in returned links; empty: the request's scheme and Host (X-Forwarded-* honoured)."
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed to call the API ('*').")
+
+    # --- state ---------------------------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./reimagine-data"), description="Directory for the database, files and keys.")
+    database_url: str = Field("", description="sqlite:///path or postgresql://...; empty: SQLite in the data dir.")
+    storage: Literal["local", "s3"] = Field("local", description="Where files live.")
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint; empty: AWS.")
+    s3_bucket: str = Field("", description="S3 bucket for files.")
+    s3_prefix: str = Field("reimagine/", description="Key prefix inside the bucket.")
+    s3_presign: bool = Field(False, description="Return presigned S3 URLs instead of proxying files through the API.")
+    result_retention_s: int = Field(7 * 24 * 3600, ge=60, description="How long results and files are kept.")
+
+    # --- model ---------------------------------------------------------------------------------------------------
+    model: str = Field("briaai/BRIA-3.2", description="'tiny', a Hugging Face id or a local folder.")
+    controlnet: str = Field("briaai/BRIA-3.2-ControlNet-Union", description="ControlNet-Union id or folder.")
+    depth_model: str = Field("depth-anything/Depth-Anything-V2-Small-hf", description="Depth estimator id or folder.")
+    offline: bool = Field(False, description="Never download weights (like HF_HUB_OFFLINE=1).")
+    device: str = Field("", description="Torch device of a worker; empty: cuda:0 when present, else cpu.")
+    cpu_offload: bool = Field(False, description="Offload idle components to CPU (smaller GPUs, slower).")
+    fast: bool = Field(True, description="Lossless fast path on CUDA (bf16, fused QKV, compile per aspect bucket).")
+    fp8: bool = Field(False, description="Lossy: FP8 linears in the transformer and ControlNet (torchao).")
+    step_cache: float = Field(0.0, ge=0.0, description="Lossy: First-Block-Cache threshold; 0 disables it.")
+    prompt_enhancer: str = Field(
+        "off", description="Prompt rewrite backend: 'off', 'local:<hf id or dir>' or 'openai:<base url>'."
+    )
+    prompt_enhancer_model: str = Field("", description="Model name sent to an OpenAI-compatible enhancer.")
+
+    # --- workers -------------------------------------------------------------------------------------------------
+    workers: int = Field(-1, ge=-1, description="Worker processes spawned by serve; -1: one per GPU (one on CPU).")
+    lease_s: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeats.")
+    heartbeat_s: float = Field(10.0, gt=0, description="How often a worker renews its lease.")
+    max_attempts: int = Field(3, ge=1, description="Worker deaths a job may cause before it is 'poisoned'.")
+    preview_interval_s: float = Field(0.5, ge=0, description="Minimum seconds between stored low-res previews.")
+
+    # --- inputs and limits ----------------------------------------------------------------------------------------
+    strict_inputs: bool = Field(False, description="Reject unknown input fields with 422 instead of ignoring them.")
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Fetcher allow-list for on-prem use: hosts, IPs or CIDRs admitted despite being private.",
+    )
+    fetch_max_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest remote image or upload fetched.")
+    fetch_timeout_s: float = Field(20.0, gt=0, description="Total time allowed for one remote fetch.")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="Decoded image pixel cap (decompression bombs).")
+    max_upload_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="Largest file accepted by the storage API.")
+    max_queue_depth: int = Field(1000, ge=1, description="Queued jobs beyond which submits get 429.")
+    submit_rate_per_min: int = Field(600, ge=0, description="Submits per minute per key; 0 disables the limit.")
+    sync_timeout_s: float = Field(600.0, gt=0, description="How long a sync run waits for its result.")
+
+    # --- webhooks ------------------------------------------------------------------------------------------------
+    webhook_max_attempts: int = Field(11, ge=1, description="First delivery plus retries (fal: 10 retries).")
+    webhook_window_s: float = Field(7200.0, gt=0, description="Retries spread over this window, with jitter.")
+    webhook_timeout_s: float = Field(15.0, gt=0, description="Per-attempt timeout of a webhook POST.")
+    webhook_user_id: str = Field("reimagine", description="Sent as X-Fal-Webhook-User-Id.")
+
+    # --- auth ----------------------------------------------------------------------------------------------------
+    auth: bool = Field(True, description="Require `Authorization: Key ...` on the API.")
+
+    # --- logging -------------------------------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Python log level.")
+    log_json: bool = Field(False, description="Log JSON lines instead of text.")
+
+    @field_validator("cors_origins", "allow_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'reimagine.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model == "tiny"

@@ -1,0 +1,63 @@
+"""The seam between the service and the model: what a `generate` callable takes and returns. No torch here.
+
+The worker decodes the request's images (fetcher, pixel cap) and calls
+`generate(inputs, controls, hooks) -> Generated`. The real implementation is
+`functools.partial(reimagine.worker.pipeline.generate, pipe)`; tests pass a fake with the same signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from PIL import Image
+
+from reimagine.schemas import ReimagineInput
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The structure images of a request as decoded from their URLs; `None` when the field was empty."""
+
+    depth: Image.Image | None = None
+    canny: Image.Image | None = None
+
+
+class Hooks(Protocol):
+    """Callbacks `generate` calls; they never raise, except `check_cancelled`."""
+
+    def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
+        """After denoising step `step` (1-based) of `total`; `preview` is a low-res decode of the latents, if cheap."""
+
+    def check_cancelled(self) -> None:
+        """Raise `reimagine.errors.JobCancelled` if the job was cancelled; called at every step boundary."""
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        """A line for the request's logs (fal `logs`)."""
+
+
+@dataclass
+class Generated:
+    """What `generate` returns: the image plus the maps it derived (kept as files of the request)."""
+
+    image: Image.Image
+    maps: dict[str, Image.Image] = field(default_factory=dict)
+    prompt: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Generate(Protocol):
+    def __call__(self, inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated: ...
+
+
+class NullHooks:
+    """Hooks that do nothing: the CLI and tests that do not watch progress."""
+
+    def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
+        return None
+
+    def check_cancelled(self) -> None:
+        return None
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        return None

@@ -1,0 +1,153 @@
+"""Wire schemas of `bria/reimagine/3.2`: one typed input drives validation, OpenAPI, the playground form and the CLI."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Bria's recommended negative prompt (BRIA-3.2 README), fal's default.
+DEFAULT_NEGATIVE_PROMPT = (
+    "Logo,Watermark,Ugly,Morbid,Extra fingers,Poorly drawn hands,Mutation,Blurry,Extra limbs,Gross proportions,"
+    "Missing arms,Mutated hands,Long neck,Duplicate,Mutilated,Mutilated hands,Poorly drawn face,Deformed,Bad anatomy,"
+    "Cloned face,Malformed limbs,Missing legs,Too many fingers"
+)
+
+
+class AspectRatio(StrEnum):
+    SQUARE = "1:1"
+    PORTRAIT_2_3 = "2:3"
+    LANDSCAPE_3_2 = "3:2"
+    PORTRAIT_3_4 = "3:4"
+    LANDSCAPE_4_3 = "4:3"
+    PORTRAIT_4_5 = "4:5"
+    LANDSCAPE_5_4 = "5:4"
+    PORTRAIT_9_16 = "9:16"
+    LANDSCAPE_16_9 = "16:9"
+
+
+#: Output size (width, height) per ratio: the SDXL buckets third-party Bria 3.2 hosts use (bria-model.md §3).
+#: All multiples of 16 (one latent token per 16x16 px), about one megapixel. The only copy of this table.
+SIZES: dict[AspectRatio, tuple[int, int]] = {
+    AspectRatio.SQUARE: (1024, 1024),
+    AspectRatio.PORTRAIT_2_3: (832, 1216),
+    AspectRatio.LANDSCAPE_3_2: (1216, 832),
+    AspectRatio.PORTRAIT_3_4: (896, 1152),
+    AspectRatio.LANDSCAPE_4_3: (1152, 896),
+    AspectRatio.PORTRAIT_4_5: (896, 1088),
+    AspectRatio.LANDSCAPE_5_4: (1088, 896),
+    AspectRatio.PORTRAIT_9_16: (768, 1344),
+    AspectRatio.LANDSCAPE_16_9: (1344, 768),
+}
+
+
+def size_for(aspect_ratio: AspectRatio | str) -> tuple[int, int]:
+    """(width, height) of the generated image for an aspect ratio."""
+    return SIZES[AspectRatio(aspect_ratio)]
+
+
+class ReimagineInput(BaseModel):
+    """Input of `bria/reimagine/3.2`, with fal's field names, defaults and ranges."""
+
+    model_config = ConfigDict(extra="ignore", use_enum_values=True, json_schema_extra={"title": "Input"})
+
+    prompt: str = Field(..., min_length=1, description="What to generate.", examples=["a cozy cabin in the woods"])
+    depth_image_url: str = Field(
+        "",
+        description="Structure reference for depth guidance: a URL, a data URI or an uploaded file's URL. "
+        "Empty means no depth condition.",
+        json_schema_extra={"x-fal-file": "image"},
+    )
+    depth_scale: float = Field(0.5, ge=0.0, le=1.0, description="Strength of the depth condition.")
+    depth_preprocess: bool = Field(True, description="Derive the depth map from an ordinary photo first.")
+    canny_image_url: str = Field(
+        "",
+        description="Structure reference for edge guidance: a URL, a data URI or an uploaded file's URL. "
+        "Empty means no canny condition.",
+        json_schema_extra={"x-fal-file": "image"},
+    )
+    canny_scale: float = Field(0.5, ge=0.0, le=1.0, description="Strength of the canny condition.")
+    canny_preprocess: bool = Field(True, description="Derive the canny edge map from an ordinary photo first.")
+    aspect_ratio: AspectRatio = Field(AspectRatio.SQUARE, description="Aspect ratio of the generated image.")
+    num_inference_steps: int = Field(30, ge=20, le=50, description="Number of denoising steps.")
+    seed: int = Field(5555, ge=0, le=2_147_483_647, description="Random seed; same inputs and seed give the same image.")
+    guidance_scale: float = Field(
+        5.0, ge=0.0, le=20.0, description="Classifier-free guidance scale (our documented bound: 0..20)."
+    )
+    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="What to avoid. Empty means no negative prompt.")
+    truncate_prompt: bool = Field(
+        True, description="Cut prompts longer than 128 T5 tokens; when false, a longer prompt is an error."
+    )
+    prompt_enhancer: bool = Field(True, description="Rewrite the prompt with the server's enhancer, if one is set up.")
+    sync_mode: bool = Field(
+        False, description="Return the image as a data URI in the response instead of a stored file URL."
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("`prompt` must not be empty or whitespace only")
+        return value
+
+    @field_validator("depth_image_url", "canny_image_url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("http://", "https://", "data:")):
+            raise ValueError("must be an http(s) URL, a data URI, or empty")
+        return value
+
+
+class StrictReimagineInput(ReimagineInput):
+    """`--strict-inputs`: unknown fields are a 422 instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageFile(BaseModel):
+    url: str
+    content_type: str = "image/png"
+    file_name: str
+    file_size: int
+    width: int
+    height: int
+
+
+class ReimagineOutput(BaseModel):
+    image: ImageFile
+    seed: int = Field(description="The seed used (extra to fal's schema; clients ignore it).")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase (extra to fal's schema).")
+
+
+class LogEntry(BaseModel):
+    message: str
+    level: Literal["STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG"] = "INFO"
+    source: Literal["USER"] = "USER"
+    timestamp: str
+
+
+class QueueStatus(BaseModel):
+    """A status answer (fal-protocol.md §4.2). `reimagine` is our extra key; fal clients ignore it."""
+
+    status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+    queue_position: int | None = None
+    logs: list[LogEntry] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    reimagine: dict[str, Any] | None = None
+
+
+class WebhookPayload(BaseModel):
+    request_id: str
+    gateway_request_id: str
+    status: Literal["OK", "ERROR"]
+    payload: Any
+    error: str | None = None
+    payload_error: str | None = None
