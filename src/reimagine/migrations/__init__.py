@@ -1,0 +1,1 @@
+"""Alembic migrations of the job store (same schema on SQLite and PostgreSQL)."""

@@ -1,0 +1,623 @@
+"""The job store on SQL: SQLite (WAL, embedded default) and PostgreSQL share this code and schema.
+
+Dialect differences are confined to connection set-up and the claim query. Every state change goes through
+`reimagine.jobs.can_transition` semantics encoded in the WHERE clauses (`status = ...`), and every terminal
+transition writes its event and its webhook outbox row in the same transaction, so a crash can never leave a
+finished job without its notification, nor send a notification for a job that did not finish.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+
+from reimagine.jobs import CANCELLED_MESSAGE, JobStatus
+from reimagine.queue.models import (
+    ApiKey,
+    CancelOutcome,
+    Event,
+    Job,
+    LeaseState,
+    NewJob,
+    Outcome,
+    WebhookDelivery,
+    webhook_body,
+)
+
+logger = logging.getLogger(__name__)
+
+_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _engine_url(database_url: str) -> str:
+    # Plain postgresql:// would pick psycopg2, which we do not install.
+    for prefix in ("postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
+    return database_url
+
+
+class SqlStore:
+    """Jobs, events, webhook outbox, files and API keys in one SQL database."""
+
+    def __init__(self, database_url: str, *, max_attempts: int = 3) -> None:
+        self.database_url = database_url
+        self.max_attempts = max_attempts
+        self.is_sqlite = database_url.startswith("sqlite:")
+        if self.is_sqlite:
+            path = database_url.removeprefix("sqlite:///")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = sa.create_engine(
+                database_url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16
+            )
+            sa_event.listen(self.engine, "connect", _sqlite_on_connect)
+            sa_event.listen(self.engine, "begin", _sqlite_on_begin)
+        else:
+            self.engine = sa.create_engine(_engine_url(database_url), pool_size=8, max_overflow=16, pool_pre_ping=True)
+        self.migrate()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (Alembic); safe when several processes start at once."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self._migration_lock(), self.engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        if self.is_sqlite:
+            lock_path = self.database_url.removeprefix("sqlite:///") + ".migrate.lock"
+            with open(lock_path, "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        else:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_lock(727274)"))
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(727274)"))
+                    conn.commit()
+
+    def ping(self) -> bool:
+        with self._read() as conn:
+            return conn.execute(sa.text("SELECT 1")).scalar() == 1
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(reimagine_read=True) as conn:
+            yield conn
+            conn.rollback()
+
+    # -- jobs ----------------------------------------------------------------------------------------------------
+
+    def enqueue(self, new: NewJob) -> tuple[Job, int]:
+        """Insert a queued job; returns it and its queue position (jobs ahead of it)."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                sa.text(
+                    "INSERT INTO jobs (id, key_id, endpoint, status, priority, input, is_sync, webhook_url, base_url,"
+                    " start_deadline_at, created_at, attempts, fence, cancel_requested)"
+                    " VALUES (:id, :key_id, :endpoint, 'QUEUED', :priority, :input, :is_sync, :webhook_url, :base_url,"
+                    " :deadline, :now, 0, 0, :false) RETURNING *"
+                ),
+                {
+                    "id": new.id,
+                    "key_id": new.key_id,
+                    "endpoint": new.endpoint,
+                    "priority": new.priority,
+                    "input": json.dumps(new.input),
+                    "is_sync": new.is_sync,
+                    "webhook_url": new.webhook_url,
+                    "base_url": new.base_url,
+                    "deadline": new.start_deadline_at,
+                    "now": now,
+                    "false": False,
+                },
+            ).one()
+            job = Job.from_row(row)
+            self._add_event(conn, job.id, "status", {"status": JobStatus.QUEUED.value}, now)
+            position = self._position(conn, job)
+        return job, position
+
+    def get(self, job_id: str) -> Job | None:
+        with self._read() as conn:
+            row = conn.execute(sa.text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).one_or_none()
+        return Job.from_row(row) if row is not None else None
+
+    def get_with_position(self, job_id: str) -> tuple[Job, int] | None:
+        with self._read() as conn:
+            row = conn.execute(sa.text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).one_or_none()
+            if row is None:
+                return None
+            job = Job.from_row(row)
+            return job, (self._position(conn, job) if job.status == JobStatus.QUEUED else 0)
+
+    def _position(self, conn: Connection, job: Job) -> int:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'"
+                    " AND (priority > :p OR (priority = :p AND seq < :s))"
+                ),
+                {"p": job.priority, "s": job.seq},
+            ).scalar_one()
+        )
+
+    def count_queued(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")).scalar_one())
+
+    def count_by_status(self) -> dict[str, int]:
+        with self._read() as conn:
+            rows = conn.execute(sa.text("SELECT status, COUNT(*) FROM jobs GROUP BY status")).all()
+        return {str(status): int(n) for status, n in rows}
+
+    def claim(self, owner: str, lease_s: float) -> Job | None:
+        """Take the next queued job (priority, then age) under a lease; expired start deadlines fail first."""
+        now = time.time()
+        with self._write() as conn:
+            self._expire_start_deadlines(conn, now)
+            pick = "SELECT seq FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, seq LIMIT 1"
+            if not self.is_sqlite:
+                pick += " FOR UPDATE SKIP LOCKED"
+            row = conn.execute(
+                sa.text(
+                    "UPDATE jobs SET status = 'RUNNING', lease_owner = :owner, lease_expires_at = :exp,"
+                    " fence = fence + 1, attempts = attempts + 1, started_at = :now"
+                    f" WHERE seq = ({pick}) AND status = 'QUEUED' RETURNING *"
+                ),
+                {"owner": owner, "exp": now + lease_s, "now": now},
+            ).one_or_none()
+            if row is None:
+                return None
+            job = Job.from_row(row)
+            self._add_event(conn, job.id, "status", {"status": JobStatus.RUNNING.value, "attempt": job.attempts}, now)
+        return job
+
+    def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
+        rows = conn.execute(
+            sa.text(
+                "SELECT id, webhook_url FROM jobs WHERE status = 'QUEUED'"
+                " AND start_deadline_at IS NOT NULL AND start_deadline_at < :now"
+            ),
+            {"now": now},
+        ).all()
+        for job_id, webhook_url in rows:
+            outcome = Outcome(
+                status=JobStatus.FAILED,
+                result_status=504,
+                result_body={"detail": "Request timed out before it started", "error_type": "request_timeout"},
+                error="Request timed out before it started",
+                error_type="request_timeout",
+            )
+            self._finish(conn, job_id, webhook_url, outcome, now, where="status = 'QUEUED'")
+
+    def heartbeat(self, job_id: str, fence: int, lease_s: float) -> LeaseState:
+        """Renew a lease; tells the worker whether it still holds it and whether cancel was asked."""
+        with self._write() as conn:
+            row = conn.execute(
+                sa.text(
+                    "UPDATE jobs SET lease_expires_at = :exp WHERE id = :id AND fence = :fence AND status = 'RUNNING'"
+                    " RETURNING cancel_requested"
+                ),
+                {"exp": time.time() + lease_s, "id": job_id, "fence": fence},
+            ).one_or_none()
+        if row is None:
+            return LeaseState.LOST
+        return LeaseState.CANCEL if row[0] else LeaseState.HELD
+
+    def lease_state(self, job_id: str, fence: int) -> LeaseState:
+        """Cheap read used at every denoising step: still ours, and not cancelled?"""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.text("SELECT status, fence, cancel_requested FROM jobs WHERE id = :id"), {"id": job_id}
+            ).one_or_none()
+        if row is None or row[0] != JobStatus.RUNNING.value or int(row[1]) != fence:
+            return LeaseState.LOST
+        return LeaseState.CANCEL if row[2] else LeaseState.HELD
+
+    def complete(self, job_id: str, fence: int, outcome: Outcome) -> bool:
+        """Finish a running job; False if the lease was taken over (fencing), in which case nothing changes."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                sa.text("SELECT webhook_url FROM jobs WHERE id = :id AND fence = :fence AND status = 'RUNNING'"),
+                {"id": job_id, "fence": fence},
+            ).one_or_none()
+            if row is None:
+                return False
+            return self._finish(
+                conn, job_id, row[0], outcome, now, where="status = 'RUNNING' AND fence = :fence", fence=fence
+            )
+
+    def _finish(
+        self,
+        conn: Connection,
+        job_id: str,
+        webhook_url: str | None,
+        outcome: Outcome,
+        now: float,
+        *,
+        where: str,
+        fence: int | None = None,
+    ) -> bool:
+        result = conn.execute(
+            sa.text(
+                "UPDATE jobs SET status = :status, result_status = :rs, result_body = :rb, error = :error,"
+                " error_type = :error_type, completed_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
+                f" inference_time_s = :it WHERE id = :id AND {where}"
+            ),
+            {
+                "status": outcome.status.value,
+                "rs": outcome.result_status,
+                "rb": json.dumps(outcome.result_body),
+                "error": outcome.error,
+                "error_type": outcome.error_type,
+                "now": now,
+                "it": outcome.inference_time_s,
+                "id": job_id,
+                "fence": fence,
+            },
+        )
+        if result.rowcount != 1:
+            return False
+        self._add_event(
+            conn,
+            job_id,
+            "status",
+            {"status": outcome.status.value, "error": outcome.error, "error_type": outcome.error_type},
+            now,
+        )
+        if webhook_url:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO webhook_outbox (job_id, url, body, attempts, next_attempt_at, created_at)"
+                    " VALUES (:job_id, :url, :body, 0, :now, :now)"
+                ),
+                {"job_id": job_id, "url": webhook_url, "body": webhook_body(job_id, outcome), "now": now},
+            )
+        return True
+
+    def requeue(self, job_id: str, fence: int) -> bool:
+        """Give a claimed job back (a worker draining before it started the job)."""
+        with self._write() as conn:
+            result = conn.execute(
+                sa.text(
+                    "UPDATE jobs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL,"
+                    " attempts = attempts - 1 WHERE id = :id AND fence = :fence AND status = 'RUNNING'"
+                ),
+                {"id": job_id, "fence": fence},
+            )
+            if result.rowcount == 1:
+                self._add_event(conn, job_id, "status", {"status": JobStatus.QUEUED.value}, time.time())
+            return result.rowcount == 1
+
+    def request_cancel(self, job_id: str, key_id: str | None) -> CancelOutcome:
+        """Cancel a job: a queued one at once, a running one at its next denoising step."""
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute(
+                sa.text("SELECT status, key_id, webhook_url FROM jobs WHERE id = :id"), {"id": job_id}
+            ).one_or_none()
+            if row is None or (key_id is not None and row[1] != key_id):
+                return CancelOutcome.NOT_FOUND
+            status = JobStatus(row[0])
+            if status == JobStatus.QUEUED:
+                self._finish(conn, job_id, row[2], _cancelled_outcome(), now, where="status = 'QUEUED'")
+                return CancelOutcome.CANCELED
+            if status == JobStatus.RUNNING:
+                conn.execute(
+                    sa.text("UPDATE jobs SET cancel_requested = :true WHERE id = :id AND status = 'RUNNING'"),
+                    {"true": True, "id": job_id},
+                )
+                self._add_event(conn, job_id, "log", _log_data("Cancellation requested", "WARN", now), now)
+                return CancelOutcome.CANCELLATION_REQUESTED
+            return CancelOutcome.ALREADY_COMPLETED
+
+    def reclaim(self, *, expired_before: float | None = None, owners: list[str] | None = None) -> list[str]:
+        """Take back running jobs whose lease expired or whose worker is known dead.
+
+        Each is re-queued for another attempt, cancelled if its owner asked, or failed as `poisoned` once it has
+        taken down `max_attempts` workers, so a job that kills its worker cannot crash-loop the service.
+        """
+        if expired_before is None and not owners:
+            return []
+        now = time.time()
+        clauses, params = [], {}
+        if expired_before is not None:
+            clauses.append("lease_expires_at < :before")
+            params["before"] = expired_before
+        if owners:
+            names = [f":o{i}" for i in range(len(owners))]
+            clauses.append(f"lease_owner IN ({', '.join(names)})")
+            params.update({f"o{i}": owner for i, owner in enumerate(owners)})
+        touched: list[str] = []
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT id, fence, attempts, cancel_requested, webhook_url FROM jobs"
+                    f" WHERE status = 'RUNNING' AND ({' OR '.join(clauses)})"
+                ),
+                params,
+            ).all()
+            for job_id, fence, attempts, cancel_requested, webhook_url in rows:
+                where, fence_args = "status = 'RUNNING' AND fence = :fence", {"fence": int(fence)}
+                if cancel_requested:
+                    self._finish(conn, job_id, webhook_url, _cancelled_outcome(), now, where=where, **fence_args)
+                elif int(attempts) >= self.max_attempts:
+                    message = f"Request failed: its worker died {attempts} times while running it"
+                    outcome = Outcome(
+                        status=JobStatus.FAILED,
+                        result_status=500,
+                        result_body={"detail": message, "error_type": "poisoned"},
+                        error=message,
+                        error_type="poisoned",
+                    )
+                    self._finish(conn, job_id, webhook_url, outcome, now, where=where, **fence_args)
+                else:
+                    conn.execute(
+                        sa.text(
+                            "UPDATE jobs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL"
+                            f" WHERE id = :id AND {where}"
+                        ),
+                        {"id": job_id, **fence_args},
+                    )
+                    self._add_event(conn, job_id, "status", {"status": JobStatus.QUEUED.value}, now)
+                    message = f"Worker lost during attempt {attempts}; re-queued"
+                    self._add_event(conn, job_id, "log", _log_data(message, "WARN", now), now)
+                touched.append(job_id)
+        if touched:
+            logger.warning("reclaimed %d running job(s): %s", len(touched), ", ".join(touched))
+        return touched
+
+    def running_owners(self) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute(sa.text("SELECT DISTINCT lease_owner FROM jobs WHERE status = 'RUNNING'")).all()
+        return [row[0] for row in rows if row[0]]
+
+    def delete_expired(self, completed_before: float) -> list[str]:
+        """Drop finished jobs (and their events) older than the retention; returns their file keys."""
+        with self._write() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    sa.text("SELECT id FROM jobs WHERE completed_at IS NOT NULL AND completed_at < :t"),
+                    {"t": completed_before},
+                ).all()
+            ]
+            keys: list[str] = []
+            for job_id in ids:
+                keys += [
+                    r[0] for r in conn.execute(sa.text("SELECT key FROM files WHERE job_id = :id"), {"id": job_id})
+                ]
+                for table, column in (("events", "job_id"), ("files", "job_id"), ("jobs", "id")):
+                    conn.execute(sa.text(f"DELETE FROM {table} WHERE {column} = :id"), {"id": job_id})
+        return keys
+
+    # -- events ------------------------------------------------------------------------------------------------
+
+    def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> int:
+        with self._write() as conn:
+            return self._add_event(conn, job_id, kind, data, time.time())
+
+    def add_log(self, job_id: str, message: str, level: str = "INFO") -> int:
+        now = time.time()
+        with self._write() as conn:
+            return self._add_event(conn, job_id, "log", _log_data(message, level, now), now)
+
+    def _add_event(self, conn: Connection, job_id: str, kind: str, data: dict[str, Any], now: float) -> int:
+        row = conn.execute(
+            sa.text(
+                "INSERT INTO events (job_id, kind, data, created_at) VALUES (:job_id, :kind, :data, :now) RETURNING id"
+            ),
+            {"job_id": job_id, "kind": kind, "data": json.dumps(data), "now": now},
+        ).one()
+        return int(row[0])
+
+    def events(self, job_id: str, after_id: int = 0) -> list[Event]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.text("SELECT * FROM events WHERE job_id = :id AND id > :after ORDER BY id"),
+                {"id": job_id, "after": after_id},
+            ).all()
+        return [_event(row) for row in rows]
+
+    def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        """Events of every job after `after_id`: the API's fan-out tails this."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.text("SELECT * FROM events WHERE id > :after ORDER BY id LIMIT :limit"),
+                {"after": after_id, "limit": limit},
+            ).all()
+        return [_event(row) for row in rows]
+
+    def last_event_id(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.text("SELECT COALESCE(MAX(id), 0) FROM events")).scalar_one())
+
+    # -- files ---------------------------------------------------------------------------------------------------
+
+    def add_file(self, key: str, *, job_id: str | None, kind: str, content_type: str, size: int) -> None:
+        with self._write() as conn:
+            exists = conn.execute(sa.text("SELECT 1 FROM files WHERE key = :key"), {"key": key}).one_or_none()
+            if exists is None:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO files (key, job_id, kind, content_type, size, created_at)"
+                        " VALUES (:key, :job_id, :kind, :ct, :size, :now)"
+                    ),
+                    {"key": key, "job_id": job_id, "kind": kind, "ct": content_type, "size": size, "now": time.time()},
+                )
+
+    # -- webhook outbox --------------------------------------------------------------------------------------
+
+    def due_webhooks(self, now: float, limit: int = 20, lock_s: float = 60.0) -> list[WebhookDelivery]:
+        """Lock and return deliveries whose next attempt is due (one API replica delivers each)."""
+        with self._write() as conn:
+            pick = (
+                "SELECT id FROM webhook_outbox WHERE delivered_at IS NULL AND gave_up_at IS NULL"
+                " AND next_attempt_at <= :now AND (locked_until IS NULL OR locked_until < :now)"
+                " ORDER BY next_attempt_at LIMIT :limit"
+            )
+            if not self.is_sqlite:
+                pick += " FOR UPDATE SKIP LOCKED"
+            rows = conn.execute(
+                sa.text(
+                    f"UPDATE webhook_outbox SET locked_until = :until WHERE id IN ({pick})"
+                    " RETURNING id, job_id, url, body, attempts"
+                ),
+                {"now": now, "limit": limit, "until": now + lock_s},
+            ).all()
+        return [WebhookDelivery(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in rows]
+
+    def record_webhook_attempt(
+        self, delivery_id: int, *, status: int | None, error: str | None, next_attempt_at: float | None
+    ) -> None:
+        """Record one delivery attempt: delivered (2xx), retry later, or give up (`next_attempt_at` None)."""
+        now = time.time()
+        delivered = status is not None and 200 <= status < 300
+        with self._write() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, last_status = :status, last_error = :error,"
+                    " locked_until = NULL, delivered_at = :delivered, gave_up_at = :gave_up,"
+                    " next_attempt_at = COALESCE(:next, next_attempt_at) WHERE id = :id"
+                ),
+                {
+                    "status": status,
+                    "error": error,
+                    "delivered": now if delivered else None,
+                    "gave_up": now if (not delivered and next_attempt_at is None) else None,
+                    "next": next_attempt_at,
+                    "id": delivery_id,
+                },
+            )
+
+    def webhook_deliveries(self, job_id: str) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.text("SELECT * FROM webhook_outbox WHERE job_id = :id ORDER BY id"), {"id": job_id}
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    # -- API keys ------------------------------------------------------------------------------------------------
+
+    def create_key(self, name: str) -> str:
+        """Create a key; returns `<id>:<secret>`, the only time the secret exists in clear."""
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        with self._write() as conn:
+            conn.execute(
+                sa.text("INSERT INTO api_keys (id, name, secret_hash, created_at) VALUES (:id, :name, :hash, :now)"),
+                {"id": key_id, "name": name, "hash": _hash_secret(secret), "now": time.time()},
+            )
+        return f"{key_id}:{secret}"
+
+    def verify_key(self, key: str) -> str | None:
+        """The key's id if `key` is a live `<id>:<secret>`, else None."""
+        key_id, _, secret = key.partition(":")
+        if not key_id or not secret:
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                sa.text("SELECT secret_hash FROM api_keys WHERE id = :id AND revoked_at IS NULL"), {"id": key_id}
+            ).one_or_none()
+        if row is None or not hmac.compare_digest(row[0], _hash_secret(secret)):
+            return None
+        return key_id
+
+    def list_keys(self) -> list[ApiKey]:
+        with self._read() as conn:
+            rows = conn.execute(sa.text("SELECT id, name, created_at, revoked_at FROM api_keys ORDER BY created_at"))
+            return [ApiKey(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._write() as conn:
+            result = conn.execute(
+                sa.text("UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL"),
+                {"now": time.time(), "id": key_id},
+            )
+        return result.rowcount == 1
+
+    def count_keys(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(sa.text("SELECT COUNT(*) FROM api_keys")).scalar_one())
+
+
+def _hash_secret(secret: str) -> str:
+    # Secrets are 256 random bits, so a fast hash is enough; a slow KDF would only slow every request.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _cancelled_outcome() -> Outcome:
+    return Outcome(
+        status=JobStatus.CANCELED,
+        result_status=499,
+        result_body={"detail": CANCELLED_MESSAGE},
+        error=CANCELLED_MESSAGE,
+        error_type="cancelled",
+    )
+
+
+def _log_data(message: str, level: str, now: float) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    return {"message": message, "level": level, "timestamp": datetime.fromtimestamp(now, UTC).isoformat()}
+
+
+def _event(row: Any) -> Event:
+    m = row._mapping
+    return Event(id=int(m["id"]), job_id=m["job_id"], kind=m["kind"], data=json.loads(m["data"]), created_at=m["created_at"])
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Driver-level autocommit so that the "begin" hook below decides how each transaction starts.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode survives kill -9 of any process (only an OS crash or power loss can drop the last commits).
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # Writers take the lock up front: a deferred transaction that upgrades to a writer fails at once with
+    # SQLITE_BUSY under contention instead of waiting on busy_timeout.
+    if conn.get_execution_options().get("reimagine_read"):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
