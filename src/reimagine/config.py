@@ -44,12 +44,15 @@ class Settings(BaseSettings):
     fast: bool = Field(True, description="Lossless fast path on CUDA (bf16, fused QKV, compile per aspect bucket).")
     fp8: bool = Field(False, description="Lossy: FP8 linears in the transformer and ControlNet (torchao).")
     step_cache: float = Field(0.0, ge=0.0, description="Lossy: First-Block-Cache threshold; 0 disables it.")
-    prompt_enhancer: str = Field(
-        "off", description="Prompt rewrite backend: 'off', 'local:<hf id or dir>' or 'openai:<base url>'."
+    enhancer: str = Field(
+        "off", description="Prompt enhancer backend: 'off', 'local:<hf id or dir>' or 'openai:<base url>'."
     )
-    prompt_enhancer_model: str = Field("", description="Model name sent to an OpenAI-compatible enhancer.")
+    enhancer_model: str = Field("", description="Model name sent to an OpenAI-compatible enhancer.")
 
     # --- workers -------------------------------------------------------------------------------------------------
+    generate: str = Field(
+        "", description="Import path 'module:factory' of a generate factory (tests, custom models); empty: Bria."
+    )
     workers: int = Field(-1, ge=-1, description="Worker processes spawned by serve; -1: one per GPU (one on CPU).")
     lease_s: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeats.")
     heartbeat_s: float = Field(10.0, gt=0, description="How often a worker renews its lease.")

@@ -207,6 +207,11 @@ class SqlStore:
             self._add_event(conn, job.id, "status", {"status": JobStatus.RUNNING.value, "attempt": job.attempts}, now)
         return job
 
+    def expire_start_deadlines(self) -> None:
+        """Fail queued jobs whose start deadline passed (504 with `X-Fal-Request-Timeout-Type: user`)."""
+        with self._write() as conn:
+            self._expire_start_deadlines(conn, time.time())
+
     def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
         rows = conn.execute(
             sa.text(

@@ -1,0 +1,151 @@
+"""Admission of a new request, shared by the queue and sync-run surfaces: parse, validate, limit, enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from reimagine import ENDPOINT_ID
+from reimagine.api.urls import base_url
+from reimagine.api.wire import validation_detail
+from reimagine.config import Settings
+from reimagine.errors import InputError
+from reimagine.jobs import Priority
+from reimagine.queue.models import Job, NewJob
+from reimagine.schemas import ReimagineInput, StrictReimagineInput
+
+logger = logging.getLogger(__name__)
+
+
+class AppState(Protocol):
+    """What `create_app` puts on `app.state`."""
+
+    settings: Settings
+    store: Any
+    storage: Any
+    hub: Any
+    metrics: Any
+    limiter: Any
+    check_url: Callable[[str], None]
+    check_prompt: Callable[[ReimagineInput], None]
+
+    def notify_workers(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Admitted:
+    key_id: str
+    inputs: ReimagineInput
+    raw: dict[str, Any]
+    priority: int
+    webhook_url: str | None
+    start_deadline_at: float | None
+    base_url: str
+
+
+def _error(detail: Any, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _start_timeout(request: Request) -> float | None | JSONResponse:
+    # The docs renamed X-Fal-Request-Timeout to X-Fal-Request-Start-Timeout; clients still send the old one.
+    raw = request.headers.get("x-fal-request-start-timeout") or request.headers.get("x-fal-request-timeout")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return _error(
+            [{"loc": ["header", "x-fal-request-timeout"], "msg": f"must be a number of seconds, got {raw!r}",
+              "type": "value_error"}],
+            422,
+        )
+    if seconds <= 0:
+        return _error(
+            [{"loc": ["header", "x-fal-request-timeout"], "msg": "must be positive", "type": "value_error"}], 422
+        )
+    return seconds
+
+
+async def admit(request: Request, settings: Settings, key_id: str) -> Admitted | JSONResponse:
+    """Validate a request for `bria/reimagine/3.2`; a JSONResponse is the refusal to send back."""
+    state: AppState = request.app.state
+    body = await request.body()
+    # The JS client sends no body at all for an empty input (fal-protocol.md §3.1).
+    try:
+        raw = json.loads(body) if body.strip() else {}
+    except json.JSONDecodeError as exc:
+        return _error([{"loc": ["body"], "msg": f"Invalid JSON: {exc.msg}", "type": "json_invalid"}], 422)
+    if not isinstance(raw, dict):
+        return _error([{"loc": ["body"], "msg": "The input must be a JSON object", "type": "dict_type"}], 422)
+
+    schema = StrictReimagineInput if settings.strict_inputs else ReimagineInput
+    try:
+        inputs = schema.model_validate(raw)
+    except ValidationError as exc:
+        return _error(validation_detail(exc), 422)
+    unknown = sorted(set(raw) - set(ReimagineInput.model_fields))
+    if unknown:
+        logger.warning("ignoring unknown input fields: %s", ", ".join(unknown))
+    try:
+        state.check_prompt(inputs)
+    except InputError as exc:
+        return _error(exc.detail(), 422)
+
+    webhook_url = request.query_params.get("fal_webhook") or None
+    if webhook_url is not None:
+        try:
+            await asyncio.to_thread(state.check_url, webhook_url)
+        except InputError as exc:
+            return _error([{"loc": ["query", "fal_webhook"], "msg": exc.message, "type": "value_error"}], 422)
+
+    start_timeout = _start_timeout(request)
+    if isinstance(start_timeout, JSONResponse):
+        return start_timeout
+
+    # Limits last, so that a malformed request is told what is wrong with it even when the queue is full.
+    retry_after = state.limiter.check(key_id)
+    if retry_after is not None:
+        return _error(
+            "Rate limit exceeded: too many submissions for this key", 429, {"retry-after": str(max(1, round(retry_after)))}
+        )
+    if await asyncio.to_thread(state.store.count_queued) >= settings.max_queue_depth:
+        return _error("The queue is full; try again later", 429, {"retry-after": "5"})
+
+    return Admitted(
+        key_id=key_id,
+        inputs=inputs,
+        raw=inputs.model_dump(mode="json"),
+        priority=Priority.from_header(request.headers.get("x-fal-queue-priority")),
+        webhook_url=webhook_url,
+        start_deadline_at=time.time() + start_timeout if start_timeout is not None else None,
+        base_url=base_url(request, settings),
+    )
+
+
+async def submit_job(state: AppState, admitted: Admitted, *, is_sync: bool) -> tuple[Job, int]:
+    new = NewJob(
+        id=str(uuid.uuid4()),
+        key_id=admitted.key_id,
+        endpoint=ENDPOINT_ID,
+        input=admitted.raw,
+        priority=admitted.priority,
+        webhook_url=admitted.webhook_url,
+        start_deadline_at=admitted.start_deadline_at,
+        is_sync=is_sync,
+        base_url=admitted.base_url,
+    )
+    job, position = await asyncio.to_thread(state.store.enqueue, new)
+    state.notify_workers()
+    logger.info("request queued", extra={"request_id": job.id, "queue_position": position})
+    return job, position

@@ -1,0 +1,201 @@
+"""The HTTP application: `create_app(settings)` wires the store, storage, event hub, workers and background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from reimagine import ENDPOINT_ID, __version__
+from reimagine.api.auth import KeyCache, open_access
+from reimagine.api.hub import EventHub
+from reimagine.config import Settings
+from reimagine.errors import ModelMissing
+from reimagine.schemas import ImageFile, QueueStatus, ReimagineInput, ReimagineOutput
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Any = None,
+    storage: Any = None,
+    supervisor: Any = None,
+) -> FastAPI:
+    """Build the app. Collaborators default to the ones `settings` describe; tests may pass their own.
+
+    `supervisor` runs the worker processes; by default one is made when `settings.workers != 0`.
+    """
+    from reimagine.fetcher import check_url
+    from reimagine.limits import RateLimiter
+    from reimagine.metrics import Metrics
+    from reimagine.queue import open_store
+    from reimagine.storage import open_storage
+    from reimagine.webhooks import WebhookDispatcher, WebhookKey
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = store if store is not None else open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
+    storage = storage if storage is not None else open_storage(settings)
+    if supervisor is None and settings.workers != 0:
+        from reimagine.supervisor import Supervisor
+
+        supervisor = Supervisor(settings)
+    hub = EventHub(store)
+    webhook_key = WebhookKey.load_or_create(settings)
+    metrics = Metrics(store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        dispatcher = WebhookDispatcher(store, settings, webhook_key, check_target=lambda url: check_url(url, settings))
+        tasks = [
+            asyncio.create_task(hub.run(), name="event-hub"),
+            asyncio.create_task(dispatcher.run(), name="webhooks"),
+            asyncio.create_task(_reap(store, settings), name="reaper"),
+            asyncio.create_task(_sweep(store, storage, settings), name="retention"),
+        ]
+        if supervisor is not None:
+            await asyncio.to_thread(supervisor.start, on_event=hub.kick, on_job_done=dispatcher.kick)
+        try:
+            yield
+        finally:
+            if supervisor is not None:
+                await asyncio.to_thread(supervisor.stop)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="reimagine",
+        version=__version__,
+        summary=f"Self-hosted, fal.ai-compatible `{ENDPOINT_ID}`",
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.storage = storage
+    app.state.hub = hub
+    app.state.supervisor = supervisor
+    app.state.metrics = metrics
+    app.state.webhook_key = webhook_key
+    app.state.limiter = RateLimiter(settings)
+    app.state.authenticate = KeyCache(store.verify_key) if settings.auth else open_access
+    app.state.check_url = lambda url: check_url(url, settings)
+    app.state.check_prompt = _prompt_checker(settings)
+    app.state.notify_workers = supervisor.wake if supervisor is not None else (lambda: None)
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["x-fal-request-id", "x-fal-error-type", "x-fal-request-timeout-type", "retry-after"],
+            max_age=600,
+        )
+
+    from reimagine.api.routes import health, queue, run, storage as storage_routes, wellknown
+
+    app.include_router(health.router)
+    app.include_router(wellknown.router)
+    app.include_router(storage_routes.router)
+    app.include_router(run.router)
+    app.include_router(queue.router)
+    _extra_routers(app)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _extra_routers(app: FastAPI) -> None:
+    """Routers that other surfaces add (proxy, playground) once they exist."""
+    import importlib
+
+    for name in ("reimagine.api.routes.proxy", "reimagine.api.routes.playground"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        app.include_router(module.router)
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """OpenAPI with the input and output schemas as named components (the playground builds its form from them)."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ReimagineInput, ReimagineOutput, ImageFile, QueueStatus):
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in definition.pop("$defs", {}).items():
+                components.setdefault(name, sub)
+            components[model.__name__] = definition
+        schema["x-fal-endpoint"] = ENDPOINT_ID
+        app.openapi_schema = schema
+        return schema
+
+    return build
+
+
+def _prompt_checker(settings: Settings) -> Callable[[ReimagineInput], None]:
+    """The API-side prompt length check (no torch): only when the worker would not rewrite the prompt first."""
+    tokenizer: list[Any] = []
+
+    def check(inputs: ReimagineInput) -> None:
+        if inputs.truncate_prompt or (inputs.prompt_enhancer and settings.enhancer != "off"):
+            return
+        from reimagine.prompt import check_prompt_length, load_tokenizer
+
+        if not tokenizer:
+            try:
+                tokenizer.append(load_tokenizer(settings))
+            except ModelMissing:
+                # Without a local tokenizer the worker checks the length and answers 422 as the job's result.
+                logger.warning("tokenizer not available to the API; prompt length is checked by the worker")
+                tokenizer.append(None)
+        if tokenizer[0] is not None:
+            check_prompt_length(tokenizer[0], inputs)
+
+    return check
+
+
+async def _reap(store: Any, settings: Settings) -> None:
+    """Take back jobs whose worker stopped renewing its lease (crashed, hung, partitioned)."""
+    next_reclaim = 0.0
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            # Start deadlines are checked every second: a busy worker pool must not delay a user's 504.
+            await asyncio.to_thread(store.expire_start_deadlines)
+            if time.monotonic() >= next_reclaim:
+                await asyncio.to_thread(store.reclaim, expired_before=time.time())
+                next_reclaim = time.monotonic() + settings.lease_s / 3
+        except Exception:
+            logger.exception("lease reaper failed; retrying")
+
+
+async def _sweep(store: Any, storage: Any, settings: Settings) -> None:
+    """Delete finished jobs and their files after the retention period."""
+    while True:
+        try:
+            keys = await asyncio.to_thread(store.delete_expired, time.time() - settings.result_retention_s)
+            for key in keys:
+                await asyncio.to_thread(storage.delete, key)
+        except Exception:
+            logger.exception("retention sweep failed; retrying")
+        await asyncio.sleep(3600)

@@ -1,0 +1,30 @@
+"""Liveness and readiness: ready only once a worker has loaded and warmed the model (or, API-only, the store answers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+router = APIRouter()
+
+
+@router.get("/health/live", summary="Liveness")
+async def live() -> JSONResponse:
+    """200 while the process serves HTTP."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/health/ready", summary="Readiness")
+async def ready(request: Request) -> JSONResponse:
+    """200 once requests can be served: the store answers and a worker is warm (unless this replica runs none)."""
+    state = request.app.state
+    try:
+        store_ok = await asyncio.to_thread(state.store.ping)
+    except Exception as exc:  # the store being down is exactly what this endpoint reports
+        return JSONResponse({"status": "unavailable", "store": str(exc)}, status_code=503)
+    workers = state.supervisor.describe() if state.supervisor is not None else {"expected": 0, "ready": 0}
+    is_ready = store_ok and (workers["expected"] == 0 or workers["ready"] > 0)
+    body = {"status": "ready" if is_ready else "starting", "store": "ok" if store_ok else "down", "workers": workers}
+    return JSONResponse(body, status_code=200 if is_ready else 503)

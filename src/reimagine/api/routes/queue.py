@@ -1,0 +1,212 @@
+"""fal's queue API at the root of the base URL: submit, status, status stream, result, cancel (fal-protocol.md §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from reimagine.api.admission import AppState, admit, submit_job
+from reimagine.api.auth import ApiKeyDep
+from reimagine.api.deps import SettingsDep
+from reimagine.api.urls import base_url
+from reimagine.api.wire import QUEUE_PREFIX, job_headers, log_entry, request_urls, result_response, status_body
+from reimagine.jobs import TERMINAL
+from reimagine.queue.models import CancelOutcome, Event, Job
+from reimagine.schemas import QueueStatus, ReimagineOutput
+
+router = APIRouter(redirect_slashes=False)
+
+_KEEPALIVE_S = 15.0
+_ENDPOINT_PATHS = [f"/{QUEUE_PREFIX}/3.2", f"/{QUEUE_PREFIX}"]
+# Status calls drop the endpoint's sub-path, but accept it (and trailing slashes) as the fal SDK may send them.
+_REQUEST_PREFIXES = [f"/{QUEUE_PREFIX}/requests", f"/{QUEUE_PREFIX}/3.2/requests"]
+
+_INPUT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReimagineInput"}}},
+    }
+}
+
+
+def _both(path: str) -> list[str]:
+    return [path, path + "/"]
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _not_found(job_id: str) -> JSONResponse:
+    return JSONResponse({"detail": f"Request {job_id} not found"}, status_code=404, headers=job_headers(job_id))
+
+
+def _owned(request: Request, job_id: str, key_id: str) -> Job | None:
+    job: Job | None = request.app.state.store.get(job_id)
+    # Another key's request is indistinguishable from a missing one.
+    return job if job is not None and job.key_id == key_id else None
+
+
+async def submit_request(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> JSONResponse:
+    """Queue a request; answer at once with its id and URLs."""
+    state: AppState = request.app.state
+    admitted = await admit(request, settings, key_id)
+    if isinstance(admitted, JSONResponse):
+        return admitted
+    job, position = await submit_job(state, admitted, is_sync=False)
+    base = base_url(request, settings)
+    body = {
+        "status": "IN_QUEUE",
+        "request_id": job.id,
+        **request_urls(base, job.id),
+        "queue_position": position,
+        "gateway_request_id": job.id,
+    }
+    return JSONResponse(body, headers=job_headers(job.id))
+
+
+async def get_status(request: Request, settings: SettingsDep, key_id: ApiKeyDep, request_id: str) -> JSONResponse:
+    """Status: 202 while queued or running, 200 once completed."""
+    found = await asyncio.to_thread(request.app.state.store.get_with_position, request_id)
+    if found is None or found[0].key_id != key_id:
+        return _not_found(request_id)
+    job, position = found
+    with_logs = _flag(request.query_params.get("logs"))
+    events = await asyncio.to_thread(request.app.state.store.events, job.id)
+    body = status_body(job, base_url(request, settings), position=position, events=events, with_logs=with_logs)
+    code = 200 if job.status in TERMINAL else 202
+    return JSONResponse(body, status_code=code, headers=job_headers(job.id))
+
+
+async def stream_status(
+    request: Request, settings: SettingsDep, key_id: ApiKeyDep, request_id: str
+) -> StreamingResponse | JSONResponse:
+    """Server-sent status events until COMPLETED; resumable with Last-Event-ID."""
+    state: AppState = request.app.state
+    job = await asyncio.to_thread(_owned, request, request_id, key_id)
+    if job is None:
+        return _not_found(request_id)
+    with_logs = _flag(request.query_params.get("logs"))
+    base = base_url(request, settings)
+    try:
+        resume_after = int(request.headers.get("last-event-id", "0") or 0)
+    except ValueError:
+        resume_after = 0
+
+    async def events() -> AsyncIterator[bytes]:
+        queue = state.hub.subscribe(request_id)
+        try:
+            history: list[Event] = await asyncio.to_thread(state.store.events, request_id)
+            last_id = history[-1].id if history else 0
+            sent_up_to = resume_after
+            while True:
+                found = await asyncio.to_thread(state.store.get_with_position, request_id)
+                assert found is not None
+                current, position = found
+                new = [e for e in history if e.id > sent_up_to]
+                if new or sent_up_to == 0 or current.status in TERMINAL:
+                    body = status_body(current, base, position=position, events=history, with_logs=False)
+                    if with_logs:
+                        # Only the lines not sent yet: the JS client concatenates logs across events.
+                        body["logs"] = [entry for e in new if (entry := log_entry(e)) is not None]
+                    yield f"id: {last_id}\ndata: {json.dumps(body)}\n\n".encode()
+                    sent_up_to = last_id
+                if current.status in TERMINAL:
+                    return
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=_KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
+                batch = [event]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                fresh = [e for e in batch if e.id > last_id]
+                history.extend(fresh)
+                if fresh:
+                    last_id = fresh[-1].id
+        finally:
+            state.hub.unsubscribe(request_id, queue)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={**job_headers(request_id), "cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+async def get_result(request: Request, key_id: ApiKeyDep, request_id: str) -> JSONResponse:
+    """The model's answer, replayed exactly (errors included); 400 while the request is not completed."""
+    job = await asyncio.to_thread(_owned, request, request_id, key_id)
+    if job is None:
+        return _not_found(request_id)
+    if job.status not in TERMINAL:
+        return JSONResponse({"detail": "Request is still in progress"}, status_code=400, headers=job_headers(job.id))
+    return result_response(job)
+
+
+async def cancel_request(request: Request, key_id: ApiKeyDep, request_id: str) -> JSONResponse:
+    """Cancel: queued jobs at once, running ones at the next denoising step."""
+    state: AppState = request.app.state
+    outcome = await asyncio.to_thread(state.store.request_cancel, request_id, key_id)
+    headers = job_headers(request_id)
+    if outcome == CancelOutcome.NOT_FOUND:
+        return JSONResponse({"status": "NOT_FOUND"}, status_code=404, headers=headers)
+    if outcome == CancelOutcome.ALREADY_COMPLETED:
+        # 400, not 409: the Python client retries 409 ten times (fal-protocol.md §3.4).
+        return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400, headers=headers)
+    state.hub.kick()
+    state.notify_workers()
+    return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202, headers=headers)
+
+
+for _path in _ENDPOINT_PATHS:
+    for _p in _both(_path):
+        router.add_api_route(
+            _p,
+            submit_request,
+            methods=["POST"],
+            include_in_schema=_p == _ENDPOINT_PATHS[0],
+            summary="Submit a request to the queue",
+            openapi_extra=_INPUT_BODY,
+            responses={200: {"description": "Queued"}, 422: {"description": "Invalid input"}},
+        )
+for _prefix in _REQUEST_PREFIXES:
+    _schema = _prefix == _REQUEST_PREFIXES[0]
+    for _p in _both(_prefix + "/{request_id}/status"):
+        router.add_api_route(
+            _p,
+            get_status,
+            methods=["GET"],
+            include_in_schema=_schema and not _p.endswith("/"),
+            summary="Request status",
+            responses={200: {"model": QueueStatus}, 202: {"model": QueueStatus}},
+        )
+    for _p in _both(_prefix + "/{request_id}/status/stream"):
+        router.add_api_route(
+            _p,
+            stream_status,
+            methods=["GET"],
+            include_in_schema=_schema and not _p.endswith("/"),
+            summary="Request status as server-sent events",
+        )
+    for _p in _both(_prefix + "/{request_id}"):
+        router.add_api_route(
+            _p,
+            get_result,
+            methods=["GET"],
+            include_in_schema=_schema and not _p.endswith("/"),
+            summary="Request result",
+            responses={200: {"model": ReimagineOutput}},
+        )
+    for _p in _both(_prefix + "/{request_id}/cancel"):
+        router.add_api_route(
+            _p,
+            cancel_request,
+            methods=["PUT"],
+            include_in_schema=_schema and not _p.endswith("/"),
+            summary="Cancel a request",
+        )

@@ -1,0 +1,155 @@
+"""Sync runs under `/run` (fal's run host: `FAL_RUN_HOST=host:port/run`), plain and as server-sent events.
+
+A sync run is a queued job whose caller waits: it gets the same priorities, limits and durability, and a client
+that disconnects cancels it (nobody is left to read the answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from reimagine.api.admission import AppState, admit, submit_job
+from reimagine.api.auth import ApiKeyDep
+from reimagine.api.deps import SettingsDep
+from reimagine.api.urls import base_url
+from reimagine.api.wire import QUEUE_PREFIX, job_headers, result_response, status_body
+from reimagine.jobs import TERMINAL
+from reimagine.queue.models import Job
+from reimagine.schemas import ReimagineOutput
+
+router = APIRouter(redirect_slashes=False)
+
+_INPUT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReimagineInput"}}},
+    }
+}
+
+
+class _Disconnected(Exception):
+    pass
+
+
+async def _wait_terminal(
+    request: Request, state: AppState, job_id: str, queue: asyncio.Queue[object], timeout_s: float
+) -> Job | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        job: Job | None = await asyncio.to_thread(state.store.get, job_id)
+        if job is not None and job.status in TERMINAL:
+            return job
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return None
+        if await request.is_disconnected():
+            raise _Disconnected
+        try:
+            await asyncio.wait_for(queue.get(), timeout=min(remaining, 1.0))
+        except TimeoutError:
+            pass
+        while not queue.empty():
+            queue.get_nowait()
+
+
+async def _cancel_if_unfinished(state: AppState, job_id: str, key_id: str) -> None:
+    await asyncio.to_thread(state.store.request_cancel, job_id, key_id)
+    state.notify_workers()
+
+
+async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> JSONResponse:
+    """Run and wait: the model's answer, or its error, in the response."""
+    state: AppState = request.app.state
+    admitted = await admit(request, settings, key_id)
+    if isinstance(admitted, JSONResponse):
+        return admitted
+    job, _ = await submit_job(state, admitted, is_sync=True)
+    queue = state.hub.subscribe(job.id)
+    finished = False
+    try:
+        done = await _wait_terminal(request, state, job.id, queue, settings.sync_timeout_s)
+        finished = True
+    except _Disconnected:
+        return JSONResponse({"detail": "client disconnected"}, status_code=499)
+    finally:
+        state.hub.unsubscribe(job.id, queue)
+        if not finished:
+            # The client went away (task cancelled by the server on disconnect).
+            await asyncio.shield(_cancel_if_unfinished(state, job.id, key_id))
+    if done is None:
+        return JSONResponse(
+            {"detail": "Request timed out; it keeps running and its result stays available", "error_type":
+             "request_timeout", "request_id": job.id},
+            status_code=504,
+            headers={**job_headers(job.id), "x-fal-error-type": "request_timeout"},
+        )
+    return result_response(done)
+
+
+async def run_stream(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> StreamingResponse | JSONResponse:
+    """Run and stream status events as server-sent events; the last event is the result (or its error)."""
+    state: AppState = request.app.state
+    admitted = await admit(request, settings, key_id)
+    if isinstance(admitted, JSONResponse):
+        return admitted
+    job, _ = await submit_job(state, admitted, is_sync=True)
+    base = base_url(request, settings)
+    queue = state.hub.subscribe(job.id)
+
+    async def events() -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            history = await asyncio.to_thread(state.store.events, job.id)
+            while True:
+                found = await asyncio.to_thread(state.store.get_with_position, job.id)
+                assert found is not None
+                current, position = found
+                if current.status in TERMINAL:
+                    finished = True
+                    assert current.result_body is not None
+                    yield f"data: {current.result_body}\n\n".encode()
+                    return
+                body = status_body(current, base, position=position, events=history, with_logs=True)
+                yield f"data: {json.dumps(body)}\n\n".encode()
+                try:
+                    history.append(await asyncio.wait_for(queue.get(), timeout=15.0))
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                while not queue.empty():
+                    history.append(queue.get_nowait())
+        finally:
+            state.hub.unsubscribe(job.id, queue)
+            if not finished:
+                await asyncio.shield(_cancel_if_unfinished(state, job.id, key_id))
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={**job_headers(job.id), "cache-control": "no-store"}
+    )
+
+
+for _path in (f"/run/{QUEUE_PREFIX}/3.2", f"/run/{QUEUE_PREFIX}"):
+    for _p in (_path, _path + "/"):
+        router.add_api_route(
+            _p,
+            run_sync,
+            methods=["POST"],
+            include_in_schema=_p == f"/run/{QUEUE_PREFIX}/3.2",
+            summary="Run a request and wait for its result",
+            openapi_extra=_INPUT_BODY,
+            responses={200: {"model": ReimagineOutput}},
+        )
+    for _p in (_path + "/stream", _path + "/stream/"):
+        router.add_api_route(
+            _p,
+            run_stream,
+            methods=["POST"],
+            include_in_schema=_p == f"/run/{QUEUE_PREFIX}/3.2/stream",
+            summary="Run a request, streaming progress as server-sent events",
+            openapi_extra=_INPUT_BODY,
+        )

@@ -1,0 +1,178 @@
+"""`reimagine serve | worker | keys | generate | models`: flags are built from `Settings` and `ReimagineInput`.
+
+Every setting is a flag named after its field (`data_dir` -> `--data-dir`), and every input field of the endpoint
+is a flag of `generate`; a flag overrides the `REIMAGINE_*` environment, which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from reimagine.config import Settings
+from reimagine.schemas import ReimagineInput
+
+_SETTINGS_FOR = {
+    "serve": None,  # every setting
+    "worker": None,
+    "generate": ("model", "controlnet", "depth_model", "offline", "device", "cpu_offload", "fast", "fp8",
+                 "step_cache", "enhancer", "enhancer_model", "data_dir", "allow_hosts", "fetch_max_bytes",
+                 "fetch_timeout_s", "max_image_pixels", "log_level", "generate"),
+    "keys": ("data_dir", "database_url", "log_level"),
+    "models": ("model", "controlnet", "depth_model", "offline", "log_level"),
+}
+
+
+def _add_field_flags(parser: argparse.ArgumentParser, model: type[BaseModel], names: typing.Iterable[str] | None,
+                     dest_prefix: str) -> None:
+    for name, info in model.model_fields.items():
+        if names is not None and name not in names:
+            continue
+        _add_flag(parser, name, info, dest_prefix)
+
+
+def _add_flag(parser: argparse.ArgumentParser, name: str, info: FieldInfo, dest_prefix: str) -> None:
+    flag = "--" + name.replace("_", "-")
+    annotation = info.annotation
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation, origin = args[0], typing.get_origin(args[0])
+    default_text = "" if info.is_required() else f" (default: {info.get_default(call_default_factory=True)!r})"
+    help_text = (info.description or "") + default_text
+    kwargs: dict[str, Any] = {"dest": dest_prefix + name, "default": argparse.SUPPRESS, "help": help_text}
+    if annotation is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+    elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        parser.add_argument(flag, choices=[member.value for member in annotation], **kwargs)
+    elif origin is typing.Literal:
+        parser.add_argument(flag, choices=list(typing.get_args(annotation)), **kwargs)
+    elif origin is list:
+        parser.add_argument(flag, metavar="A,B", **kwargs)
+    elif annotation in (int, float):
+        parser.add_argument(flag, type=annotation, **kwargs)
+    else:
+        parser.add_argument(flag, metavar=name.upper(), **kwargs)
+
+
+def _split(namespace: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    return {key[len(prefix):]: value for key, value in vars(namespace).items() if key.startswith(prefix)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reimagine", description="Self-hosted, fal.ai-compatible bria/reimagine/3.2")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="Run the HTTP API (and its worker processes)")
+    _add_field_flags(serve, Settings, _SETTINGS_FOR["serve"], "s_")
+
+    worker = commands.add_parser("worker", help="Run a standalone worker that pulls jobs from the store")
+    _add_field_flags(worker, Settings, _SETTINGS_FOR["worker"], "s_")
+
+    keys = commands.add_parser("keys", help="Manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="Create a key and print it (the last line of stdout)")
+    create.add_argument("--name", default="default", help="A label for the key")
+    key_commands.add_parser("list", help="List keys (ids and names, never secrets)")
+    revoke = key_commands.add_parser("revoke", help="Revoke a key by id")
+    revoke.add_argument("key_id", help="The key's id (the part before ':')")
+    for sub in (create, key_commands.choices["list"], revoke):
+        _add_field_flags(sub, Settings, _SETTINGS_FOR["keys"], "s_")
+
+    generate = commands.add_parser("generate", help="Generate one image locally, no server needed")
+    _add_field_flags(generate, ReimagineInput, None, "i_")
+    _add_field_flags(generate, Settings, _SETTINGS_FOR["generate"], "s_")
+    generate.add_argument("--depth-image", default=None, metavar="PATH|URL", help="Depth structure image")
+    generate.add_argument("--canny-image", default=None, metavar="PATH|URL", help="Canny structure image")
+    generate.add_argument("-o", "--output", type=Path, default=Path("out.png"), help="Output PNG (default out.png)")
+
+    models = commands.add_parser("models", help="Model weights")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    pull = model_commands.add_parser("pull", help="Download the model weights into the Hugging Face cache")
+    _add_field_flags(pull, Settings, _SETTINGS_FOR["models"], "s_")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    settings = Settings(**_split(namespace, "s_"))
+    from reimagine.logs import configure_logging
+
+    configure_logging(settings, role=namespace.command)
+    if namespace.command == "serve":
+        from reimagine.server import serve
+
+        return serve(settings)
+    if namespace.command == "worker":
+        from reimagine.server import run_worker
+
+        return run_worker(settings)
+    if namespace.command == "keys":
+        return _keys(settings, namespace)
+    if namespace.command == "generate":
+        return _generate(parser, settings, namespace)
+    if namespace.command == "models":
+        from reimagine.worker.oneshot import pull_models
+
+        pull_models(settings)
+        return 0
+    parser.error(f"unknown command {namespace.command}")
+    return 2
+
+
+def _keys(settings: Settings, namespace: argparse.Namespace) -> int:
+    from reimagine.queue import open_store
+
+    store = open_store(settings.resolved_database_url)
+    if namespace.keys_command == "create":
+        print(store.create_key(namespace.name))
+    elif namespace.keys_command == "list":
+        for key in store.list_keys():
+            state = "revoked" if key.revoked_at else "active"
+            print(f"{key.id}\t{key.name}\t{state}")
+    elif namespace.keys_command == "revoke":
+        if not store.revoke_key(namespace.key_id):
+            print(f"no active key with id {namespace.key_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {namespace.key_id}")
+    return 0
+
+
+def _generate(parser: argparse.ArgumentParser, settings: Settings, namespace: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from reimagine.errors import InputError, ModelMissing
+    from reimagine.worker.oneshot import run_generate
+
+    try:
+        inputs = ReimagineInput(**_split(namespace, "i_"))
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            field = ".".join(str(part) for part in error["loc"])
+            print(f"error: --{field.replace('_', '-')}: {error['msg']}", file=sys.stderr)
+        return 2
+    try:
+        depth = namespace.depth_image or inputs.depth_image_url or None
+        canny = namespace.canny_image or inputs.canny_image_url or None
+        path = run_generate(settings, inputs, depth, canny, namespace.output)
+    except InputError as exc:
+        print(f"error: {exc.field}: {exc.message}", file=sys.stderr)
+        return 2
+    except ModelMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Worker processes of `reimagine serve`: spawn, watch, restart, and give back the jobs of the ones that die.
+
+Workers are spawned (never forked: a forked CUDA context is unusable, and a fork would inherit the listening
+socket). Each worker slot has a thread that spawns the process, reads its pipe, and outlives it: the kernel's
+parent-death signal is tied to the spawning thread, so that thread must not exit before its child.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from reimagine.config import Settings
+
+logger = logging.getLogger(__name__)
+
+_RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs visible to this machine, read from the driver without importing torch."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def is_local_owner_dead(owner: str) -> bool:
+    """True for a lease owner `host/pid/...` on this host whose process no longer exists."""
+    host, _, rest = owner.partition("/")
+    pid_text = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class _Slot:
+    def __init__(self, index: int, env: dict[str, str]) -> None:
+        self.index = index
+        self.env = env
+        self.process: Any = None
+        self.conn: Connection | None = None
+        self.owner: str | None = None
+        self.ready = False
+        #: the worker said it is waiting for work; a wake-up is only sent then, so the pipe never fills up
+        self.idle = False
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        gpus = gpu_count()
+        count = settings.workers if settings.workers >= 0 else max(1, gpus)
+        self._slots = [_Slot(i, self._env_for(i, gpus)) for i in range(count)]
+        self._stopping = threading.Event()
+        self._ctx = multiprocessing.get_context("spawn")
+        self._on_event: Callable[[], None] = lambda: None
+        self._on_job_done: Callable[[], None] = lambda: None
+
+    def _env_for(self, index: int, gpus: int) -> dict[str, str]:
+        # One worker per GPU: each sees only its own device, as cuda:0.
+        if gpus > 1 and not self.settings.device:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            devices = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(gpus)]
+            return {"CUDA_VISIBLE_DEVICES": devices[index % len(devices)]}
+        return {}
+
+    def start(self, *, on_event: Callable[[], None], on_job_done: Callable[[], None]) -> None:
+        self._on_event = on_event
+        self._on_job_done = on_job_done
+        self._reconcile()
+        for slot in self._slots:
+            slot.thread = threading.Thread(target=self._watch, args=(slot,), name=f"worker-slot-{slot.index}")
+            slot.thread.start()
+
+    def _reconcile(self) -> None:
+        """Startup: jobs left RUNNING by dead local workers (a crash of serve) go back to the queue at once."""
+        from reimagine.queue import open_store
+
+        store = open_store(self.settings.resolved_database_url, max_attempts=self.settings.max_attempts)
+        try:
+            dead = [owner for owner in store.running_owners() if is_local_owner_dead(owner)]
+            if dead:
+                store.reclaim(owners=dead)
+        finally:
+            store.close()
+
+    def _watch(self, slot: _Slot) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self._spawn(slot)
+            self._pump(slot)
+            exit_code = self._reap(slot)
+            if self._stopping.is_set():
+                return
+            failures = failures + 1 if time.monotonic() - started < 60 else 1
+            delay = _RESTART_BACKOFF_S[min(failures, len(_RESTART_BACKOFF_S)) - 1]
+            logger.error("worker %d exited (code %s); restarting in %.0fs", slot.index, exit_code, delay)
+            self._stopping.wait(delay)
+
+    def _spawn(self, slot: _Slot) -> None:
+        from reimagine.worker.embedded import process_main
+
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        data = self.settings.model_dump(mode="json")
+        process = self._ctx.Process(
+            target=process_main, args=(data, child_conn, slot.env), name=f"reimagine-worker-{slot.index}", daemon=False
+        )
+        process.start()
+        child_conn.close()
+        with slot.lock:
+            slot.process, slot.conn, slot.ready, slot.owner = process, parent_conn, False, None
+        logger.info("worker %d spawned (pid %s)", slot.index, process.pid)
+
+    def _pump(self, slot: _Slot) -> None:
+        assert slot.conn is not None
+        while True:
+            try:
+                message = slot.conn.recv()
+            except (EOFError, OSError):
+                return
+            kind = message[0]
+            if kind == "event":
+                self._on_event()
+            elif kind == "done":
+                self._on_event()
+                self._on_job_done()
+            elif kind == "idle":
+                slot.idle = True
+            elif kind == "hello":
+                slot.owner = message[1]
+            elif kind == "ready":
+                slot.ready = True
+                logger.info("worker %d ready", slot.index)
+            elif kind == "log":
+                logger.info("worker %d: %s", slot.index, message[1])
+
+    def _reap(self, slot: _Slot) -> int | None:
+        process = slot.process
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+        with slot.lock:
+            slot.ready = False
+            if slot.conn is not None:
+                slot.conn.close()
+                slot.conn = None
+        if slot.owner is not None and not self._stopping.is_set():
+            self._give_back_jobs(slot.owner)
+        code: int | None = process.exitcode
+        return code
+
+    def _give_back_jobs(self, owner: str) -> None:
+        from reimagine.queue import open_store
+
+        store = open_store(self.settings.resolved_database_url, max_attempts=self.settings.max_attempts)
+        try:
+            store.reclaim(owners=[owner])
+        finally:
+            store.close()
+        self._on_event()
+
+    def wake(self) -> None:
+        for slot in self._slots:
+            with slot.lock:
+                if slot.conn is not None and slot.idle:
+                    slot.idle = False
+                    try:
+                        slot.conn.send(("wake",))
+                    except (BrokenPipeError, OSError):
+                        pass  # the slot's watcher restarts it
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Drain: each worker finishes its current job, then exits; stragglers are killed."""
+        self._stopping.set()
+        for slot in self._slots:
+            with slot.lock:
+                if slot.conn is not None:
+                    try:
+                        slot.conn.send(("stop",))
+                    except (BrokenPipeError, OSError):
+                        pass
+        deadline = time.monotonic() + timeout_s
+        for slot in self._slots:
+            if slot.thread is not None:
+                slot.thread.join(timeout=max(0.1, deadline - time.monotonic()))
+            if slot.process is not None and slot.process.is_alive():
+                slot.process.kill()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "expected": len(self._slots),
+            "ready": sum(1 for slot in self._slots if slot.ready),
+            "pids": [slot.process.pid if slot.process is not None else None for slot in self._slots],
+        }

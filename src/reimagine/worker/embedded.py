@@ -1,0 +1,84 @@
+"""Entry point of a worker process spawned by `reimagine serve`.
+
+The pipe to `serve` carries wake-ups one way and events/readiness the other. The worker must never outlive
+`serve` (a second `serve` would otherwise find a stranger holding the GPU): the kernel kills it when its parent
+dies (PR_SET_PDEATHSIG), and a watchdog thread exits if the pipe closes or the parent pid changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    parent = os.getppid()
+    _die_with_parent(parent)
+
+    from reimagine.config import Settings
+    from reimagine.logs import configure_logging
+    from reimagine.queue import open_store
+    from reimagine.storage import open_storage
+    from reimagine.worker.main import Worker, install_drain_handler, load_generate, make_owner
+
+    settings = Settings(**settings_data)
+    configure_logging(settings, role="worker")
+    log = logging.getLogger("reimagine.worker")
+    owner = make_owner()
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            try:
+                conn.send(message)
+            except (BrokenPipeError, EOFError, OSError):
+                os._exit(0)
+
+    stop = threading.Event()
+    install_drain_handler(stop)
+    send(("hello", owner))
+    store = open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
+    storage = open_storage(settings)
+    generate = load_generate(settings, log=lambda message: (log.info(message), send(("log", message))) and None)
+    worker = Worker(settings, store, storage, generate, owner=owner, notify=lambda kind: send((kind,)))
+    send(("ready", owner))
+
+    def wait(timeout: float) -> None:
+        # Wakes on a message from serve; EOF means serve is gone.
+        send(("idle",))
+        try:
+            if conn.poll(timeout):
+                while conn.poll():
+                    message = conn.recv()
+                    if message == ("stop",):
+                        stop.set()
+        except (EOFError, OSError):
+            os._exit(0)
+
+    worker.run(stop, wait)
+    store.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the watchdog below still ends us within a second
+    if os.getppid() != parent:
+        os._exit(0)
+
+    def watchdog() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watchdog, name="parent-watchdog", daemon=True).start()

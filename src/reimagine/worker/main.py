@@ -1,0 +1,272 @@
+"""The worker: claim a job, run `generate` on it under a lease, store the image, complete the job.
+
+One `Worker` runs one job at a time on one device. It is embedded (spawned by `reimagine serve`, talking to it
+over a pipe for instant wake-ups) or standalone (`reimagine worker`, polling the store). Torch is imported only
+by the real `generate`, so a worker with a fake `generate` starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from PIL import Image
+
+from reimagine.config import Settings
+from reimagine.errors import InputError, JobCancelled, OutOfMemory
+from reimagine.generation import Controls, Generate, Generated
+from reimagine.jobs import CANCELLED_MESSAGE, JobStatus
+from reimagine.queue.models import Job, LeaseState, Outcome
+from reimagine.schemas import ImageFile, ReimagineInput, ReimagineOutput
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another worker owns the job now (our lease expired); drop it without completing."""
+
+
+def make_owner() -> str:
+    """A lease owner id: host and pid let `serve` tell a dead local worker from a live one."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Any,
+        storage: Any,
+        generate: Generate,
+        *,
+        owner: str | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.generate = generate
+        self.owner = owner or make_owner()
+        self._notify = notify or (lambda _kind: None)
+
+    def run(self, stop: threading.Event, wait: Callable[[float], None]) -> None:
+        """Run jobs until `stop` is set; between jobs, `wait(timeout)` returns early when woken."""
+        while not stop.is_set():
+            if not self.run_once():
+                wait(1.0)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when the queue was empty."""
+        job = self.store.claim(self.owner, self.settings.lease_s)
+        if job is None:
+            return False
+        self._notify("event")
+        logger.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
+        beat = _Heartbeat(self.store, job, self.settings)
+        beat.start()
+        try:
+            outcome = self._execute(job, beat)
+        except LeaseLost:
+            logger.warning("lease lost; dropping job", extra={"request_id": job.id})
+            return True
+        finally:
+            beat.stop()
+        if self.store.complete(job.id, job.fence, outcome):
+            logger.info("job finished", extra={"request_id": job.id, "status": outcome.status.value})
+        else:
+            logger.warning("lease lost before completion; result dropped", extra={"request_id": job.id})
+        self._notify("done")
+        return True
+
+    def _execute(self, job: Job, beat: _Heartbeat) -> Outcome:
+        hooks = _JobHooks(self, job, beat)
+        started = time.monotonic()
+        try:
+            inputs = ReimagineInput.model_validate(job.input)
+            controls = self._load_controls(job, inputs)
+            generated = self.generate(inputs, controls, hooks)
+            hooks.check_cancelled()
+            body = self._store_result(job, inputs, generated)
+        except JobCancelled:
+            return Outcome(JobStatus.CANCELED, 499, {"detail": CANCELLED_MESSAGE}, CANCELLED_MESSAGE, "cancelled")
+        except InputError as exc:
+            return Outcome(JobStatus.FAILED, 422, {"detail": exc.detail()}, exc.message, "validation_error")
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            if isinstance(exc, OutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
+                _free_accelerator_memory()
+                message = "Out of memory while generating; not retried"
+                hooks.log(message, "ERROR")
+                body = {"detail": message, "error_type": "out_of_memory"}
+                return Outcome(JobStatus.FAILED, 503, body, message, "out_of_memory")
+            logger.exception("generate failed", extra={"request_id": job.id})
+            message = f"Internal error: {type(exc).__name__}: {exc}"
+            hooks.log(message, "ERROR")
+            return Outcome(JobStatus.FAILED, 500, {"detail": message, "error_type": "internal_error"}, message,
+                           "internal_error")
+        return Outcome(JobStatus.SUCCEEDED, 200, body, inference_time_s=round(time.monotonic() - started, 4))
+
+    def _load_controls(self, job: Job, inputs: ReimagineInput) -> Controls:
+        from reimagine.images import load_image
+
+        own = [url for url in (job.base_url, self.settings.public_base_url) if url]
+        loaded: dict[str, Image.Image | None] = {}
+        for name in ("depth", "canny"):
+            url = getattr(inputs, f"{name}_image_url")
+            loaded[name] = (
+                load_image(url, f"{name}_image_url", settings=self.settings, storage=self.storage, own_base_urls=own)
+                if url
+                else None
+            )
+        return Controls(depth=loaded["depth"], canny=loaded["canny"])
+
+    def _put_png(self, job: Job, image: Image.Image, kind: str) -> tuple[str, bytes]:
+        from reimagine.images import encode_png
+
+        data = encode_png(image)
+        stored = self.storage.put(data, "image/png", f"{kind}.png")
+        self.store.add_file(stored.key, job_id=job.id, kind=kind, content_type="image/png", size=len(data))
+        return stored.key, data
+
+    def _store_result(self, job: Job, inputs: ReimagineInput, generated: Generated) -> dict[str, Any]:
+        from reimagine.images import data_uri, encode_png
+
+        if generated.maps:
+            keys = {name: self._put_png(job, image, f"{name}_map")[0] for name, image in generated.maps.items()}
+            self.store.add_event(job.id, "maps", {"keys": keys})
+            self._notify("event")
+        image = generated.image
+        if inputs.sync_mode:
+            # sync_mode: the image travels in the response only; nothing is stored.
+            data = encode_png(image)
+            url = data_uri(data, "image/png")
+        else:
+            key, data = self._put_png(job, image, "image")
+            url = f"{job.base_url}/files/{key}"
+        output = ReimagineOutput(
+            image=ImageFile(
+                url=url,
+                content_type="image/png",
+                file_name=f"reimagine-{job.id[:8]}.png",
+                file_size=len(data),
+                width=image.width,
+                height=image.height,
+            ),
+            seed=inputs.seed,
+            timings=generated.timings,
+        )
+        return output.model_dump(mode="json")
+
+
+class _Heartbeat:
+    """Renews the job's lease every `heartbeat_s` in a thread; remembers a cancel or a lost lease."""
+
+    def __init__(self, store: Any, job: Job, settings: Settings) -> None:
+        self._store = store
+        self._job = job
+        self._settings = settings
+        self._stop = threading.Event()
+        self.state = LeaseState.HELD
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id[:8]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._settings.heartbeat_s):
+            try:
+                self.state = self._store.heartbeat(self._job.id, self._job.fence, self._settings.lease_s)
+            except Exception:
+                logger.exception("heartbeat failed; retrying", extra={"request_id": self._job.id})
+
+
+class _JobHooks:
+    """The `Hooks` a job's `generate` gets: progress events, throttled previews, cancel checks, logs."""
+
+    def __init__(self, worker: Worker, job: Job, beat: _Heartbeat) -> None:
+        self._worker = worker
+        self._job = job
+        self._beat = beat
+        self._last_preview = 0.0
+
+    def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
+        now = time.time()
+        data: dict[str, Any] = {
+            "step": step,
+            "total": total,
+            "message": f"Step {step}/{total}",
+            "level": "INFO",
+            "timestamp": datetime.fromtimestamp(now, UTC).isoformat(),
+        }
+        interval = self._worker.settings.preview_interval_s
+        if preview is not None and (now - self._last_preview >= interval or step == total):
+            self._last_preview = now
+            data["preview_key"] = self._worker._put_png(self._job, preview, "preview")[0]
+        self._worker.store.add_event(self._job.id, "progress", data)
+        self._worker._notify("event")
+
+    def check_cancelled(self) -> None:
+        state = self._beat.state
+        if state == LeaseState.HELD:
+            state = self._worker.store.lease_state(self._job.id, self._job.fence)
+        if state == LeaseState.LOST:
+            raise LeaseLost
+        if state == LeaseState.CANCEL:
+            raise JobCancelled
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self._worker.store.add_log(self._job.id, message, level)
+        self._worker._notify("event")
+
+
+def _free_accelerator_memory() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_generate(settings: Settings, log: Callable[[str], None] = logger.info) -> Generate:
+    """The `generate` callable `settings` asks for: a factory by import path, or the Bria pipeline, warmed."""
+    if settings.generate:
+        import importlib
+
+        module_name, _, attr = settings.generate.partition(":")
+        factory = getattr(importlib.import_module(module_name), attr)
+        generate: Generate = factory(settings)
+        return generate
+    import functools
+
+    from reimagine.worker.pipeline import generate as pipeline_generate
+    from reimagine.worker.pipeline import load_pipeline, warmup
+
+    started = time.monotonic()
+    pipe = load_pipeline(settings)
+    log(f"model loaded in {time.monotonic() - started:.1f}s; warming up")
+    warmup(pipe)
+    log(f"model ready after {time.monotonic() - started:.1f}s")
+    return functools.partial(pipeline_generate, pipe)
+
+
+def install_drain_handler(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT: finish the current job, take no new one."""
+
+    def drain(signum: int, _frame: object) -> None:
+        logger.info("signal %s: draining (finishing the current job, taking no new one)", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
