@@ -1,0 +1,62 @@
+"""A fake `generate` at the seam the service owns: fast, deterministic, steerable from the prompt.
+
+Prompt directives (anywhere in the prompt): `sleep=<s>` per step, `oom` (out of memory at step 2),
+`crash` (the worker process dies at step 2), `boom` (an exception), `log=<text>` (a log line).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from PIL import Image
+
+from reimagine.config import Settings
+from reimagine.errors import OutOfMemory
+from reimagine.generation import Controls, Generate, Generated, Hooks
+from reimagine.schemas import ReimagineInput, size_for
+
+
+def fake_generate(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated:
+    prompt = inputs.prompt
+    sleep = re.search(r"sleep=([0-9.]+)", prompt)
+    per_step = float(sleep.group(1)) if sleep else 0.0
+    log = re.search(r"log=(\S+)", prompt)
+    if log:
+        hooks.log(log.group(1))
+    width, height = size_for(inputs.aspect_ratio)
+    total = inputs.num_inference_steps
+    for step in range(1, total + 1):
+        hooks.check_cancelled()
+        if step == 2 and "oom" in prompt:
+            raise OutOfMemory("CUDA out of memory (fake)")
+        if step == 2 and "crash" in prompt:
+            os._exit(13)
+        if step == 2 and "boom" in prompt:
+            raise RuntimeError("boom")
+        if per_step:
+            time.sleep(per_step)
+        preview = Image.new("RGB", (32, 32), (step * 8 % 256, 0, 0)) if "preview" in prompt else None
+        hooks.on_step(step, total, preview)
+    color = (inputs.seed % 256, int(inputs.depth_scale * 255), int(inputs.canny_scale * 255))
+    image = Image.new("RGB", (width, height), color)
+    maps = {}
+    if controls.canny is not None:
+        maps["canny"] = controls.canny.convert("L").convert("RGB")
+    if controls.depth is not None:
+        maps["depth"] = controls.depth.convert("L").convert("RGB")
+    return Generated(image=image, maps=maps, prompt=prompt, timings={"denoise": 0.0})
+
+
+def make_generate(settings: Settings) -> Generate:
+    return fake_generate
+
+
+def make_noop_generate(settings: Settings) -> Generate:
+    """For serving-overhead benchmarks: no steps, a 16x16 image."""
+
+    def noop(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated:
+        return Generated(image=Image.new("RGB", (16, 16)), prompt=inputs.prompt)
+
+    return noop
