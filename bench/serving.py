@@ -102,8 +102,17 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        serve = ServeProcess(Path(tmp), "--generate", "tests.fakes:make_noop_generate", "--submit-rate-per-min", "0",
-                             "--max-queue-depth", "100000", "--log-level", "WARNING")
+        serve = ServeProcess(
+            Path(tmp),
+            "--generate",
+            "tests.fakes:make_noop_generate",
+            "--submit-rate-per-min",
+            "0",
+            "--max-queue-depth",
+            "100000",
+            "--log-level",
+            "WARNING",
+        )
         serve.start()
         try:
             with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=60) as client:
@@ -124,9 +133,14 @@ def main() -> None:
     rows = [
         ("sync run latency p50 / p99 (ms)", f"{_pct(sync, 0.5) * 1e3:.2f} / {_pct(sync, 0.99) * 1e3:.2f}"),
         ("sync runs/s, sequential", f"{1 / statistics.mean(sync):.0f}"),
-        ("queue submit->COMPLETED via SSE p50 / p99 (ms)", f"{_pct(queued, 0.5) * 1e3:.2f} / {_pct(queued, 0.99) * 1e3:.2f}"),
-        ("server-side created->completed p50 / p99 (ms)",
-         f"{_pct(server_side, 0.5) * 1e3:.2f} / {_pct(server_side, 0.99) * 1e3:.2f}"),
+        (
+            "queue submit->COMPLETED via SSE p50 / p99 (ms)",
+            f"{_pct(queued, 0.5) * 1e3:.2f} / {_pct(queued, 0.99) * 1e3:.2f}",
+        ),
+        (
+            "server-side created->completed p50 / p99 (ms)",
+            f"{_pct(server_side, 0.5) * 1e3:.2f} / {_pct(server_side, 0.99) * 1e3:.2f}",
+        ),
         (f"jobs/s, sync runs, {args.concurrency} concurrent clients", f"{jobs_per_s:.0f}"),
         (f"status requests/s, {args.concurrency} concurrent clients", f"{status_per_s:.0f}"),
     ]
@@ -139,7 +153,10 @@ def main() -> None:
         "# Serving overhead (no-op generate)\n\n"
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}, Python {platform.python_version()}, SQLite store, "
         f"one worker process, {args.requests} requests per row. Command: `.venv/bin/python bench/serving.py`.\n\n"
-        + header + "\n" + table + "\n"
+        + header
+        + "\n"
+        + table
+        + "\n"
     )
 
 

@@ -23,16 +23,34 @@ from reimagine.schemas import ReimagineInput
 _SETTINGS_FOR = {
     "serve": None,  # every setting
     "worker": None,
-    "generate": ("model", "controlnet", "depth_model", "offline", "device", "cpu_offload", "fast", "fp8",
-                 "step_cache", "enhancer", "enhancer_model", "data_dir", "allow_hosts", "fetch_max_bytes",
-                 "fetch_timeout_s", "max_image_pixels", "log_level", "generate"),
+    "generate": (
+        "model",
+        "controlnet",
+        "depth_model",
+        "offline",
+        "device",
+        "cpu_offload",
+        "fast",
+        "fp8",
+        "step_cache",
+        "enhancer",
+        "enhancer_model",
+        "data_dir",
+        "allow_hosts",
+        "fetch_max_bytes",
+        "fetch_timeout_s",
+        "max_image_pixels",
+        "log_level",
+        "generate",
+    ),
     "keys": ("data_dir", "database_url", "log_level"),
     "models": ("model", "controlnet", "depth_model", "offline", "log_level"),
 }
 
 
-def _add_field_flags(parser: argparse.ArgumentParser, model: type[BaseModel], names: typing.Iterable[str] | None,
-                     dest_prefix: str) -> None:
+def _add_field_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], names: typing.Iterable[str] | None, dest_prefix: str
+) -> None:
     for name, info in model.model_fields.items():
         if names is not None and name not in names:
             continue
@@ -57,14 +75,16 @@ def _add_flag(parser: argparse.ArgumentParser, name: str, info: FieldInfo, dest_
         parser.add_argument(flag, choices=list(typing.get_args(annotation)), **kwargs)
     elif origin is list:
         parser.add_argument(flag, metavar="A,B", **kwargs)
-    elif annotation in (int, float):
-        parser.add_argument(flag, type=annotation, **kwargs)
+    elif annotation is int:
+        parser.add_argument(flag, type=int, **kwargs)
+    elif annotation is float:
+        parser.add_argument(flag, type=float, **kwargs)
     else:
         parser.add_argument(flag, metavar=name.upper(), **kwargs)
 
 
 def _split(namespace: argparse.Namespace, prefix: str) -> dict[str, Any]:
-    return {key[len(prefix):]: value for key, value in vars(namespace).items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in vars(namespace).items() if key.startswith(prefix)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Every setting of `serve`, `worker`, `keys` and `generate`; env `REIMAGINE_<FIELD>`, flag `--<field-with-dashes>`."""
+    """Every setting of `serve`, `worker`, `keys`, `generate`; env `REIMAGINE_<FIELD>`, flag `--<field-with-dashes>`."""
 
     model_config = SettingsConfigDict(env_prefix="REIMAGINE_", extra="ignore", validate_default=True)
 

@@ -71,7 +71,9 @@ class ReimagineInput(BaseModel):
     canny_preprocess: bool = Field(True, description="Derive the canny edge map from an ordinary photo first.")
     aspect_ratio: AspectRatio = Field(AspectRatio.SQUARE, description="Aspect ratio of the generated image.")
     num_inference_steps: int = Field(30, ge=20, le=50, description="Number of denoising steps.")
-    seed: int = Field(5555, ge=0, le=2_147_483_647, description="Random seed; same inputs and seed give the same image.")
+    seed: int = Field(
+        5555, ge=0, le=2_147_483_647, description="Random seed; same inputs and seed give the same image."
+    )
     guidance_scale: float = Field(
         5.0, ge=0.0, le=20.0, description="Classifier-free guidance scale (our documented bound: 0..20)."
     )

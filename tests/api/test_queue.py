@@ -49,7 +49,7 @@ def test_canny_from_an_allow_listed_local_url(client: httpx.Client) -> None:
     png = scene_png()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
             self.send_header("Content-Length", str(len(png)))
@@ -140,10 +140,9 @@ def test_auth_and_cross_key_visibility(client: httpx.Client, server: ServeProces
     import subprocess
     import sys
 
-    other_key = subprocess.run(
-        [sys.executable, "-m", "reimagine.cli", "keys", "create", "--name", "other", "--data-dir", str(server.data_dir)],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    command = [sys.executable, "-m", "reimagine.cli", "keys", "create", "--name", "other"]
+    created = subprocess.run([*command, "--data-dir", str(server.data_dir)], check=True, capture_output=True, text=True)
+    other_key = created.stdout.strip().splitlines()[-1]
     other = {"Authorization": f"Key {other_key}"}
     for path in (f"{REQUESTS}/{request_id}", f"{REQUESTS}/{request_id}/status"):
         assert httpx.get(server.url + path, headers=other).status_code == 404

@@ -66,8 +66,13 @@ def _start_timeout(request: Request) -> float | None | JSONResponse:
         seconds = float(raw)
     except ValueError:
         return _error(
-            [{"loc": ["header", "x-fal-request-timeout"], "msg": f"must be a number of seconds, got {raw!r}",
-              "type": "value_error"}],
+            [
+                {
+                    "loc": ["header", "x-fal-request-timeout"],
+                    "msg": f"must be a number of seconds, got {raw!r}",
+                    "type": "value_error",
+                }
+            ],
             422,
         )
     if seconds <= 0:
@@ -117,7 +122,9 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
     retry_after = state.limiter.check(key_id)
     if retry_after is not None:
         return _error(
-            "Rate limit exceeded: too many submissions for this key", 429, {"retry-after": str(max(1, round(retry_after)))}
+            "Rate limit exceeded: too many submissions for this key",
+            429,
+            {"retry-after": str(max(1, round(retry_after)))},
         )
     if await asyncio.to_thread(state.store.count_queued) >= settings.max_queue_depth:
         return _error("The queue is full; try again later", 429, {"retry-after": "5"})

@@ -42,7 +42,9 @@ def create_app(
     from reimagine.webhooks import WebhookDispatcher, WebhookKey
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = store if store is not None else open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
+    store = (
+        store if store is not None else open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
+    )
     storage = storage if storage is not None else open_storage(settings)
     if supervisor is None and settings.workers != 0:
         from reimagine.supervisor import Supervisor
@@ -104,7 +106,8 @@ def create_app(
             max_age=600,
         )
 
-    from reimagine.api.routes import health, queue, run, storage as storage_routes, wellknown
+    from reimagine.api.routes import health, queue, run, wellknown
+    from reimagine.api.routes import storage as storage_routes
 
     app.include_router(health.router)
     app.include_router(wellknown.router)

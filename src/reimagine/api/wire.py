@@ -18,7 +18,11 @@ QUEUE_PREFIX = "bria/reimagine"
 def request_urls(base: str, job_id: str) -> dict[str, str]:
     # No endpoint sub-path: fal-client's get_handle() must rebuild exactly these (fal-protocol.md §1).
     response_url = f"{base}/{QUEUE_PREFIX}/requests/{job_id}"
-    return {"response_url": response_url, "status_url": f"{response_url}/status", "cancel_url": f"{response_url}/cancel"}
+    return {
+        "response_url": response_url,
+        "status_url": f"{response_url}/status",
+        "cancel_url": f"{response_url}/cancel",
+    }
 
 
 def file_url(base: str, key: str) -> str:

@@ -361,7 +361,8 @@ class SqlStore:
         if expired_before is None and not owners:
             return []
         now = time.time()
-        clauses, params = [], {}
+        clauses: list[str] = []
+        params: dict[str, object] = {}
         if expired_before is not None:
             clauses.append("lease_expires_at < :before")
             params["before"] = expired_before

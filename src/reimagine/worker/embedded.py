@@ -46,7 +46,11 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
     send(("hello", owner))
     store = open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
     storage = open_storage(settings)
-    generate = load_generate(settings, log=lambda message: (log.info(message), send(("log", message))) and None)
+    def report(message: str) -> None:
+        log.info(message)
+        send(("log", message))
+
+    generate = load_generate(settings, log=report)
     worker = Worker(settings, store, storage, generate, owner=owner, notify=lambda kind: send((kind,)))
     send(("ready", owner))
 

@@ -112,8 +112,9 @@ class Worker:
             logger.exception("generate failed", extra={"request_id": job.id})
             message = f"Internal error: {type(exc).__name__}: {exc}"
             hooks.log(message, "ERROR")
-            return Outcome(JobStatus.FAILED, 500, {"detail": message, "error_type": "internal_error"}, message,
-                           "internal_error")
+            return Outcome(
+                JobStatus.FAILED, 500, {"detail": message, "error_type": "internal_error"}, message, "internal_error"
+            )
         return Outcome(JobStatus.SUCCEEDED, 200, body, inference_time_s=round(time.monotonic() - started, 4))
 
     def _load_controls(self, job: Job, inputs: ReimagineInput) -> Controls:

@@ -1,4 +1,4 @@
-"""Liveness and readiness: ready only once a worker has loaded and warmed the model (or, API-only, the store answers)."""
+"""Liveness and readiness: ready once a worker has loaded and warmed the model (API-only: once the store answers)."""
 
 from __future__ import annotations
 

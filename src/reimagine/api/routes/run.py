@@ -84,8 +84,11 @@ async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -
             await asyncio.shield(_cancel_if_unfinished(state, job.id, key_id))
     if done is None:
         return JSONResponse(
-            {"detail": "Request timed out; it keeps running and its result stays available", "error_type":
-             "request_timeout", "request_id": job.id},
+            {
+                "detail": "Request timed out; it keeps running and its result stays available",
+                "error_type": "request_timeout",
+                "request_id": job.id,
+            },
             status_code=504,
             headers={**job_headers(job.id), "x-fal-error-type": "request_timeout"},
         )
