@@ -36,6 +36,7 @@ from reimagine.queue.models import (
     WebhookDelivery,
     webhook_body,
 )
+from reimagine.queue.notify import QUEUED, notify_sql
 
 logger = logging.getLogger(__name__)
 
@@ -451,6 +452,12 @@ class SqlStore:
             ),
             {"job_id": job_id, "kind": kind, "data": json.dumps(data), "now": now},
         ).one()
+        if not self.is_sqlite:
+            # Every write path (enqueue, progress, cancel, finish, re-queue) adds an event, so this one hook wakes
+            # API replicas and idle workers on other machines; delivered on commit (reimagine.queue.notify).
+            notify_sql(conn, job_id)
+            if kind == "status" and data.get("status") == JobStatus.QUEUED.value:
+                notify_sql(conn, QUEUED)
         return int(row[0])
 
     def events(self, job_id: str, after_id: int = 0) -> list[Event]:
@@ -605,7 +612,9 @@ def _log_data(message: str, level: str, now: float) -> dict[str, Any]:
 
 def _event(row: Any) -> Event:
     m = row._mapping
-    return Event(id=int(m["id"]), job_id=m["job_id"], kind=m["kind"], data=json.loads(m["data"]), created_at=m["created_at"])
+    return Event(
+        id=int(m["id"]), job_id=m["job_id"], kind=m["kind"], data=json.loads(m["data"]), created_at=m["created_at"]
+    )
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
