@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -165,6 +166,19 @@ class _Counter(Protocol):
     def count_webhook(self, result: str) -> None: ...
 
 
+def _resolves(url: str) -> bool:
+    """Whether the URL's host has addresses (or is malformed: then the refusal is final anyway)."""
+    try:
+        parsed = httpx.URL(url)
+        if parsed.host:
+            socket.getaddrinfo(parsed.host, parsed.port or 443, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    except (httpx.InvalidURL, OSError):
+        pass
+    return True
+
+
 def _allow_all(url: str) -> None:
     """No SSRF policy: for tests and callers that checked the URL already."""
 
@@ -183,7 +197,7 @@ class WebhookDispatcher:
         key: WebhookKey,
         *,
         client: httpx.AsyncClient | None = None,
-        check_target: Callable[[str], None] = _allow_all,
+        check_target: Callable[[str], object] = _allow_all,
         metrics: _Counter | None = None,
     ) -> None:
         """Args:
@@ -261,9 +275,12 @@ class WebhookDispatcher:
         try:
             await asyncio.to_thread(self._check_target, delivery.url)
         except InputError as exc:
+            if not await asyncio.to_thread(_resolves, delivery.url):
+                # A DNS failure may be the receiver's outage, not the policy: retry it like a connect error.
+                return await self._record(delivery, "retry", status=None, error=f"unresolvable: {exc}"[:500])
             # The policy answer will not change between attempts: give up now rather than retry for two hours.
             logger.warning("webhook for job %s refused by the SSRF policy: %s", delivery.job_id, exc)
-            return await self._record(delivery, "refused", status=None, error=f"refused: {exc}")
+            return await self._record(delivery, "refused", status=None, error=f"refused: {exc}"[:500])
 
         body = delivery.body.encode()
         timestamp = str(int(time.time()))

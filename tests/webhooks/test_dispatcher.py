@@ -228,3 +228,17 @@ def _ok(request: httpx.Request) -> httpx.Response:
 
 def _due(store: SqlStore) -> list[Any]:
     return store.due_webhooks(time.time() + 1, 10, 60.0)
+
+
+def test_unresolvable_target_is_retried_not_refused(tmp_path: Path, store: SqlStore) -> None:
+    def refuse_everything(url: str) -> None:
+        raise FetchRefused("fal_webhook", "cannot resolve host")
+
+    settings = settings_for(tmp_path)
+    dispatcher = WebhookDispatcher(store, settings, WebhookKey.load_or_create(settings), check_target=refuse_everything)
+    # A 70-character label fails in the resolver's IDNA step, locally: no DNS server needed.
+    job = finish_job(store, f"https://{'a' * 70}.example/hook")
+    assert asyncio.run(dispatcher.deliver_once(_due(store)[0])) == "retry"
+    asyncio.run(dispatcher.aclose())
+    row = _outbox(store, job.id)
+    assert row["gave_up_at"] is None and row["last_error"].startswith("unresolvable:")
