@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from reimagine.config import Settings
 
@@ -52,12 +53,28 @@ def run_worker(settings: Settings) -> int:
     store = open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
     storage = open_storage(settings)
     worker = Worker(settings, store, storage, load_generate(settings))
-    logger.info("worker %s ready", worker.owner)
+    logger.info("worker %s ready on device %s", worker.owner, settings.device or "auto (cuda:0 when present, else cpu)")
+
+    # PostgreSQL: NOTIFY wakes an idle worker the moment a job is queued anywhere; the 1 s poll is the backstop
+    # for notifications lost while reconnecting. SQLite (one machine): a 50 ms poll.
+    from reimagine.queue.notify import QUEUED, open_listener
+
+    woken = threading.Event()
+    listener = open_listener(store.database_url, lambda payload: woken.set() if payload == QUEUED else None)
 
     def wait(timeout: float) -> None:
-        stop.wait(min(timeout, 0.05))
+        if not listener.is_live:
+            stop.wait(min(timeout, 0.05))
+            return
+        # Short slices so that SIGTERM (which only sets `stop`) ends an idle worker promptly.
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and not woken.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+        woken.clear()
 
     worker.run(stop, wait)
+    listener.stop()
     store.close()
     logger.info("worker stopped")
     return 0

@@ -65,9 +65,20 @@ def create_app(
         ]
         if supervisor is not None:
             await asyncio.to_thread(supervisor.start, on_event=hub.kick, on_job_done=dispatcher.kick)
+        # --- scale-out: PostgreSQL NOTIFY from other replicas and remote workers (no-op on SQLite) -------------
+        from reimagine.queue.notify import QUEUED, open_listener
+
+        def on_notify(payload: str) -> None:
+            hub.kick()  # progress, logs, cancels and results of jobs run anywhere reach this replica's streams
+            if payload == QUEUED:
+                app.state.notify_workers()  # a job submitted on another replica: wake our idle embedded workers
+
+        listener = open_listener(getattr(store, "database_url", settings.resolved_database_url), on_notify)
+        # --- end scale-out ---------------------------------------------------------------------------------------
         try:
             yield
         finally:
+            listener.stop()
             if supervisor is not None:
                 await asyncio.to_thread(supervisor.stop)
             for task in tasks:
