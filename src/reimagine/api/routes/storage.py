@@ -1,0 +1,269 @@
+"""File uploads and downloads as both fal clients speak them (fal-protocol.md §8).
+
+URL layout (all absolute, under this server's base URL):
+
+    POST /storage/auth/token                      Key auth → CDN token (Python client, §8.1 A)
+    POST /files/upload                            Bearer CDN token, raw body → content-keyed file (§8.1 B)
+    POST /files/upload/multipart                  Bearer CDN token → {access_url, uploadId} (§8.1 C)
+    POST /storage/upload/initiate                 Key auth → signed PUT URL + file URL (§8.1 D, §8.2)
+    POST /storage/upload/initiate-multipart       Key auth → multipart URL + file URL (§8.2)
+    PUT  /files/{key}?token=...                   signed single-shot upload
+    PUT  /files/{key}/multipart/{upload}/{n}      one part; ETag header and {"partNumber","etag"} body
+    POST /files/{key}/multipart/{upload}/complete {"parts": [...]}
+    GET  /files/{key}                             the file, no auth: the key is the secret
+
+Files uploaded before their URL is known get a random key; `{upload}` is a signed token binding the storage
+upload id to that key, so part PUTs need no other auth (the JS client sends none).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from reimagine.api.auth import ApiKeyDep
+from reimagine.api.deps import SettingsDep, StorageDep
+from reimagine.api.urls import base_url
+from reimagine.signing import load_secret, make_token, read_token, token_expiry
+from reimagine.storage import Storage, StoredFile, is_valid_key, new_key
+
+router = APIRouter(tags=["storage"])
+
+CDN_TOKEN_TTL_S = 3600.0
+UPLOAD_URL_TTL_S = 3600.0
+MULTIPART_TTL_S = 24 * 3600.0
+CACHE_CONTROL = "public, max-age=86400"
+_CDN, _PUT, _MULTIPART = "cdn-token", "upload-put", "upload-multipart"
+
+
+class InitiateUpload(BaseModel):
+    file_name: str = "upload.bin"
+    content_type: str = "application/octet-stream"
+
+
+class Part(BaseModel):
+    part_number: int = Field(alias="partNumber")
+    etag: str
+
+
+class CompleteUpload(BaseModel):
+    parts: list[Part]
+
+
+def _secret(request: Request) -> bytes:
+    # Read once per app: the file never changes while the server runs.
+    secret: bytes | None = getattr(request.app.state, "signing_secret", None)
+    if secret is None:
+        secret = load_secret(request.app.state.settings)
+        request.app.state.signing_secret = secret
+    return secret
+
+
+SecretDep = Annotated[bytes, Depends(_secret)]
+
+
+def _require_cdn_token(request: Request, secret: SecretDep) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    subject = read_token(secret, _CDN, token.strip()) if scheme.lower() == "bearer" else None
+    if subject is None:
+        raise HTTPException(status_code=401, detail="Missing, invalid or expired upload token")
+    return subject
+
+
+CdnTokenDep = Annotated[str, Depends(_require_cdn_token)]
+
+
+@router.post("/storage/auth/token")
+def create_cdn_token(request: Request, key_id: ApiKeyDep, settings: SettingsDep, secret: SecretDep) -> JSONResponse:
+    """A short-lived upload token for the Python client's CDN uploads."""
+    token = make_token(secret, _CDN, key_id, ttl_s=CDN_TOKEN_TTL_S)
+    return JSONResponse(
+        {
+            "token": token,
+            "token_type": "Bearer",
+            "base_url": base_url(request, settings),
+            "expires_at": datetime.fromtimestamp(token_expiry(token), UTC).isoformat(),
+        }
+    )
+
+
+@router.post("/files/upload")
+async def upload_file(
+    request: Request, _key_id: CdnTokenDep, settings: SettingsDep, storage: StorageDep
+) -> JSONResponse:
+    """Single-shot upload: the body is the file."""
+    data = await _read_body(request, settings.max_upload_bytes)
+    content_type = request.headers.get("content-type") or "application/octet-stream"
+    file_name = request.headers.get("x-fal-file-name") or None
+    stored: StoredFile = await run_in_threadpool(storage.put, data, content_type, file_name)
+    return JSONResponse(_described(stored, _file_url(request, settings, stored.key)))
+
+
+@router.post("/files/upload/multipart")
+async def create_multipart_upload(
+    request: Request, _key_id: CdnTokenDep, settings: SettingsDep, storage: StorageDep, secret: SecretDep
+) -> JSONResponse:
+    """Start a Python-client multipart upload; the file will be served at `access_url`."""
+    content_type = request.headers.get("content-type") or "application/octet-stream"
+    key, upload = await _start_multipart(storage, secret, content_type, request.headers.get("x-fal-file-name"))
+    return JSONResponse({"access_url": _file_url(request, settings, key), "uploadId": upload})
+
+
+@router.post("/storage/upload/initiate")
+def initiate_upload(
+    request: Request, body: InitiateUpload, _key_id: ApiKeyDep, settings: SettingsDep, secret: SecretDep
+) -> JSONResponse:
+    """A signed PUT URL for one file (Python `fal` repository, JS single-shot)."""
+    key = new_key(body.content_type)
+    subject = json.dumps({"key": key, "file_name": body.file_name, "content_type": body.content_type})
+    token = make_token(secret, _PUT, subject, ttl_s=UPLOAD_URL_TTL_S)
+    file_url = _file_url(request, settings, key)
+    return JSONResponse({"upload_url": f"{file_url}?token={token}", "file_url": file_url})
+
+
+@router.post("/storage/upload/initiate-multipart")
+async def initiate_multipart_upload(
+    request: Request,
+    body: InitiateUpload,
+    _key_id: ApiKeyDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    secret: SecretDep,
+) -> JSONResponse:
+    """Start a JS-client multipart upload: parts go to `{upload_url}/{n}`, then `{upload_url}/complete`."""
+    key, upload = await _start_multipart(storage, secret, body.content_type, body.file_name)
+    file_url = _file_url(request, settings, key)
+    return JSONResponse({"upload_url": f"{file_url}/multipart/{upload}", "file_url": file_url})
+
+
+@router.put("/files/{key}")
+async def put_signed_upload(
+    request: Request, key: str, settings: SettingsDep, storage: StorageDep, secret: SecretDep
+) -> JSONResponse:
+    """The signed single-shot PUT; an `Authorization` header (the Python client sends its key) is ignored."""
+    subject = read_token(secret, _PUT, request.query_params.get("token", ""))
+    meta: dict[str, Any] = json.loads(subject) if subject is not None else {}
+    if meta.get("key") != key:
+        return _error(403, "Upload URL signature is invalid or expired")
+    data = await _read_body(request, settings.max_upload_bytes)
+    content_type = request.headers.get("content-type") or meta["content_type"]
+    stored: StoredFile = await run_in_threadpool(storage.put, data, content_type, meta["file_name"], key=key)
+    return JSONResponse(_described(stored, _file_url(request, settings, key)))
+
+
+@router.put("/files/{key}/multipart/{upload}/{part_number}")
+async def put_part(
+    request: Request,
+    key: str,
+    upload: str,
+    part_number: int,
+    settings: SettingsDep,
+    storage: StorageDep,
+    secret: SecretDep,
+) -> JSONResponse:
+    """One part: the Python client reads the ETag header, the JS client the JSON body."""
+    upload_id = _upload_id(secret, key, upload)
+    data = await _read_body(request, settings.max_upload_bytes)
+    try:
+        etag: str = await run_in_threadpool(storage.put_part, key, upload_id, part_number, data)
+    except KeyError:
+        return _error(404, "Unknown or expired multipart upload")
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"ETag": etag})
+
+
+@router.post("/files/{key}/multipart/{upload}/complete")
+async def complete_multipart_upload(
+    request: Request,
+    key: str,
+    upload: str,
+    body: CompleteUpload,
+    settings: SettingsDep,
+    storage: StorageDep,
+    secret: SecretDep,
+) -> JSONResponse:
+    """Join the parts; the file is then served at its URL."""
+    upload_id = _upload_id(secret, key, upload)
+    parts = [(part.part_number, part.etag) for part in body.parts]
+    try:
+        stored: StoredFile = await run_in_threadpool(storage.complete_multipart, key, upload_id, parts)
+    except KeyError:
+        return _error(404, "Unknown or expired multipart upload")
+    except ValueError as exc:
+        return _error(400, str(exc))
+    if stored.size > settings.max_upload_bytes:
+        await run_in_threadpool(storage.delete, key)
+        return _error(413, f"File is larger than the {settings.max_upload_bytes} byte limit")
+    return JSONResponse(_described(stored, _file_url(request, settings, key)))
+
+
+@router.api_route("/files/{key}", methods=["GET", "HEAD"])
+async def get_file(key: str, storage: StorageDep) -> Response:
+    """A stored file, with the content type it was uploaded with."""
+    if not is_valid_key(key):
+        return _error(404, "File not found")
+    try:
+        stored, data = await run_in_threadpool(storage.get, key)
+    except KeyError:
+        return _error(404, "File not found")
+    headers = {"Cache-Control": CACHE_CONTROL}
+    if stored.file_name:
+        headers["Content-Disposition"] = f"inline; filename*=UTF-8''{urllib.parse.quote(stored.file_name)}"
+    return Response(data, media_type=stored.content_type, headers=headers)
+
+
+async def _start_multipart(
+    storage: Storage, secret: bytes, content_type: str, file_name: str | None
+) -> tuple[str, str]:
+    key = new_key(content_type)
+    upload_id: str = await run_in_threadpool(storage.create_multipart, key, content_type, file_name)
+    return key, make_token(secret, _MULTIPART, f"{key}/{upload_id}", ttl_s=MULTIPART_TTL_S)
+
+
+def _upload_id(secret: bytes, key: str, upload: str) -> str:
+    """The storage upload id inside a multipart token, if the token is valid for `key`."""
+    subject = read_token(secret, _MULTIPART, upload)
+    token_key, _, upload_id = (subject or "").partition("/")
+    if subject is None or token_key != key:
+        raise HTTPException(status_code=404, detail="Unknown or expired multipart upload")
+    return upload_id
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit`."""
+    too_large = HTTPException(status_code=413, detail=f"File is larger than the {limit} byte limit")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def _file_url(request: Request, settings: Any, key: str) -> str:
+    return f"{base_url(request, settings)}/files/{key}"
+
+
+def _described(stored: StoredFile, url: str) -> dict[str, Any]:
+    return {
+        "access_url": url,
+        "file_url": url,
+        "content_type": stored.content_type,
+        "file_name": stored.file_name,
+        "file_size": stored.size,
+    }
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
