@@ -1,0 +1,392 @@
+"""The Reimagine pipeline: Bria 3.2 + ControlNet-Union (depth, canny), loaded once, run per request by `generate`.
+
+`generate(pipe, inputs, controls, hooks)` is the real `reimagine.generation.Generate` (bound with
+`functools.partial`). It reads like a diffusers `__call__` and reproduces `BriaPipeline` exactly when no condition
+is used; conditions follow Bria's `pipeline_bria_controlnet.py` (bria-model.md §2), with the request's generator
+for every random draw so the same inputs and seed give the same bytes on one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, BriaPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+from huggingface_hub.errors import HfHubHTTPError
+from PIL import Image
+from transformers import T5EncoderModel, T5TokenizerFast
+
+from reimagine.config import Settings
+from reimagine.errors import ModelMissing, OutOfMemory
+from reimagine.generation import Controls, Generated, Hooks, NullHooks
+from reimagine.prompt import MAX_PROMPT_TOKENS, check_prompt_length, count_tokens, truncate_to_tokens
+from reimagine.schemas import ReimagineInput, size_for
+from reimagine.worker.controlnet_bria import (
+    BRIA_CONTROL_MODES,
+    BriaControlledTransformer2DModel,
+    BriaControlNetModel,
+    BriaMultiControlNetModel,
+    register_cache_blocks,
+)
+from reimagine.worker.enhancer import Enhancer, load_enhancer
+from reimagine.worker.preprocess import DepthEstimator, canny_map, load_depth_estimator
+
+__all__ = ["ReimaginePipeline", "generate", "load_pipeline", "warmup"]
+
+#: Written into a saved tiny pipeline, so a reload still says its images are noise.
+TINY_MARKER = "reimagine_tiny.json"
+TINY_WARNING = "tiny preset: random weights, the image is noise (a test and demo model, not Bria 3.2)"
+
+# A fixed linear map from SDXL-VAE latents to RGB (the factors ComfyUI and others use for latent previews): a
+# recognisable preview for the price of a 4x3 matmul, instead of a VAE decode per step.
+_LATENT_RGB = torch.tensor(
+    [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]]
+)
+_LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
+_PREVIEW_MAX_PX = 128
+
+
+@dataclass
+class ReimaginePipeline:
+    """Everything `generate` needs: the Bria pipeline (transformer with the ControlNet fix), the union ControlNet in
+    its multi wrapper, the depth model (loaded on first use) and the prompt enhancer."""
+
+    bria: BriaPipeline
+    controlnet: BriaMultiControlNetModel
+    settings: Settings
+    device: torch.device
+    is_tiny: bool = False
+    enhancer: Enhancer | None = None
+    step_cache: float = 0.0
+    _depth: DepthEstimator | None = field(default=None, repr=False)
+
+    def depth_estimator(self) -> DepthEstimator:
+        """The depth model, loaded the first time a request asks for a derived depth map."""
+        if self._depth is None:
+            if self.is_tiny and not _saved_part(self.settings.model, "depth_estimator"):
+                from reimagine.worker.tiny import build_tiny_depth_estimator
+
+                self._depth = build_tiny_depth_estimator()
+            else:
+                source = _saved_part(self.settings.model, "depth_estimator") or self.settings.depth_model
+                with _model_missing(source, "depth model (Settings.depth_model)"):
+                    self._depth = load_depth_estimator(source, self.device, offline=self.settings.offline)
+            self._depth.model.to(self.device)
+        return self._depth
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """A folder that `--model <folder>` loads back identically: Bria's layout plus `controlnet/` and
+        `depth_estimator/` subfolders (used instead of `Settings.controlnet`/`depth_model` when present)."""
+        directory = Path(directory)
+        self.bria.save_pretrained(directory)
+        # Record the stock class, so diffusers' own `BriaPipeline.from_pretrained` can load the folder too.
+        index_path = directory / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["transformer"] = ["diffusers", "BriaTransformer2DModel"]
+        index_path.write_text(json.dumps(index, indent=2))
+        self.controlnet.nets[0].save_pretrained(directory / "controlnet")
+        self.depth_estimator().save_pretrained(str(directory / "depth_estimator"))
+        if self.is_tiny:
+            (directory / TINY_MARKER).write_text(json.dumps({"warning": TINY_WARNING}))
+
+
+def load_pipeline(settings: Settings) -> ReimaginePipeline:
+    """Load (or for `model == "tiny"`, build) every component on `settings.device`.
+
+    Precision as Bria requires (bria-model.md §1.3): on CUDA the transformer and ControlNet in bf16, T5 in bf16 with
+    each block's `DenseReluDense.wo` in fp32, the VAE in fp32; on CPU everything fp32. `Settings.offline` means
+    local files only. A missing or gated model raises one `ModelMissing` saying what to fetch.
+    """
+    device = torch.device(settings.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" and not settings.is_tiny else torch.float32
+    is_tiny = settings.is_tiny or (Path(settings.model) / TINY_MARKER).is_file()
+    if settings.is_tiny:
+        from reimagine.worker.tiny import build_tiny_components, build_tiny_controlnet
+
+        components = build_tiny_components()
+        controlnet = build_tiny_controlnet()
+    else:
+        source, offline = settings.model, settings.offline
+        with _model_missing(source, "Bria 3.2 (Settings.model)"):
+            components = {
+                "transformer": BriaControlledTransformer2DModel.from_pretrained(
+                    source, subfolder="transformer", torch_dtype=dtype, local_files_only=offline
+                ),
+                "text_encoder": T5EncoderModel.from_pretrained(
+                    source, subfolder="text_encoder", dtype=dtype, local_files_only=offline
+                ),
+                "tokenizer": T5TokenizerFast.from_pretrained(source, subfolder="tokenizer", local_files_only=offline),
+                "vae": AutoencoderKL.from_pretrained(
+                    source, subfolder="vae", torch_dtype=torch.float32, local_files_only=offline
+                ),
+                "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(
+                    source, subfolder="scheduler", local_files_only=offline
+                ),
+            }
+        controlnet_source = _saved_part(source, "controlnet") or settings.controlnet
+        with _model_missing(controlnet_source, "BRIA-3.2-ControlNet-Union (Settings.controlnet)"):
+            controlnet = BriaControlNetModel.from_pretrained(
+                controlnet_source, torch_dtype=dtype, local_files_only=offline
+            )
+    # T5 overflows in half precision in its feed-forward output projections; Bria keeps them in fp32.
+    for block in components["text_encoder"].encoder.block:
+        block.layer[-1].DenseReluDense.wo.to(torch.float32)
+
+    bria = BriaPipeline(**components)  # also casts the VAE to fp32 (released config has no shift_factor)
+    bria.set_progress_bar_config(disable=True)
+    multi = BriaMultiControlNetModel([controlnet.eval()])
+    if settings.cpu_offload and device.type == "cuda":
+        # Only the component in use sits on the GPU (T5 alone is 9.5 GB); the ControlNet is needed at every step
+        # next to the transformer, so it stays there.
+        bria.enable_model_cpu_offload(device=device)
+        multi.to(device)
+    else:
+        bria.to(device)
+        multi.to(device)
+    if settings.step_cache > 0:
+        from diffusers import FirstBlockCacheConfig
+
+        register_cache_blocks()
+        bria.transformer.enable_cache(FirstBlockCacheConfig(threshold=settings.step_cache))
+    return ReimaginePipeline(
+        bria=bria,
+        controlnet=multi,
+        settings=settings,
+        device=device,
+        is_tiny=is_tiny,
+        enhancer=load_enhancer(settings, device),
+        step_cache=settings.step_cache,
+    )
+
+
+def warmup(pipe: ReimaginePipeline) -> None:
+    """One small generation with both conditions, so kernels, allocators and lazy imports are ready before a job."""
+    image = Image.new("RGB", (64, 64), "gray")
+    inputs = ReimagineInput.model_construct(
+        **{**ReimagineInput(prompt="warm up").model_dump(), "num_inference_steps": 2, "prompt_enhancer": False}
+    )
+    generate(pipe, inputs, Controls(depth=image, canny=image), NullHooks(), _size=(256, 256))
+
+
+@torch.no_grad()
+def generate(
+    pipe: ReimaginePipeline,
+    inputs: ReimagineInput,
+    controls: Controls,
+    hooks: Hooks,
+    *,
+    _size: tuple[int, int] | None = None,
+) -> Generated:
+    """Generate one image for a validated request; `controls` hold the decoded depth and canny images.
+
+    Raises `InputError` (prompt too long), `JobCancelled` (from `hooks.check_cancelled`), `OutOfMemory`.
+    """
+    with _out_of_memory_as_error():
+        bria, timings = pipe.bria, {}
+        device = pipe.device
+
+        # 1. Output size from the one aspect-ratio table; every random draw comes from this generator
+        width, height = _size or size_for(inputs.aspect_ratio)
+        generator = torch.Generator("cpu").manual_seed(inputs.seed)
+        do_cfg = inputs.guidance_scale > 1
+        if pipe.is_tiny:
+            hooks.log(TINY_WARNING, "WARN")
+
+        # 2. Prompt: optional rewrite, then the 128-token rule (after the rewrite, which changes the length)
+        prompt = inputs.prompt
+        if inputs.prompt_enhancer and pipe.enhancer is None:
+            hooks.log("prompt_enhancer: no enhancer is configured on this server (enhancer=off); prompt unchanged")
+        elif inputs.prompt_enhancer and pipe.enhancer is not None:
+            prompt = pipe.enhancer.enhance(prompt, inputs.seed)
+            hooks.log(f"prompt_enhancer: {prompt!r}")
+        tokenizer = bria.tokenizer.backend_tokenizer
+        check_prompt_length(tokenizer, inputs.model_copy(update={"prompt": prompt}))
+        encoded_prompt = prompt  # the encoder cuts at the token level itself, keeping </s> (as Bria)
+        if count_tokens(tokenizer, prompt) > MAX_PROMPT_TOKENS:
+            prompt = truncate_to_tokens(tokenizer, prompt)  # the text it effectively sees, for the result
+            hooks.log(f"prompt truncated to {MAX_PROMPT_TOKENS} T5 tokens", "WARN")
+
+        # 3. Conditions: a missing image or scale 0 contributes nothing, so it costs nothing either
+        started = time.perf_counter()
+        maps: dict[str, Image.Image] = {}
+        for name, image, scale, derive in (
+            ("depth", controls.depth, inputs.depth_scale, inputs.depth_preprocess),
+            ("canny", controls.canny, inputs.canny_scale, inputs.canny_preprocess),
+        ):
+            if image is None or scale <= 0:
+                continue
+            if not derive:
+                maps[name] = image.convert("RGB")
+            elif name == "depth":
+                maps[name] = pipe.depth_estimator()(image)
+            else:
+                maps[name] = canny_map(image)
+        timings["preprocess"] = time.perf_counter() - started
+
+        # 4. Encode the prompt as BriaPipeline does (an empty negative prompt gives zero embeddings)
+        started = time.perf_counter()
+        prompt_embeds, negative_embeds, text_ids = bria.encode_prompt(
+            prompt=encoded_prompt,
+            negative_prompt=inputs.negative_prompt,
+            do_classifier_free_guidance=do_cfg,
+            device=device,
+            max_sequence_length=MAX_PROMPT_TOKENS,
+        )
+        if do_cfg:
+            prompt_embeds = torch.cat([negative_embeds, prompt_embeds], dim=0)
+        batch = prompt_embeds.shape[0]
+
+        # 5. Initial noise, drawn before the control latents: the order of Bria's ControlNet pipeline
+        num_channels_latents = bria.transformer.config.in_channels // 4
+        latents, latent_image_ids = bria.prepare_latents(
+            1, num_channels_latents, height, width, prompt_embeds.dtype, device, generator
+        )
+
+        # 6. Control latents: plain resize to the output size, VAE sample (with our generator: Bria's uses the
+        #    global RNG), shift and scale, 2x2 pack; one copy per CFG branch
+        control_latents, control_modes, control_scales = [], [], []
+        for name, control_map in maps.items():
+            pixels = bria.image_processor.preprocess(control_map, height=height, width=width)
+            latent = bria.vae.encode(pixels.to(device, bria.vae.dtype)).latent_dist.sample(generator)
+            latent = (latent - bria.vae.config.shift_factor) * bria.vae.config.scaling_factor
+            packed = bria._pack_latents(latent, 1, num_channels_latents, latent.shape[2], latent.shape[3])
+            control_latents.append(packed.repeat(batch, 1, 1).to(bria.transformer.dtype))
+            control_modes.append(torch.full((batch, 1), BRIA_CONTROL_MODES[name], dtype=torch.long, device=device))
+            control_scales.append(getattr(inputs, f"{name}_scale"))
+        timings["encode"] = time.perf_counter() - started
+
+        # 7. Timesteps: the released scheduler's dynamic shift, mu from the image sequence length
+        sigmas = np.linspace(1.0, 1 / inputs.num_inference_steps, inputs.num_inference_steps)
+        config = bria.scheduler.config
+        mu = calculate_shift(
+            latents.shape[1], config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+        )
+        timesteps, num_steps = retrieve_timesteps(
+            bria.scheduler, inputs.num_inference_steps, device, None, sigmas, mu=mu
+        )
+        latent_image_ids = latent_image_ids[0] if latent_image_ids.ndim == 3 else latent_image_ids
+        text_ids = text_ids[0] if text_ids.ndim == 3 else text_ids
+
+        # 8. Denoise: one ControlNet pass per condition per step (batched over CFG), residuals summed
+        started = time.perf_counter()
+        with _step_cache(pipe, enabled=not maps, hooks=hooks) as cache_context:
+            for index, t in enumerate(timesteps):
+                hooks.check_cancelled()
+                latent_model_input = torch.cat([latents] * batch)
+                timestep = t.expand(batch)
+                block_samples = single_block_samples = None
+                if control_latents:
+                    block_samples, single_block_samples = pipe.controlnet(
+                        latent_model_input,
+                        control_latents,
+                        control_modes,
+                        control_scales,
+                        encoder_hidden_states=prompt_embeds,
+                        timestep=timestep,
+                        img_ids=latent_image_ids,
+                        txt_ids=text_ids,
+                    )
+                with cache_context():
+                    noise_pred = bria.transformer(
+                        hidden_states=latent_model_input,
+                        timestep=timestep,
+                        encoder_hidden_states=prompt_embeds,
+                        txt_ids=text_ids,
+                        img_ids=latent_image_ids,
+                        controlnet_block_samples=block_samples,
+                        controlnet_single_block_samples=single_block_samples,
+                        return_dict=False,
+                    )[0]
+                if do_cfg:
+                    noise_uncond, noise_text = noise_pred.chunk(2)
+                    noise_pred = noise_uncond + inputs.guidance_scale * (noise_text - noise_uncond)
+                latents = bria.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                hooks.on_step(index + 1, num_steps, _preview(bria, latents, height, width))
+        hooks.check_cancelled()
+        timings["denoise"] = time.perf_counter() - started
+
+        # 9. Decode in fp32, as BriaPipeline
+        started = time.perf_counter()
+        latents = bria._unpack_latents(latents, height, width, bria.vae_scale_factor)
+        latents = latents.to(torch.float32) / bria.vae.config.scaling_factor + bria.vae.config.shift_factor
+        decoded = bria.vae.decode(latents.to(bria.vae.dtype), return_dict=False)[0]
+        image = bria.image_processor.postprocess(decoded, output_type="pil")[0]
+        bria.maybe_free_model_hooks()
+        timings["decode"] = time.perf_counter() - started
+        return Generated(image=image, maps=maps, prompt=prompt, timings=timings)
+
+
+def _preview(bria: BriaPipeline, latents: torch.Tensor, height: int, width: int) -> Image.Image:
+    """A low-res RGB view of the current latents through a fixed linear projection (no VAE)."""
+    unpacked = bria._unpack_latents(latents[:1], height, width, bria.vae_scale_factor)[0].float().cpu()
+    rgb = torch.einsum("chw,cr->hwr", unpacked, _LATENT_RGB) + _LATENT_RGB_BIAS
+    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).numpy()
+    preview = Image.fromarray(pixels)
+    preview.thumbnail((_PREVIEW_MAX_PX, _PREVIEW_MAX_PX))
+    return preview
+
+
+@contextlib.contextmanager
+def _step_cache(pipe: ReimaginePipeline, *, enabled: bool, hooks: Hooks) -> Iterator[Callable[[], Any]]:
+    """Yield the per-call context the transformer must run in when First-Block-Cache is on.
+
+    The cache skips whole blocks from the second on, but our ControlNet residuals are added between blocks, so a
+    cached step would apply stale residuals twice: with conditions the cache is off for the request.
+    """
+    transformer = pipe.bria.transformer
+    if pipe.step_cache <= 0:
+        yield contextlib.nullcontext
+        return
+    transformer._reset_stateful_cache()  # a new request must not reuse the last one's residuals
+    if enabled:
+        yield lambda: transformer.cache_context("cond")
+        return
+    from diffusers import FirstBlockCacheConfig
+
+    hooks.log("step_cache is not used with structure conditions")
+    transformer.disable_cache()
+    try:
+        yield contextlib.nullcontext
+    finally:
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=pipe.step_cache))
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_error() -> Iterator[None]:
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        raise OutOfMemory(f"out of memory while generating: {exc}") from exc
+
+
+def _saved_part(model: str, name: str) -> str | None:
+    """`<model>/<name>` when `model` is a folder saved by `ReimaginePipeline.save_pretrained` that has it."""
+    path = Path(model) / name
+    return str(path) if path.is_dir() else None
+
+
+@contextlib.contextmanager
+def _model_missing(source: str, what: str) -> Iterator[None]:
+    """Turn Hugging Face's many not-found, gated and offline errors into one `ModelMissing` with the remedy."""
+    try:
+        yield
+    except (OSError, HfHubHTTPError) as exc:
+        raise ModelMissing(
+            f"{what} is not available from {source!r} ({type(exc).__name__}: {_first_line(exc)})."
+            "\nRun `reimagine models pull` (needs a Hugging Face token, `hf auth login` or HF_TOKEN, and the licence "
+            f"accepted on https://huggingface.co/{source}), or download it yourself and pass the folder "
+            "(--model / --controlnet / --depth-model). Offline mode only uses files already there."
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
