@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ def png_bytes(size: tuple[int, int] = (16, 12), color: tuple[int, int, int] = (2
 class LoopbackServer:
     """`http.server` on 127.0.0.1; tests register a handler per path."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.routes: dict[str, Route] = {}
         routes = self.routes
 
@@ -44,8 +45,10 @@ class LoopbackServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port: int = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def body(self, path: str, data: bytes, content_type: str = "application/octet-stream") -> str:

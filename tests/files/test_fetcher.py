@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -141,3 +142,28 @@ def test_pinned_backend_never_connects_to_an_unchecked_host() -> None:
     backend = _PinnedBackend("example.com", [ipaddress.ip_address("127.0.0.1")])
     with pytest.raises(httpcore.ConnectError):
         backend.connect_tcp("evil.example", 80)
+
+
+@pytest.mark.parametrize(("cert_host", "admitted"), [("localhost", True), ("other.test", False)])
+def test_https_to_a_pinned_address_still_verifies_the_host_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cert_host: str, admitted: bool
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(cert_host).configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # read by ssl.create_default_context()
+    server = LoopbackServer(tls=server_tls)
+    try:
+        url = server.body("/x.png", b"tls").replace("127.0.0.1", "localhost")
+        test_settings = settings(tmp_path, allow_hosts=["localhost"])
+        if admitted:
+            assert fetch(url, test_settings, "f").data == b"tls"
+        else:
+            with pytest.raises(FetchRefused, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+                fetch(url, test_settings, "f")
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
