@@ -46,7 +46,7 @@ BRIA_CONTROL_MODES = {"depth": 0, "canny": 1, "colorgrid": 2, "recolor": 3, "til
 Residuals = tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]
 
 
-class BriaControlNetModel(ModelMixin, ConfigMixin):
+class BriaControlNetModel(ModelMixin, ConfigMixin):  # type: ignore[misc]
     """Bria ControlNet-Union: a shallow copy of the transformer whose per-block image states, through zero-initialised
     linears and times `conditioning_scale`, become residuals of the base transformer's blocks.
 
@@ -55,7 +55,7 @@ class BriaControlNetModel(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = False
 
-    @register_to_config
+    @register_to_config  # type: ignore[untyped-decorator]
     def __init__(
         self,
         patch_size: int = 1,
@@ -97,7 +97,7 @@ class BriaControlNetModel(ModelMixin, ConfigMixin):
             [zero_module(nn.Linear(self.inner_dim, self.inner_dim)) for _ in range(num_single_layers)]
         )
         self.union = num_mode is not None and num_mode > 0
-        if self.union:
+        if num_mode is not None and num_mode > 0:
             self.controlnet_mode_embedder = nn.Embedding(num_mode, self.inner_dim)
         self.controlnet_x_embedder = zero_module(nn.Linear(in_channels, self.inner_dim))
 
@@ -162,9 +162,12 @@ class BriaControlNetModel(ModelMixin, ConfigMixin):
             )
             single_block_samples.append(hidden_states)  # image tokens only, as Bria's slice of the joint stream
 
-        double = [linear(s) * conditioning_scale for s, linear in zip(block_samples, self.controlnet_blocks)]
+        double = [
+            linear(s) * conditioning_scale for s, linear in zip(block_samples, self.controlnet_blocks, strict=True)
+        ]
         single = [
-            linear(s) * conditioning_scale for s, linear in zip(single_block_samples, self.controlnet_single_blocks)
+            linear(s) * conditioning_scale
+            for s, linear in zip(single_block_samples, self.controlnet_single_blocks, strict=True)
         ]
         return double or None, single or None
 
@@ -210,7 +213,7 @@ class BriaControlledTransformer2DModel(BriaTransformer2DModel):
     gradient checkpointing: inference only).
     """
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,

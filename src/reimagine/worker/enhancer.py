@@ -8,7 +8,7 @@ seed). Truncation to 128 tokens happens after the rewrite.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import torch
@@ -37,10 +37,10 @@ class LocalEnhancer:
     def __init__(self, source: str, device: torch.device, *, offline: bool, max_new_tokens: int = 160) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, dtype=dtype).to(device)
-        self.model.eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, dtype=dtype)
+        self.model = model.to(device).eval()
         self.max_new_tokens = max_new_tokens
 
     @torch.no_grad()
@@ -57,7 +57,7 @@ class LocalEnhancer:
             max_new_tokens=self.max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
-        rewritten = self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        rewritten: str = self.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         return rewritten.strip() or prompt
 
 

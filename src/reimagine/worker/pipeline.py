@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, BriaPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from PIL import Image
-from transformers import T5EncoderModel, T5TokenizerFast
+from transformers import AutoTokenizer, T5EncoderModel
 
 from reimagine.config import Settings
 from reimagine.errors import ModelMissing, OutOfMemory
@@ -59,8 +59,8 @@ class ReimaginePipeline:
     """Everything `generate` needs: the Bria pipeline (transformer with the ControlNet fix), the union ControlNet in
     its multi wrapper, the depth model (loaded on first use) and the prompt enhancer."""
 
-    bria: BriaPipeline
-    controlnet: BriaMultiControlNetModel
+    bria: Any  # BriaPipeline
+    controlnet: Any  # BriaMultiControlNetModel
     settings: Settings
     device: torch.device
     is_tiny: bool = False
@@ -123,7 +123,7 @@ def load_pipeline(settings: Settings) -> ReimaginePipeline:
                 "text_encoder": T5EncoderModel.from_pretrained(
                     source, subfolder="text_encoder", dtype=dtype, local_files_only=offline
                 ),
-                "tokenizer": T5TokenizerFast.from_pretrained(source, subfolder="tokenizer", local_files_only=offline),
+                "tokenizer": AutoTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=offline),
                 "vae": AutoencoderKL.from_pretrained(
                     source, subfolder="vae", torch_dtype=torch.float32, local_files_only=offline
                 ),
@@ -140,9 +140,9 @@ def load_pipeline(settings: Settings) -> ReimaginePipeline:
     for block in components["text_encoder"].encoder.block:
         block.layer[-1].DenseReluDense.wo.to(torch.float32)
 
-    bria = BriaPipeline(**components)  # also casts the VAE to fp32 (released config has no shift_factor)
+    bria: Any = BriaPipeline(**components)  # also casts the VAE to fp32 (released config has no shift_factor)
     bria.set_progress_bar_config(disable=True)
-    multi = BriaMultiControlNetModel([controlnet.eval()])
+    multi: Any = BriaMultiControlNetModel([controlnet.eval()])
     if settings.cpu_offload and device.type == "cuda":
         # Only the component in use sits on the GPU (T5 alone is 9.5 GB); the ControlNet is needed at every step
         # next to the transformer, so it stays there.
@@ -170,9 +170,8 @@ def load_pipeline(settings: Settings) -> ReimaginePipeline:
 def warmup(pipe: ReimaginePipeline) -> None:
     """One small generation with both conditions, so kernels, allocators and lazy imports are ready before a job."""
     image = Image.new("RGB", (64, 64), "gray")
-    inputs = ReimagineInput.model_construct(
-        **{**ReimagineInput(prompt="warm up").model_dump(), "num_inference_steps": 2, "prompt_enhancer": False}
-    )
+    inputs = ReimagineInput.model_validate({"prompt": "warm up", "prompt_enhancer": False})
+    inputs = inputs.model_copy(update={"num_inference_steps": 2})  # below the API minimum: only a warm-up
     generate(pipe, inputs, Controls(depth=image, canny=image), NullHooks(), _size=(256, 256))
 
 
@@ -270,7 +269,12 @@ def generate(
             latents.shape[1], config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
         )
         timesteps, num_steps = retrieve_timesteps(
-            bria.scheduler, inputs.num_inference_steps, device, None, sigmas, mu=mu
+            bria.scheduler,
+            inputs.num_inference_steps,
+            device,
+            None,
+            sigmas,  # type: ignore[arg-type]
+            mu=mu,
         )
         latent_image_ids = latent_image_ids[0] if latent_image_ids.ndim == 3 else latent_image_ids
         text_ids = text_ids[0] if text_ids.ndim == 3 else text_ids
@@ -324,7 +328,7 @@ def generate(
         return Generated(image=image, maps=maps, prompt=prompt, timings=timings)
 
 
-def _preview(bria: BriaPipeline, latents: torch.Tensor, height: int, width: int) -> Image.Image:
+def _preview(bria: Any, latents: torch.Tensor, height: int, width: int) -> Image.Image:
     """A low-res RGB view of the current latents through a fixed linear projection (no VAE)."""
     unpacked = bria._unpack_latents(latents[:1], height, width, bria.vae_scale_factor)[0].float().cpu()
     rgb = torch.einsum("chw,cr->hwr", unpacked, _LATENT_RGB) + _LATENT_RGB_BIAS
@@ -378,7 +382,7 @@ def _model_missing(source: str, what: str) -> Iterator[None]:
     """Turn Hugging Face's many not-found, gated and offline errors into one `ModelMissing` with the remedy."""
     try:
         yield
-    except (OSError, HfHubHTTPError) as exc:
+    except (OSError, HfHubHTTPError, HFValidationError) as exc:
         raise ModelMissing(
             f"{what} is not available from {source!r} ({type(exc).__name__}: {_first_line(exc)})."
             "\nRun `reimagine models pull` (needs a Hugging Face token, `hf auth login` or HF_TOKEN, and the licence "

@@ -6,6 +6,8 @@ depth-estimation post-processing of transformers' pipeline (upsample to the inpu
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 import torch
@@ -24,7 +26,8 @@ def canny_map(image: Image.Image) -> Image.Image:
 class DepthEstimator:
     """A depth model and its image processor on one device; calling it gives a grey RGB map, near = bright."""
 
-    def __init__(self, model: DepthAnythingForDepthEstimation, processor: AutoImageProcessor) -> None:
+    def __init__(self, model: Any, processor: Any) -> None:
+        """`model`: a `DepthAnythingForDepthEstimation` (or DPT); `processor`: its image processor."""
         self.model = model.eval()
         self.processor = processor
 
@@ -52,5 +55,5 @@ def load_depth_estimator(source: str, device: torch.device, *, offline: bool) ->
     It is small (25 M parameters), so fp32 everywhere. `ModelMissing` handling is the caller's.
     """
     processor = AutoImageProcessor.from_pretrained(source, local_files_only=offline)
-    model = DepthAnythingForDepthEstimation.from_pretrained(source, local_files_only=offline, dtype=torch.float32)
+    model: Any = DepthAnythingForDepthEstimation.from_pretrained(source, local_files_only=offline, dtype=torch.float32)
     return DepthEstimator(model.to(device), processor)

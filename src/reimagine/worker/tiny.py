@@ -72,7 +72,7 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
     torch.manual_seed(seed + 1)
     transformer = BriaControlledTransformer2DModel(**_TRANSFORMER).eval()
     torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(
+    vae: Any = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4,  # 4 levels: 8x down like the real SDXL-style VAE
@@ -85,7 +85,8 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
         scaling_factor=0.13025,
         shift_factor=None,  # as released: BriaPipeline then uses 0 and keeps the VAE in fp32
         force_upcast=False,
-    ).eval()
+    )
+    vae.eval()
     scheduler = FlowMatchEulerDiscreteScheduler(  # the released scheduler_config.json
         num_train_timesteps=1000,
         shift=3.0,
@@ -118,18 +119,19 @@ def build_tiny_controlnet(seed: int = 0) -> BriaControlNetModel:
 def build_tiny_depth_estimator(seed: int = 0) -> DepthEstimator:
     """Depth Anything V2 (DINOv2 backbone, 4 layers, 32 wide) with the real model's kind of preprocessing, at 56 px."""
     torch.manual_seed(seed + 4)
-    backbone = Dinov2Config(
-        image_size=56,
-        patch_size=14,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-        out_indices=[1, 2, 3, 4],
-        reshape_hidden_states=False,
-        apply_layernorm=True,
-    )
+    backbone_config: dict[str, Any] = {
+        "image_size": 56,
+        "patch_size": 14,
+        "hidden_size": 32,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+        "out_indices": [1, 2, 3, 4],
+        "reshape_hidden_states": False,
+        "apply_layernorm": True,
+    }
+    backbone = Dinov2Config(**backbone_config)
     config = DepthAnythingConfig(
         backbone_config=backbone,
         reassemble_hidden_size=32,
