@@ -1,0 +1,796 @@
+"""Speed against the compute floor (issue 7): Bria 3.2 + ControlNet-Union, random weights, one command.
+
+    python bench/speed.py                            # GPU, full size, every section (~20 min on an H100)
+    python bench/speed.py --only peak,t2i,control    # a part; results merge into the same RESULTS.md
+    python bench/speed.py --tiny --steps 1 --out /tmp/x   # CPU smoke run (CI), tiny configs, same code
+
+Builds the full-size transformer (8+28 blocks), the ControlNet-Union (4 double + 10 single blocks, the
+`from_transformer` default, since the released config is unpublished), the SDXL VAE and T5-XXL with random
+weights on the device; measures the bf16 matmul peak and copy bandwidth, then eager diffusers vs
+`reimagine.worker.fast` per section. Floor = (transformer + ControlNet FLOPs of the 30-step CFG denoise loop,
+counted by `FlopCounterMode` on the meta device) / measured peak; the ratio is the measured denoise-loop time
+over the floor (T5 and VAE are timed and reported separately). `RESULTS.md`, `results.json` and `speed.png`
+are rewritten in `--out` after every measurement, so a run cut short keeps what it measured.
+
+Sections: peak, t2i, control (canny+depth), ablate (one fast-path step at a time), sizes, batch, cache, fp8, cold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import string
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from reimagine.config import Settings  # noqa: E402
+from reimagine.schemas import SIZES  # noqa: E402
+from reimagine.worker import fast  # noqa: E402
+
+SECTIONS = ["peak", "t2i", "control", "ablate", "sizes", "batch", "cache", "fp8", "cold"]
+TASKS = {"t2i": [], "canny+depth": [("depth", 0), ("canny", 1)]}  # condition name -> ControlNet-Union mode
+SQUARE = (1024, 1024)
+SCALE = 1  # --scale: tiny runs divide each side by 4 (CPU VAE at 1024² dominates otherwise); rows keep bucket names
+NEGATIVE = "Logo,Watermark,Ugly,Morbid,Extra fingers,Poorly drawn hands,Mutation,Blurry,Extra limbs"
+
+FULL = {
+    "transformer": dict(
+        num_layers=8,
+        num_single_layers=28,
+        attention_head_dim=96,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        axes_dims_rope=[0, 48, 48],
+    ),
+    "controlnet": dict(num_layers=4, num_single_layers=10, num_mode=6),
+    "vae": dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32),
+    "t5": dict(
+        d_model=4096,
+        d_kv=64,
+        d_ff=10240,
+        num_layers=24,
+        num_heads=64,
+        vocab_size=32128,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+    ),
+}
+TINY = {  # shared/reference/tiny_bria.py
+    "transformer": dict(
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=[0, 4, 4],
+    ),
+    "controlnet": dict(num_layers=1, num_single_layers=1, num_mode=6),
+    "vae": dict(block_out_channels=[8, 8, 16, 16], layers_per_block=1, norm_num_groups=8),
+    "t5": dict(
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        vocab_size=256,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+    ),
+}
+
+
+# --- building the models ---------------------------------------------------------------------------------------------
+
+
+def build_tokenizer() -> Any:
+    """In-memory T5 tokenizer (no download): any ASCII prompt tokenises; ids stay < 256."""
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    chars = string.ascii_letters + string.digits + string.punctuation
+    pieces += [(c, -5.0) for c in chars] + [("\u2581" + c, -5.5) for c in chars]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0)
+
+
+def transformer_kwargs(arch: dict[str, Any]) -> dict[str, Any]:
+    return dict(patch_size=1, in_channels=16, pooled_projection_dim=None, guidance_embeds=False, **arch["transformer"])
+
+
+def controlnet_kwargs(arch: dict[str, Any]) -> dict[str, Any]:
+    return {**transformer_kwargs(arch), **arch["controlnet"]}
+
+
+def vae_kwargs(arch: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        scaling_factor=0.13025,
+        shift_factor=None,
+        force_upcast=False,
+        **arch["vae"],
+    )
+
+
+def t5_config(arch: dict[str, Any]) -> Any:
+    from transformers import T5Config
+
+    return T5Config(
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        **arch["t5"],
+    )
+
+
+def build_pipe(arch: dict[str, Any], device: torch.device, seed: int = 0) -> Any:
+    """BriaPipeline + `pipe.controlnet` (multi wrapper around one union net), random weights initialised on the
+    device (seconds at full size), deterministic per seed and device. Denoisers and T5 in bf16 on CUDA (what
+    `from_pretrained(torch_dtype=bfloat16)` gives), fp32 on CPU; the VAE in fp32 as `BriaPipeline` forces."""
+    from diffusers import AutoencoderKL, BriaPipeline, FlowMatchEulerDiscreteScheduler
+    from torch import nn
+    from transformers import T5EncoderModel
+
+    from reimagine.worker.controlnet_bria import (
+        BriaControlledTransformer2DModel,
+        BriaControlNetModel,
+        BriaMultiControlNetModel,
+    )
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            torch.manual_seed(seed)
+            transformer = BriaControlledTransformer2DModel(**transformer_kwargs(arch)).eval()
+            controlnet = BriaControlNetModel(**controlnet_kwargs(arch)).eval()
+            # zero-initialised output projections would make the control path a no-op: give them weights
+            for m in [*controlnet.controlnet_blocks, *controlnet.controlnet_single_blocks]:
+                nn.init.normal_(m.weight, std=0.02)
+            nn.init.normal_(controlnet.controlnet_x_embedder.weight, std=0.2)
+            text_encoder = T5EncoderModel(t5_config(arch)).eval()
+            torch.set_default_dtype(torch.float32)
+            vae = AutoencoderKL(**vae_kwargs(arch)).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        time_shift_type="exponential",
+    )
+    pipe = BriaPipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer()
+    )
+    pipe.controlnet = BriaMultiControlNetModel([controlnet])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# --- running one image -----------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def scaled(size: tuple[int, int]) -> tuple[int, int]:
+    return size[0] // SCALE, size[1] // SCALE
+
+
+def run_image(pipe: Any, size: tuple[int, int], task: str, steps: int, batch: int = 1, seed: int = 5555) -> dict:
+    """One request (or `batch` identical-size requests) through the Bria ControlNet loop of
+    `shared/reference/tiny_bria_controlnet.py`: T5 (negative via `pipe.encode_prompt`), control images VAE-encoded
+    once, `steps` CFG steps (ControlNet per condition + transformer at batch 2·batch), VAE decode. Timed per phase."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+    width, height = scaled(size)
+    device = pipe.transformer.device
+    dtype = pipe.transformer.dtype
+    times: dict[str, float] = {}
+
+    def mark(name: str, start: float) -> float:
+        sync(device)
+        now = time.perf_counter()
+        times[name] = now - start
+        return now
+
+    sync(device)
+    t0 = time.perf_counter()
+    prompts = [f"a photo of a red cat number {i}" for i in range(batch)]
+    pe, ne, text_ids = pipe.encode_prompt(prompts, device=device, negative_prompt=NEGATIVE, max_sequence_length=128)
+    emb = torch.cat([ne, pe]).to(dtype)
+    nb = emb.shape[0]
+    t = mark("t5", t0)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    latents, img_ids = pipe.prepare_latents(batch, 4, height, width, dtype, device, generator)
+    conds, modes = [], []
+    for i, (_, mode) in enumerate(TASKS[task]):
+        image = torch.rand(1, 3, height, width, generator=torch.Generator("cpu").manual_seed(i)) * 2 - 1
+        z = pipe.vae.encode(image.to(device, pipe.vae.dtype)).latent_dist.sample(generator.manual_seed(seed + i))
+        z = (z - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        conds.append(pipe._pack_latents(z.repeat(nb, 1, 1, 1), nb, 4, z.shape[2], z.shape[3]).to(dtype))
+        modes.append(torch.full((nb, 1), mode, dtype=torch.long, device=device))
+    t = mark("control_encode", t)
+    c = pipe.scheduler.config
+    mu = calculate_shift(latents.shape[1], c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
+    sigmas = [1.0 - i * (1.0 - 1.0 / steps) / max(steps - 1, 1) for i in range(steps)]
+    timesteps, _ = retrieve_timesteps(pipe.scheduler, steps, device, None, sigmas, mu=mu)
+    img_ids, text_ids = img_ids[0] if img_ids.ndim == 3 else img_ids, text_ids[0] if text_ids.ndim == 3 else text_ids
+    for step_t in timesteps:
+        x_in = torch.cat([latents] * 2)
+        tt = step_t.expand(nb).to(dtype)
+        residuals: dict[str, Any] = {}
+        if conds:
+            block, single = pipe.controlnet(
+                x_in,
+                conds,
+                modes,
+                [0.5] * len(conds),
+                encoder_hidden_states=emb,
+                timestep=tt,
+                img_ids=img_ids,
+                txt_ids=text_ids,
+            )
+            residuals = {"controlnet_block_samples": block, "controlnet_single_block_samples": single}
+        v = pipe.transformer(
+            hidden_states=x_in,
+            encoder_hidden_states=emb,
+            timestep=tt,
+            img_ids=img_ids,
+            txt_ids=text_ids,
+            return_dict=False,
+            **residuals,
+        )[0]
+        vu, vc = v.float().chunk(2)
+        latents = pipe.scheduler.step(vu + 5.0 * (vc - vu), step_t, latents.float(), return_dict=False)[0].to(dtype)
+    t = mark("denoise", t)
+    lat = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor).float() / pipe.vae.config.scaling_factor
+    pipe.vae.decode(lat.to(pipe.vae.dtype), return_dict=False)[0]
+    mark("decode", t)
+    times["image"] = sum(times.values())
+    return {"times": times, "latents": latents.float().cpu()}
+
+
+def measure(pipe: Any, size: tuple[int, int], task: str, args: argparse.Namespace, batch: int = 1) -> dict:
+    """Warm-up then `--repeat` timed runs; the fastest run's phases (the least disturbed one)."""
+    device = pipe.transformer.device
+    for _ in range(args.warmup):
+        fast.reset_step_cache(pipe)
+        run_image(pipe, size, task, args.steps, batch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    runs = []
+    for _ in range(args.repeat):
+        fast.reset_step_cache(pipe)
+        runs.append(run_image(pipe, size, task, args.steps, batch))
+    best = min(runs, key=lambda r: r["times"]["image"])
+    best["skipped"] = fast.step_cache_skips(pipe)
+    best["mem_gib"] = peak_memory_gib(device)
+    return best
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process RSS (KiB on Linux)
+
+
+# --- FLOPs, peak, floor ----------------------------------------------------------------------------------------------
+
+
+def count_flops(arch: dict[str, Any], size: tuple[int, int], batch: int) -> dict[str, float]:
+    """FLOPs of one transformer forward and one ControlNet forward (one condition) at `batch`, on the meta device;
+    equals the analytic 24·D²·S + 4·S²·D per block of bria-model.md §7.1."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reimagine.worker.controlnet_bria import BriaControlledTransformer2DModel, BriaControlNetModel
+
+    width, height = scaled(size)
+    n, d_text = (height // 16) * (width // 16), arch["transformer"]["joint_attention_dim"]
+    out = {}
+    with torch.device("meta"):
+        tr = BriaControlledTransformer2DModel(**transformer_kwargs(arch))
+        cn = BriaControlNetModel(**controlnet_kwargs(arch))
+        x, e = torch.randn(batch, n, 16), torch.randn(batch, 128, d_text)
+        ids, tids, t, mode = torch.zeros(n, 3), torch.zeros(128, 3), torch.ones(batch), torch.zeros(batch, 1).long()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        tr(hidden_states=x, encoder_hidden_states=e, timestep=t, img_ids=ids, txt_ids=tids, return_dict=False)
+    out["transformer"] = float(fc.get_total_flops())
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        cn(x, x, mode, 1.0, encoder_hidden_states=e, timestep=t, img_ids=ids, txt_ids=tids)
+    out["controlnet"] = float(fc.get_total_flops())
+    return out
+
+
+def image_flops(arch: dict[str, Any], size: tuple[int, int], task: str, steps: int, batch: int = 1) -> float:
+    f = count_flops(arch, size, 2 * batch)
+    return steps * (f["transformer"] + len(TASKS[task]) * f["controlnet"])
+
+
+def measure_peak(device: torch.device) -> dict[str, Any]:
+    """bf16 matmul TFLOP/s (8192³ on CUDA; fp32 1024³ on CPU, the dtype the CPU path runs) and copy GB/s
+    (bytes read + written)."""
+    cuda = device.type == "cuda"
+    n, dtype = (8192, torch.bfloat16) if cuda else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps = 20 if cuda else 5
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    tflops = 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+    src = torch.empty(2**28 if cuda else 2**24, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    sync(device)
+    gbs = 2 * src.numel() * 4 * reps / (time.perf_counter() - start) / 1e9
+    return {"peak_tflops": tflops, "peak_dtype": str(dtype).removeprefix("torch."), "copy_gbs": gbs}
+
+
+# --- results ---------------------------------------------------------------------------------------------------------
+
+
+class Results:
+    """results.json (merged across `--only` runs on the same device and mode) -> RESULTS.md + speed.png."""
+
+    def __init__(self, out: Path, meta: dict[str, Any]) -> None:
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "results.json"
+        old = json.loads(self.path.read_text()) if self.path.exists() else {}
+        same = old.get("meta", {}).get("device") == meta["device"] and old.get("meta", {}).get("tiny") == meta["tiny"]
+        self.data: dict[str, Any] = old if same else {"meta": {}, "rows": {}, "notes": {}}
+        self.data["meta"].update(meta)
+
+    def row(self, key: str, **values: Any) -> None:
+        self.data["rows"][key] = {**self.data["rows"].get(key, {}), **values}
+        self.write()
+
+    def note(self, key: str, text: str) -> None:
+        self.data["notes"][key] = text
+        self.write()
+
+    def write(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+        (self.out / "RESULTS.md").write_text(self.markdown())
+        self.chart()
+
+    def markdown(self) -> str:
+        m, rows = self.data["meta"], self.data["rows"]
+        lines = ["# Speed against the compute floor (bench/speed.py)", ""]
+        if m.get("tiny"):
+            lines += [
+                "> **CPU tiny smoke run: no GPU was available.** Tiny random-weight configs on a CPU; the figures",
+                "> below are NOT GPU figures and say nothing about serving speed. Run `python bench/speed.py` on a",
+                "> GPU for real numbers.",
+                "",
+            ]
+        lines += [
+            f"- device: {m.get('device')}; date: {m.get('date')}",
+            f"- torch {m.get('torch')}; diffusers {m.get('diffusers')}",
+            f"- config: {'tiny' if m.get('tiny') else 'full size'}, {m.get('steps')} steps, CFG 5, 128 text tokens, "
+            "ControlNet-Union 4 double + 10 single blocks (tiny: 1 + 1), conditions at scale 0.5"
+            + (f"; images generated at 1/{m['scale']} of each bucket's side" if m.get("scale", 1) > 1 else ""),
+            "- mem GiB: peak CUDA memory allocated (on CPU: the process's peak RSS)",
+        ]
+        if "peak_tflops" in m:
+            lines.append(
+                f"- measured matmul peak: {m['peak_tflops']:.1f} TFLOP/s ({m['peak_dtype']}); "
+                f"copy bandwidth: {m['copy_gbs']:.0f} GB/s"
+            )
+        lines += [
+            "- floor = (transformer + ControlNet FLOPs of the denoise loop) / matmul peak; ratio = measured "
+            "denoise-loop time / floor; T5 and VAE are timed separately (columns t5, decode).",
+            "",
+        ]
+        lines += ["## Ratios to the floor", "", "```"]
+        for key, r in rows.items():
+            if "ratio" in r:
+                lines.append(f"ratio_to_floor {key}: {r['ratio']:.2f}x")
+            elif "skipped_reason" in r:
+                lines.append(f"ratio_to_floor {key}: n/a ({r['skipped_reason']})")
+        lines += ["```", "", "## Measurements", ""]
+        head = [
+            "size task path",
+            "PFLOP/img",
+            "floor s",
+            "step ms",
+            "denoise s",
+            "t5 s",
+            "ctrl enc s",
+            "decode s",
+            "image s",
+            "TFLOP/s",
+            "ratio",
+            "mem GiB",
+            "rel err",
+            "images/h",
+            "note",
+        ]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+        def f(value: Any, spec: str) -> str:
+            return "" if value is None else format(value, spec)
+
+        for key, r in rows.items():
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        key,
+                        f(r.get("pflop"), ".4g"),
+                        f(r.get("floor_s"), ".4g"),
+                        f(r.get("step_ms"), ".4g"),
+                        f(r.get("denoise_s"), ".4g"),
+                        f(r.get("t5_s"), ".3g"),
+                        f(r.get("control_encode_s"), ".3g"),
+                        f(r.get("decode_s"), ".3g"),
+                        f(r.get("image_s"), ".4g"),
+                        f(r.get("tflops"), ".4g"),
+                        f(r.get("ratio"), ".2f"),
+                        f(r.get("mem_gib"), ".1f"),
+                        f(r.get("rel_err"), ".2e"),
+                        f(r.get("images_per_hour"), ".0f"),
+                        r.get("note", r.get("skipped_reason", "")),
+                    ]
+                )
+                + " |"
+            )
+        if self.data["notes"]:
+            lines += ["", "## Notes", ""] + [f"- **{k}**: {v}" for k, v in self.data["notes"].items()]
+        return "\n".join(lines) + "\n"
+
+    def chart(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = {k: r for k, r in self.data["rows"].items() if "denoise_s" in r and "floor_s" in r}
+        if not rows:
+            return
+        fig, ax = plt.subplots(figsize=(11, 4.5))
+        labels = list(rows)
+        xs = range(len(labels))
+        ax.bar([x - 0.2 for x in xs], [r["floor_s"] for r in rows.values()], 0.4, label="floor (FLOPs / peak)")
+        ax.bar([x + 0.2 for x in xs], [r["denoise_s"] for r in rows.values()], 0.4, label="measured denoise loop")
+        ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=7)
+        ax.set_ylabel("seconds per image")
+        ax.set_title(
+            f"{self.data['meta'].get('device')}{' (CPU tiny smoke run)' if self.data['meta'].get('tiny') else ''}"
+        )
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.out / "speed.png", dpi=110)
+        plt.close(fig)
+
+
+# --- sections --------------------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.arch = TINY if args.tiny else FULL
+        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        import diffusers
+
+        name = (
+            torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+        )
+        self.results = Results(
+            Path(args.out),
+            {
+                "device": name,
+                "tiny": args.tiny,
+                "steps": args.steps,
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "scale": args.scale,
+                "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            },
+        )
+        self.settings = Settings(data_dir=Path(args.out) / "data", fp8=False, step_cache=0.0)  # type: ignore[call-arg]
+        self.pipe: Any = None
+        self.state = "none"
+        self.flops: dict[tuple[tuple[int, int], str, int], float] = {}
+
+    @property
+    def peak(self) -> float:
+        if "peak_tflops" not in self.results.data["meta"]:
+            self.section_peak()
+        return float(self.results.data["meta"]["peak_tflops"])
+
+    def options(self, **overrides: Any) -> fast.FastOptions:
+        cuda = self.device.type == "cuda"
+        compile_ = self.args.compile or ("regional" if cuda else "none")  # CPU inductor compiles take minutes
+        base = dict(bf16=cuda, attention=self.args.attention, compile=compile_, compile_mode=self.args.compile_mode)
+        return fast.FastOptions(**{**base, **overrides})  # type: ignore[arg-type]
+
+    def ensure(self, state: str) -> Any:
+        """The pipe in `state` ("eager" or "lossless"); eager -> lossless mutates in place, so build again for eager."""
+        if self.state == state:
+            return self.pipe
+        if state == "eager" or self.pipe is None or self.state not in ("eager",):
+            self.pipe = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            start = time.perf_counter()
+            self.pipe = build_pipe(self.arch, self.device)
+            sync(self.device)
+            self.build_s = time.perf_counter() - start
+            self.state = "eager"
+        if state == "lossless":
+            fast.apply_fast_path(self.pipe, self.settings, options=self.options())
+            self.state = "lossless"
+        return self.pipe
+
+    def record(self, key: str, size: tuple[int, int], task: str, run: dict, batch: int = 1, **extra: Any) -> None:
+        flops_key = (size, task, batch)
+        if flops_key not in self.flops:
+            self.flops[flops_key] = image_flops(self.arch, size, task, self.args.steps, batch)
+        flops = self.flops[flops_key]
+        tm = run["times"]
+        floor = flops / (self.peak * 1e12)
+        self.results.row(
+            key,
+            pflop=flops / 1e15,
+            floor_s=floor,
+            denoise_s=tm["denoise"],
+            step_ms=1e3 * tm["denoise"] / self.args.steps,
+            t5_s=tm["t5"],
+            control_encode_s=tm["control_encode"],
+            decode_s=tm["decode"],
+            image_s=tm["image"],
+            tflops=flops / tm["denoise"] / 1e12,
+            ratio=tm["denoise"] / floor,
+            mem_gib=run["mem_gib"],
+            images_per_hour=3600 * batch / tm["image"],
+            **extra,
+        )
+        print(
+            f"{key}: denoise {tm['denoise']:.3f}s image {tm['image']:.3f}s ratio {tm['denoise'] / floor:.2f}x {extra}",
+            flush=True,
+        )
+
+    def reference(self, size: tuple[int, int], task: str, path: str) -> torch.Tensor | None:
+        file = Path(self.args.out) / f"ref-{size[0]}x{size[1]}-{task}-{path}.pt"
+        return torch.load(file) if file.exists() else None
+
+    def save_reference(self, size: tuple[int, int], task: str, path: str, latents: torch.Tensor) -> None:
+        torch.save(latents, Path(self.args.out) / f"ref-{size[0]}x{size[1]}-{task}-{path}.pt")
+
+    @staticmethod
+    def rel_err(a: torch.Tensor, b: torch.Tensor | None) -> float | None:
+        return None if b is None else float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+    def size_key(self, size: tuple[int, int]) -> str:
+        return f"{size[0]}x{size[1]}"
+
+    # sections
+
+    def section_peak(self) -> None:
+        peak = measure_peak(self.device)
+        self.results.data["meta"].update(peak)
+        self.results.write()
+        print(f"peak: {peak}", flush=True)
+
+    def section_task(self, task: str) -> None:
+        """Eager diffusers vs the lossless fast path at 1024², one task; relative error of the final latents."""
+        key = self.size_key(SQUARE)
+        run = measure(self.ensure("eager"), SQUARE, task, self.args)
+        self.save_reference(SQUARE, task, "eager", run["latents"])
+        self.record(
+            f"{key} {task} eager",
+            SQUARE,
+            task,
+            run,
+            note="bf16, SDPA, no compile" if self.device.type == "cuda" else "fp32",
+        )
+        start = time.perf_counter()
+        pipe = self.ensure("lossless")
+        warm = fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=len(TASKS[task]))
+        setup_s = time.perf_counter() - start
+        run = measure(pipe, SQUARE, task, self.args)
+        self.save_reference(SQUARE, task, "lossless", run["latents"])
+        err = self.rel_err(run["latents"], self.reference(SQUARE, task, "eager"))
+        eager = self.results.data["rows"][f"{key} {task} eager"]["denoise_s"]
+        self.record(
+            f"{key} {task} lossless",
+            SQUARE,
+            task,
+            run,
+            rel_err=err,
+            note=f"{eager / run['times']['denoise']:.2f}x vs eager; apply+warm {setup_s:.1f}s "
+            f"({warm[self.size_key(scaled(SQUARE))]:.1f}s warm)",
+        )
+
+    def section_ablate(self) -> None:
+        """One lossless step at a time on the same weights (T2I 1024²): eager, +fused QKV, +attention, +compile."""
+        key = self.size_key(SQUARE)
+        steps = [
+            ("eager", None),
+            ("+fused-qkv", self.options(fuse_qkv=True, attention="native", compile="none", cache_negative=False)),
+            ("+attention", self.options(fuse_qkv=True, compile="none", cache_negative=False)),
+            ("+neg-cache", self.options(fuse_qkv=True, compile="none")),
+            ("+compile", self.options()),
+        ]
+        pipe = self.ensure("eager")
+        for name, options in steps:
+            if options is not None:
+                fast.apply_fast_path(pipe, self.settings, options=options)
+            fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=0)
+            run = measure(pipe, SQUARE, "t2i", self.args)
+            self.results.row(
+                f"ablate {key} t2i {name}",
+                denoise_s=run["times"]["denoise"],
+                t5_s=run["times"]["t5"],
+                step_ms=1e3 * run["times"]["denoise"] / self.args.steps,
+                image_s=run["times"]["image"],
+            )
+        self.state = "lossless"
+
+    def section_sizes(self) -> None:
+        """The fast path, T2I, at the other eight aspect buckets; images/hour per GPU."""
+        pipe = self.ensure("lossless")
+        for size in SIZES.values():
+            if size == SQUARE:
+                continue
+            fast.warm_buckets(pipe, [scaled(size)], conditions=0)
+            self.record(f"{self.size_key(size)} t2i lossless", size, "t2i", measure(pipe, size, "t2i", self.args))
+
+    def section_batch(self) -> None:
+        """Two same-size requests batched (transformer at batch 4 under CFG) vs one at a time."""
+        pipe = self.ensure("lossless")
+        key = self.size_key(SQUARE)
+        fast.warm_buckets(pipe, [scaled(SQUARE)], batch=4, conditions=0)
+        run = measure(pipe, SQUARE, "t2i", self.args, batch=2)
+        single = self.results.data["rows"].get(f"{key} t2i lossless", {}).get("image_s")
+        gain = None if single is None else 2 * single / run["times"]["image"]
+        self.record(
+            f"{key} t2i lossless-batch2",
+            SQUARE,
+            "t2i",
+            run,
+            batch=2,
+            note="" if gain is None else f"throughput x{gain:.2f} vs batch 1",
+        )
+        if gain is not None:
+            self.results.note(
+                "batching",
+                f"two 1024² requests batched give {gain:.2f}x the images/hour of one at a "
+                f"time ({'worth it' if gain > 1.1 else 'not worth the added latency'}).",
+            )
+
+    def section_cache(self) -> None:
+        """First-Block-Cache at `--cache-threshold` on top of the lossless path: speed and deviation."""
+        pipe = self.ensure("lossless")
+        fast.enable_step_cache(pipe, self.args.cache_threshold)
+        try:
+            for task in TASKS:
+                run = measure(pipe, SQUARE, task, self.args)
+                err = self.rel_err(run["latents"], self.reference(SQUARE, task, "lossless"))
+                self.record(
+                    f"{self.size_key(SQUARE)} {task} step-cache",
+                    SQUARE,
+                    task,
+                    run,
+                    rel_err=err,
+                    note=f"threshold {self.args.cache_threshold}, {run['skipped']}/{self.args.steps} steps "
+                    "skipped; rel err vs lossless",
+                )
+        finally:
+            fast.disable_step_cache(pipe)
+
+    def section_fp8(self) -> None:
+        """FP8 linears (torchao) on top of the lossless path; skipped, with the reason, where unsupported."""
+        pipe = self.ensure("lossless")
+        for task in TASKS:
+            key = f"{self.size_key(SQUARE)} {task} fp8"
+            if not fast.fp8_supported(self.device):
+                self.results.row(key, skipped_reason=f"fp8 needs CUDA sm89+, not {self.device.type}")
+                continue
+            if self.state != "fp8":
+                fast.enable_fp8(fast.denoisers(pipe))
+                self.state = "fp8"
+            fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=len(TASKS[task]))
+            run = measure(pipe, SQUARE, task, self.args)
+            err = self.rel_err(run["latents"], self.reference(SQUARE, task, "lossless"))
+            self.record(key, SQUARE, task, run, rel_err=err, note="rel err vs lossless")
+
+    def section_cold(self) -> None:
+        """Start-up: build (random weights; real loads add disk read) + fast path + warming all nine buckets, with
+        the compile cache as found (run twice: the second run shows a restart with a warm cache)."""
+        cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", self.settings.data_dir / "compile-cache" / "inductor"))
+        was_warm = cache.exists() and any(cache.iterdir())
+        self.pipe, self.state = None, "none"
+        start = time.perf_counter()
+        pipe = self.ensure("lossless")
+        warm = fast.warm_buckets(pipe, [scaled(size) for size in SIZES.values()], conditions=1)
+        total = time.perf_counter() - start
+        self.results.note(
+            f"cold start ({'warm' if was_warm else 'empty'} compile cache)",
+            f"{total:.1f}s = build {self.build_s:.1f}s + fast path and warming 9 buckets "
+            f"{total - self.build_s:.1f}s (slowest bucket {max(warm.values()):.1f}s)",
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--out", default=str(ROOT / "bench"), help="where RESULTS.md, results.json, speed.png go")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
+    parser.add_argument("--device", default="")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per measurement (3 GPU, 1 tiny)")
+    parser.add_argument("--compile", choices=["regional", "full", "none"], default=None)
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
+    parser.add_argument("--attention", default="auto", help="diffusers attention backend or auto")
+    parser.add_argument("--scale", type=int, default=None, help="divide each image side by this (default 4 tiny, 1)")
+    parser.add_argument("--cache-threshold", type=float, default=0.05)
+    args = parser.parse_args(argv)
+    args.repeat = args.repeat or (1 if args.tiny else 3)
+    args.scale = args.scale or (4 if args.tiny else 1)
+    global SCALE
+    SCALE = args.scale
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    bench = Bench(args)
+    order = {
+        "peak": bench.section_peak,
+        "t2i": lambda: bench.section_task("t2i"),
+        "control": lambda: bench.section_task("canny+depth"),
+        "ablate": bench.section_ablate,
+        "sizes": bench.section_sizes,
+        "batch": bench.section_batch,
+        "cache": bench.section_cache,
+        "fp8": bench.section_fp8,
+        "cold": bench.section_cold,
+    }
+    for name in SECTIONS:
+        if name in only:
+            start = time.perf_counter()
+            with torch.no_grad():
+                order[name]()
+            print(f"[{name}] done in {time.perf_counter() - start:.1f}s", flush=True)
+    if not math.isfinite(bench.results.data["meta"].get("peak_tflops", 0.0)):
+        raise SystemExit("peak measurement failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""The fast path: lossless speed-ups (on by default on CUDA) and opt-in lossy ones, applied to a built `pipe`.
+
+Lossless, in `apply_fast_path` order (each can be switched off in `FastOptions`, so `bench/speed.py` measures them
+one by one): bf16 denoisers; fused QKV projections; the fastest attention backend importable (FA3, else cuDNN
+SDPA); a negative-prompt embedding cache (most requests send fal's default negative prompt); `torch.compile` of
+the repeated blocks with static shapes (one graph per aspect bucket and batch, warmed by `warm_buckets`, kept in
+an on-disk inductor cache under the data dir so a restart reuses the kernels).
+
+Lossy, off by default: FP8 dynamic activation + weight quantisation of the block linears (torchao, CUDA sm89+),
+and First-Block-Cache step skipping (`Settings.step_cache`), made ControlNet-aware here.
+
+Nothing here knows how `generate` runs the denoise loop: it finds the transformer and the ControlNet(s) as the
+modules of `pipe` that have `transformer_blocks` and `single_transformer_blocks`, and only wraps
+`pipe.encode_prompt` and hooks module forwards. Bench: `python bench/speed.py` (bria-model.md §7).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from reimagine.config import Settings
+from reimagine.schemas import SIZES
+
+logger = logging.getLogger(__name__)
+
+TEXT_TOKENS = 128  # Bria always zero-pads T5 embeddings to 128 tokens (bria-model.md §1.3)
+_FIRST_TIMESTEP = 999.5  # sigma 1 -> t = 1000 on every request's first step: the step cache resets there
+
+
+@dataclass(frozen=True)
+class FastOptions:
+    """Which lossless steps `apply_fast_path` takes; the defaults are the serving configuration."""
+
+    bf16: bool = True
+    fuse_qkv: bool = True
+    attention: str = "auto"  # "auto" | a diffusers AttentionBackendName value ("native", "_native_cudnn", ...)
+    compile: str = "regional"  # "regional" (per block: fast cold start, works with the step cache) | "full" | "none"
+    compile_mode: str | None = None  # None (inductor default, cuBLAS GEMMs) | "max-autotune" (+CUDA graphs) | ...
+    cache_negative: bool = True
+
+
+def denoisers(pipe: Any) -> list[Any]:
+    """The transformer and every ControlNet of `pipe` (modules with both block lists), each once."""
+    found: list[Any] = []
+    roots = [pipe.transformer] + [v for v in vars(pipe).values() if isinstance(v, nn.Module)]
+    roots += [v for v in getattr(pipe, "components", {}).values() if isinstance(v, nn.Module)]
+    for root in roots:
+        for module in root.modules():
+            is_dit = hasattr(module, "transformer_blocks") and hasattr(module, "single_transformer_blocks")
+            if is_dit and all(module is not f for f in found):
+                found.append(module)
+    return found
+
+
+def _blocks(model: Any) -> Iterator[nn.Module]:
+    yield from model.transformer_blocks
+    yield from model.single_transformer_blocks
+
+
+def fuse_qkv(model: nn.Module) -> int:
+    """Fuse each attention's Q/K/V (and added Q/K/V) linears into one GEMM; drop the unfused copies (~1.1 GB at
+    full size) so FP8 and memory see only what runs. Returns how many attentions were fused."""
+    n = 0
+    module: Any
+    for module in model.modules():
+        if hasattr(module, "fuse_projections") and getattr(module, "_supports_qkv_fusion", False):
+            if getattr(module, "fused_projections", False):
+                continue
+            module.fuse_projections()
+            if hasattr(module, "to_qkv"):
+                del module.to_q, module.to_k, module.to_v
+            if hasattr(module, "to_added_qkv"):
+                del module.add_q_proj, module.add_k_proj, module.add_v_proj
+            n += 1
+    return n
+
+
+def pick_attention_backend(device: torch.device) -> str:
+    """FA3 when its Hopper kernels are importable, else cuDNN SDPA on CUDA (faster than FA2 on H100), else SDPA."""
+    if device.type != "cuda":
+        return "native"
+    try:
+        import flash_attn_interface  # type: ignore[import-not-found]  # noqa: F401  (FA3, built separately; diffusers' "_flash_3")
+
+        return "_flash_3"
+    except ImportError:
+        return "_native_cudnn"
+
+
+def set_attention_backend(models: Iterable[nn.Module], backend: str) -> str:
+    """Set `backend` on every model; a backend this install cannot run falls back to SDPA, logged."""
+    models = list(models)
+    try:
+        for model in models:
+            model.set_attention_backend(backend)  # type: ignore[operator]
+        return backend
+    except (ImportError, RuntimeError, ValueError) as exc:
+        logger.info("attention backend %s unavailable (%s); using native SDPA", backend, exc)
+        for model in models:
+            model.set_attention_backend("native")  # type: ignore[operator]
+        return "native"
+
+
+def configure_compile_cache(data_dir: Path) -> Path:
+    """Keep inductor's FX-graph/AOT/autotune caches (and Triton's kernels) under the data dir, so a restarted
+    worker loads compiled kernels instead of recompiling (minutes -> seconds). Torch reads these variables when it
+    first compiles, so this must run before any `torch.compile` call."""
+    cache = (data_dir / "compile-cache").resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    inductor_config.autotune_local_cache = True
+    return cache
+
+
+def compile_model(model: nn.Module, *, how: str, mode: str | None) -> None:
+    """`torch.compile` with static shapes: one graph per (bucket, batch). "regional" compiles each block's forward
+    (Bria: 2 graphs per shape shared by 36 blocks via the FX cache; hooks such as the step cache stay eager)."""
+    import torch._dynamo.config as dynamo_config
+
+    # 9 buckets x batch 2 (CFG) and 4 (two requests) per compiled function, plus headroom.
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4096)
+    if how == "regional":
+        for block in _blocks(model):
+            block.forward = torch.compile(block.forward, fullgraph=True, dynamic=False, mode=mode)
+    elif how == "full":
+        model.forward = torch.compile(model.forward, dynamic=False, mode=mode)
+    elif how != "none":
+        raise ValueError(f"`compile` must be 'regional', 'full' or 'none', got {how!r}")
+
+
+class NegativePromptCache:
+    """Wraps `pipe.encode_prompt`: a negative prompt's T5 embedding is computed once and reused (one T5-XXL pass,
+    1.2 TFLOP, saved per request for the default negative prompt). Keyed by text, length, device, dtype."""
+
+    def __init__(self, pipe: Any, size: int = 8) -> None:
+        self.pipe = pipe
+        self.original = pipe.encode_prompt
+        self.size = size
+        self.entries: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
+        self.hits = 0
+
+    def __call__(self, prompt: Any = None, *args: Any, **kwargs: Any) -> Any:
+        negative = kwargs.get("negative_prompt")
+        if args or not isinstance(negative, str) or not negative or kwargs.get("negative_prompt_embeds") is not None:
+            return self.original(prompt, *args, **kwargs)
+        if not kwargs.get("do_classifier_free_guidance", True):
+            return self.original(prompt, *args, **kwargs)
+        batch = 1 if isinstance(prompt, str) else len(prompt)
+        per_prompt = kwargs.get("num_images_per_prompt", 1)
+        length = kwargs.get("max_sequence_length", TEXT_TOKENS)
+        device = kwargs.get("device") or self.pipe._execution_device
+        key = (negative, length, str(device), self.pipe.text_encoder.dtype)
+        if key in self.entries:
+            self.hits += 1
+            self.entries.move_to_end(key)
+        else:
+            embeds, _, _ = self.original(
+                negative,
+                device=device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+                max_sequence_length=length,
+            )
+            self.entries[key] = embeds
+            if len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        cached = self.entries[key].repeat(batch * per_prompt, 1, 1)
+        return self.original(prompt, **{**kwargs, "negative_prompt": None, "negative_prompt_embeds": cached})
+
+
+def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | None = None) -> None:
+    """Apply the lossless fast path (and `settings.fp8` / `settings.step_cache`) to `pipe` in place.
+
+    Call once after the pipe is on its device, then `warm_buckets(pipe)`. Output matches eager within bf16
+    tolerance (`bench/speed.py` reports the relative error).
+    """
+    options = options or FastOptions()
+    models = denoisers(pipe)
+    device = next(models[0].parameters()).device
+    if options.bf16:
+        for model in models:
+            model.to(torch.bfloat16)
+    if options.fuse_qkv:
+        for model in models:
+            fuse_qkv(model)
+    backend = pick_attention_backend(device) if options.attention == "auto" else options.attention
+    backend = set_attention_backend(models, backend)
+    if settings.fp8:
+        enable_fp8(models)
+    if options.cache_negative and not isinstance(pipe.encode_prompt, NegativePromptCache):
+        pipe.encode_prompt = NegativePromptCache(pipe)
+    if options.compile != "none":
+        configure_compile_cache(settings.data_dir)
+        for model in models:
+            compile_model(model, how=options.compile, mode=options.compile_mode)
+    if settings.step_cache > 0:
+        enable_step_cache(pipe, settings.step_cache)
+    pipe._fast_options = options  # warm_buckets and the bench read it back
+    logger.info(
+        "fast path: %s, fused QKV %s, attention %s, compile %s, fp8 %s, step cache %s",
+        "bf16" if options.bf16 else "dtype kept",
+        options.fuse_qkv,
+        backend,
+        options.compile,
+        settings.fp8,
+        settings.step_cache,
+    )
+
+
+@torch.no_grad()
+def warm_buckets(
+    pipe: Any, sizes: Iterable[tuple[int, int]] | None = None, *, batch: int = 2, conditions: int = 1
+) -> dict[str, float]:
+    """Run one denoiser call per aspect bucket with dummy inputs of the serving shapes, so every compiled graph
+    exists (or is loaded from the disk cache) before the first request. Returns seconds per bucket.
+
+    `batch` 2 is one request under CFG; the ControlNet (if any) is run and its residuals passed to the
+    transformer, like a request with `conditions` structure images.
+    """
+    import time
+
+    transformer, *controlnets = denoisers(pipe)
+    param = next(transformer.parameters())
+    device, dtype = param.device, param.dtype
+    config = transformer.config
+    seconds: dict[str, float] = {}
+    for width, height in sizes or SIZES.values():
+        tokens = (height // 16) * (width // 16)
+        start = time.perf_counter()
+        latents = torch.zeros(batch, tokens, config.in_channels, device=device, dtype=dtype)
+        text = torch.zeros(batch, TEXT_TOKENS, config.joint_attention_dim, device=device, dtype=dtype)
+        timestep = torch.full((batch,), 500.0, device=device, dtype=dtype)
+        img_ids = torch.zeros(tokens, 3, device=device, dtype=dtype)
+        txt_ids = torch.zeros(TEXT_TOKENS, 3, device=device, dtype=dtype)
+        residuals: dict[str, Any] = {}
+        for controlnet in controlnets[:1] if conditions else []:
+            mode = torch.zeros(batch, 1, dtype=torch.long, device=device)
+            block, single = controlnet(
+                hidden_states=latents, controlnet_cond=latents, controlnet_mode=mode, conditioning_scale=1.0,
+                encoder_hidden_states=text, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
+            )  # fmt: skip
+            residuals = {"controlnet_block_samples": block, "controlnet_single_block_samples": single}
+        transformer(
+            hidden_states=latents, encoder_hidden_states=text, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
+            return_dict=False, **residuals,
+        )  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds[f"{width}x{height}"] = time.perf_counter() - start
+    reset_step_cache(pipe)
+    return seconds
+
+
+# --- lossy: FP8 ----------------------------------------------------------------------------------------------------
+
+
+def fp8_supported(device: torch.device) -> bool:
+    """torchao's float8 dynamic quantisation needs CUDA compute capability 8.9+ (Ada, Hopper, Blackwell)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def enable_fp8(models: Iterable[nn.Module]) -> bool:
+    """FP8 (e4m3) dynamic per-row activation + weight quantisation of the block linears (not the embedders,
+    the zero-init ControlNet projections or the output layer). Returns False, logged, where unsupported."""
+    models = list(models)
+    device = next(models[0].parameters()).device
+    if not fp8_supported(device):
+        logger.warning("fp8 requested but unsupported on %s (needs CUDA sm89+); running without it", device)
+        return False
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def is_block_linear(module: nn.Module, name: str) -> bool:
+        return (
+            isinstance(module, nn.Linear)
+            and "transformer_blocks." in name
+            and module.in_features % 16 == 0
+            and module.out_features % 16 == 0
+        )
+
+    for model in models:
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=is_block_linear)
+    return True
+
+
+# --- lossy: First-Block-Cache ----------------------------------------------------------------------------------------
+
+_FBC_HEAD_HOOK = "fbc_leader_block_hook"  # diffusers.hooks.first_block_cache._FBC_LEADER_BLOCK_HOOK
+
+
+class _ResidualsSkippedWhenCached(list):
+    """ControlNet residuals that read as 0 while First-Block-Cache skips the step.
+
+    On a computed step the cached tail residual (last block output - first block output) already contains the
+    ControlNet additions after blocks 0..n-2, but not the one after the last single block (added by the forward
+    after the tail block's output was recorded). So on a skipped step every addition but that last one must be
+    dropped, else they count twice. The transformer forward reads `samples[i // interval]` once per block, in
+    order; the counter tells which read is the last block's.
+    """
+
+    def __init__(self, samples: list[torch.Tensor], state: Any, reads_per_call: int, keep_last: bool) -> None:
+        super().__init__(samples)
+        self.state = state
+        self.reads_per_call = reads_per_call
+        self.keep_last = keep_last
+        self.reads = 0
+
+    def __getitem__(self, index: Any) -> Any:
+        self.reads += 1
+        if self.state().should_compute or (self.keep_last and self.reads == self.reads_per_call):
+            return super().__getitem__(index)
+        return 0.0
+
+
+def enable_step_cache(pipe: Any, threshold: float) -> None:
+    """First-Block-Cache on the transformer: when the first block's residual changed less than `threshold`
+    (relative mean abs) since the last computed step, reuse the cached residual of the other 35 blocks.
+
+    Made to work with our loop without touching it: a forward pre-hook sets the cache context (the Bria
+    pipeline does not call `cache_context`), resets the cache on each request's first step (t = 1000), and wraps
+    the ControlNet residuals so skipped steps do not add them twice (`_ResidualsSkippedWhenCached`). The
+    ControlNet itself still runs every step: its outputs are needed before the transformer decides to skip, so
+    with structure images the saving is the transformer's share only.
+    """
+    from diffusers.hooks.first_block_cache import FirstBlockCacheConfig
+    from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
+
+    from reimagine.worker.controlnet_bria import register_cache_blocks
+
+    register_cache_blocks()  # bria-model.md §2.3 bug 2
+    transformer = denoisers(pipe)[0]
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    head = transformer.transformer_blocks[0]
+    head_hook: Any = HookRegistry.check_if_exists_or_initialize(head).get_hook(_FBC_HEAD_HOOK)
+    state_manager = head_hook.state_manager
+    n_double = len(transformer.transformer_blocks)
+    n_single = len(transformer.single_transformer_blocks)
+
+    def before_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        timestep = kwargs.get("timestep")
+        if timestep is not None and float(timestep.max()) >= _FIRST_TIMESTEP:
+            module._reset_stateful_cache()  # type: ignore[operator]
+        if state_manager._context is None:
+            _set_cache_context(module, CacheContext("cond"))
+        for key, reads, keep_last in (
+            ("controlnet_block_samples", n_double, False),
+            ("controlnet_single_block_samples", n_single, True),
+        ):
+            if kwargs.get(key) is not None:
+                kwargs[key] = _ResidualsSkippedWhenCached(list(kwargs[key]), state_manager.get_state, reads, keep_last)
+        return args, kwargs
+
+    def after_forward(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not state_manager.get_state().should_compute:
+            pipe._step_cache_skipped += 1
+
+    pipe._step_cache_handles = [
+        transformer.register_forward_pre_hook(before_forward, with_kwargs=True),
+        transformer.register_forward_hook(after_forward),
+    ]
+    pipe._step_cache_threshold = threshold
+    pipe._step_cache_skipped = 0
+
+
+def disable_step_cache(pipe: Any) -> None:
+    """Undo `enable_step_cache` (the bench compares paths on one set of weights)."""
+    transformer = denoisers(pipe)[0]
+    for handle in getattr(pipe, "_step_cache_handles", []):
+        handle.remove()
+    if getattr(pipe, "_step_cache_threshold", 0):
+        transformer.disable_cache()
+    pipe._step_cache_threshold = 0
+    pipe._step_cache_handles = []
+
+
+def reset_step_cache(pipe: Any) -> None:
+    """Forget cached residuals (after warm-up, between benchmark runs); a no-op without the step cache."""
+    transformer = denoisers(pipe)[0]
+    if getattr(pipe, "_step_cache_threshold", 0):
+        transformer._reset_stateful_cache()
+        pipe._step_cache_skipped = 0
+
+
+def step_cache_skips(pipe: Any) -> int | None:
+    """How many transformer tails the step cache skipped since the last reset (None without the cache)."""
+    return getattr(pipe, "_step_cache_skipped", None)
