@@ -68,6 +68,10 @@ class Storage(Protocol):
         """Remove files and unfinished uploads older than `age_s`; returns how many files went."""
         ...
 
+    def public_url(self, key: str) -> str | None:
+        """Where clients may fetch the file directly (a presigned S3 GET); None: `GET /files/<key>` proxies it."""
+        ...
+
 
 def extension_for(content_type: str) -> str:
     """`.png` for `image/png`; empty when the type is unknown."""
@@ -95,4 +99,15 @@ def open_storage(settings: Settings) -> Storage:
         from reimagine.storage.local import LocalStorage
 
         return LocalStorage(settings.files_dir)
-    raise ConfigError(f"storage {settings.storage!r} is not available yet; use --storage local")
+    if settings.storage == "s3":
+        if not settings.s3_bucket:
+            raise ConfigError("--storage s3 needs --s3-bucket (REIMAGINE_S3_BUCKET)")
+        from reimagine.storage.s3 import S3Storage
+
+        return S3Storage(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url or None,
+            presign=settings.s3_presign,
+        )
+    raise ConfigError(f"storage must be local or s3, got {settings.storage!r}")

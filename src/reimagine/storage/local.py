@@ -115,6 +115,10 @@ class LocalStorage:
                 shutil.rmtree(folder, ignore_errors=True)
         return removed
 
+    def public_url(self, key: str) -> str | None:
+        """Local files are only reachable through the API."""
+        return None
+
     def _path(self, key: str) -> Path:
         if not is_valid_key(key):
             raise ValueError(f"invalid file key {key!r}")

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -210,6 +210,12 @@ async def get_file(key: str, storage: StorageDep) -> Response:
     """A stored file, with the content type it was uploaded with."""
     if not is_valid_key(key):
         return _error(404, "File not found")
+    # S3 with --s3-presign: the bytes come from the bucket; the URL handed out stays this stable one.
+    direct = storage.public_url(key)
+    if direct is not None:
+        if not await run_in_threadpool(storage.exists, key):
+            return _error(404, "File not found")
+        return RedirectResponse(direct, status_code=307, headers={"Cache-Control": "no-store"})
     try:
         stored, data = await run_in_threadpool(storage.get, key)
     except KeyError:
