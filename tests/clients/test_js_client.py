@@ -41,8 +41,10 @@ def test_js_client(mode: str, client_env: ClientEnv) -> None:
     run_node(f"{mode}.test.mjs", client_env.server, client_env)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_js_client_tiny_model(tiny_server: TlsServe, client_env: ClientEnv) -> None:
-    run_node("tiny.test.mjs", tiny_server, client_env)
+    run_node("tiny.test.mjs", tiny_server, client_env, timeout_s=240)
 
 
 def test_proxy_rejects_missing_or_foreign_target(client_env: ClientEnv) -> None:

@@ -45,5 +45,7 @@ def test_python_client(scenario: str, client_env: ClientEnv) -> None:
     run_scenario(scenario, client_env.server, client_env)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_python_client_tiny_model(tiny_server: TlsServe, client_env: ClientEnv) -> None:
-    run_scenario("tiny", tiny_server, client_env, timeout_s=110)
+    run_scenario("tiny", tiny_server, client_env, timeout_s=240)

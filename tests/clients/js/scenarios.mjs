@@ -242,11 +242,10 @@ export async function errors(fal, stranger) {
   assert.deepEqual(missing.fieldErrors[0].loc, ["body", "prompt"]);
 }
 
-/** End to end on `--model tiny`: a Blob scene with depth and canny preprocessing. */
+/** End to end on `--model tiny`: a Blob scene (auto-uploaded) with depth preprocessing. */
 export async function tiny(fal) {
-  const fields = { depth_image_url: sceneBlob("scene.png"), canny_image_url: dataUri() };
   const result = await call("fal.subscribe (tiny model)", () =>
-    fal.subscribe(ENDPOINT, { input: input("a red house", fields), logs: true, pollInterval: 200 }),
+    fal.subscribe(ENDPOINT, { input: input("a red house", { depth_image_url: sceneBlob() }), pollInterval: 200 }),
   );
-  await checkImage(result.data, [result.data.image.width, result.data.image.height]);
+  await checkImage(result.data);
 }
