@@ -77,7 +77,7 @@ def check_url(url: str, settings: Settings, field: str = "url") -> list[IPAddres
         raise FetchRefused(field, f"invalid URL: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         raise FetchRefused(field, f"only http and https URLs can be fetched, got {parsed.scheme or 'no'} scheme")
-    host = parsed.host
+    host = parsed.raw_host.decode("ascii")  # IDNA-encoded, as DNS and httpcore see it
     if not host:
         raise FetchRefused(field, "URL has no host")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -86,7 +86,7 @@ def check_url(url: str, settings: Settings, field: str = "url") -> list[IPAddres
     except (socket.gaierror, UnicodeError) as exc:
         raise FetchRefused(field, f"cannot resolve host {host!r}: {exc}") from None
     addresses = _unique(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
-    if host.lower().rstrip(".") in _allowed_names(settings):
+    if host.rstrip(".") in _allowed_names(settings):
         return addresses
     refused = [address for address in addresses if not is_allowed_address(address, settings)]
     if refused:
@@ -108,7 +108,7 @@ def fetch(url: str, settings: Settings, field: str) -> Fetched:
     deadline = time.monotonic() + settings.fetch_timeout_s
     for _ in range(MAX_REDIRECTS + 1):
         addresses = check_url(url, settings, field)
-        transport = _PinnedTransport(httpx.URL(url).host, addresses)
+        transport = _PinnedTransport(httpx.URL(url).raw_host.decode("ascii"), addresses)
         # trust_env=False: an HTTP(S)_PROXY from the environment would connect somewhere other than the pinned address.
         with httpx.Client(transport=transport, trust_env=False, follow_redirects=False) as client:
             try:
@@ -208,7 +208,15 @@ def _allowed_networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddr
 
 
 def _allowed_names(settings: Settings) -> set[str]:
-    return {entry.lower().rstrip(".") for entry in settings.allow_hosts if not _is_network(entry)}
+    return {_idna(entry.lower().rstrip(".")) for entry in settings.allow_hosts if not _is_network(entry)}
+
+
+def _idna(name: str) -> str:
+    """Host names compare in their DNS (IDNA) form, the form `check_url` resolves."""
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
 
 
 def _is_network(entry: str) -> bool:

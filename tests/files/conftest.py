@@ -25,6 +25,11 @@ def png_bytes(size: tuple[int, int] = (16, 12), color: tuple[int, int, int] = (2
     return out.getvalue()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # the fetcher hangs up on purpose (size and time caps, refused certificates)
+
+
 class LoopbackServer:
     """`http.server` on 127.0.0.1; tests register a handler per path."""
 
@@ -43,7 +48,7 @@ class LoopbackServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         if tls is not None:
             self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
