@@ -82,7 +82,9 @@ def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
 
 def _start(tmp_path_factory: pytest.TempPathFactory, ca_pem: tuple[trustme.CA, Path], *args: str) -> TlsServe:
     ca, path = ca_pem
-    return TlsServe(tmp_path_factory.mktemp("serve"), ca, path, *args).start()
+    server = TlsServe(tmp_path_factory.mktemp("serve"), ca, path, *args)
+    server.start()
+    return server
 
 
 @pytest.fixture(scope="session")

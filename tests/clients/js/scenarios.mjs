@@ -99,7 +99,7 @@ export async function subscribe(fal, mode) {
   const enqueued = [];
   const result = await call(`fal.subscribe (mode ${mode})`, () =>
     fal.subscribe(ENDPOINT, {
-      input: input(`sleep=0.01 log=hello-${mode}`),
+      input: input(`sleep=0.02 log=hello-${mode}`),
       logs: true,
       mode,
       pollInterval: 100,
@@ -124,6 +124,9 @@ export async function queue(fal) {
   );
   const requestId = submitted.request_id;
   assert.equal(submitted.status, "IN_QUEUE");
+  // URLs in answers point at this server, also through the proxy (built from the original Host and scheme)
+  assert.equal(submitted.response_url, `${BASE_URL}/bria/reimagine/requests/${requestId}`);
+  assert.equal(submitted.status_url, `${submitted.response_url}/status`);
   const status = await call("fal.queue.status", () => fal.queue.status(ENDPOINT, { requestId, logs: true }));
   assert.ok(["IN_QUEUE", "IN_PROGRESS", "COMPLETED"].includes(status.status), JSON.stringify(status));
   const done = await call("fal.queue.subscribeToStatus", () =>

@@ -144,7 +144,7 @@ def scenario_run_inputs() -> None:
     sources = {"url": host.url("/scene.png"), "data_uri": data_uri, "uploaded": uploaded}
     for how, url in sources.items():
         for preprocess in (True, False):
-            fields = {"depth_image_url": url, "canny_image_url": url}
+            fields: dict[str, Any] = {"depth_image_url": url, "canny_image_url": url}
             fields.update(depth_preprocess=preprocess, canny_preprocess=preprocess, seed=7)
             with call(f"fal_client.run (image as {how}, preprocess={preprocess})"):
                 result = fal_client.run(ENDPOINT, arguments=inputs(**fields))
@@ -160,7 +160,7 @@ def scenario_subscribe() -> None:
     with call("fal_client.subscribe"):
         result = fal_client.subscribe(
             ENDPOINT,
-            arguments=inputs("sleep=0.01 log=hello-from-subscribe"),
+            arguments=inputs("sleep=0.02 log=hello-from-subscribe"),
             with_logs=True,
             on_enqueue=enqueued.append,
             on_queue_update=updates.append,
@@ -178,6 +178,7 @@ def scenario_queue() -> None:
     """`submit` -> `status` (with logs) -> `iter_events` -> `get`; `status`/`result` by request id; `get_handle`."""
     with call("fal_client.submit"):
         handle = fal_client.submit(ENDPOINT, arguments=inputs("sleep=0.02 log=queued-line"))
+        assert handle.response_url == f"{BASE_URL}/bria/reimagine/requests/{handle.request_id}", handle.response_url
     with call("SyncRequestHandle.status(with_logs=True)"):
         status = handle.status(with_logs=True)
         assert isinstance(status, fal_client.Queued | fal_client.InProgress | fal_client.Completed), status
