@@ -92,6 +92,6 @@ def check_prompt_length(tokenizer: Tokenizer, inputs: ReimagineInput) -> None:
     if count > MAX_PROMPT_TOKENS:
         raise InputError(
             "prompt",
-            f"`prompt` is {count} T5 tokens, max {MAX_PROMPT_TOKENS} (including the end token); "
+            f"`prompt` is {count} tokens, max {MAX_PROMPT_TOKENS} (T5 tokens, including the end token); "
             "shorten it or set `truncate_prompt` to true",
         )

@@ -1,0 +1,219 @@
+"""`generate` on the tiny preset: faithfulness to BriaPipeline, conditions, sizes, prompt rules, hooks, save/load."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import BriaPipeline, BriaTransformer2DModel
+
+from reimagine.config import Settings
+from reimagine.errors import InputError, JobCancelled, ModelMissing, OutOfMemory
+from reimagine.generation import Controls, Generate, Generated
+from reimagine.schemas import SIZES, ReimagineInput
+from reimagine.worker.pipeline import ReimaginePipeline, generate, load_pipeline, warmup
+from tests.pipeline.helpers import RecordingHooks, make_inputs, photo, pixels
+
+SMALL = (128, 96)  # (width, height) for tests that are not about the size
+
+
+def _png(generated: Generated) -> bytes:
+    buffer = io.BytesIO()
+    generated.image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_partial_generate_is_the_generate_seam(pipe: ReimaginePipeline) -> None:
+    bound: Generate = functools.partial(generate, pipe)
+    generated = bound(make_inputs(num_inference_steps=1), Controls(), RecordingHooks())
+    assert generated.image.mode == "RGB"
+
+
+@pytest.mark.parametrize("negative_prompt", ["Logo,Watermark,Ugly", ""])
+def test_without_conditions_equals_diffusers_bria_pipeline(pipe: ReimaginePipeline, negative_prompt: str) -> None:
+    inputs = make_inputs(num_inference_steps=3, seed=42, negative_prompt=negative_prompt)
+    ours = generate(pipe, inputs, Controls(), RecordingHooks(), _size=(256, 192)).image
+
+    stock_transformer = BriaTransformer2DModel(**pipe.bria.transformer.config).eval()
+    stock_transformer.load_state_dict(pipe.bria.transformer.state_dict())
+    for transformer in (pipe.bria.transformer, stock_transformer):
+        reference = BriaPipeline(**dict(pipe.bria.components, transformer=transformer))
+        reference.set_progress_bar_config(disable=True)
+        expected = reference(
+            prompt=inputs.prompt,
+            negative_prompt=negative_prompt,
+            width=256,
+            height=192,
+            num_inference_steps=3,
+            guidance_scale=inputs.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(42),
+        ).images[0]
+        assert (pixels(ours) == pixels(expected)).all()
+
+
+def test_scale_zero_is_no_condition_and_costs_no_map(pipe: ReimaginePipeline) -> None:
+    inputs = make_inputs()
+    plain = generate(pipe, inputs, Controls(), RecordingHooks(), _size=SMALL)
+    zero = make_inputs(depth_scale=0.0, canny_scale=0.0)
+    hooks = RecordingHooks()
+    skipped = generate(pipe, zero, Controls(depth=photo(), canny=photo()), hooks, _size=SMALL)
+    assert _png(skipped) == _png(plain)
+    assert skipped.maps == {}
+
+
+@pytest.mark.parametrize("condition", ["depth", "canny"])
+def test_each_condition_changes_the_image(pipe: ReimaginePipeline, condition: str) -> None:
+    inputs = make_inputs()
+    plain = generate(pipe, inputs, Controls(), RecordingHooks(), _size=SMALL)
+    controlled = generate(pipe, inputs, Controls(**{condition: photo()}), RecordingHooks(), _size=SMALL)
+    assert set(controlled.maps) == {condition}
+    assert not (pixels(controlled.image) == pixels(plain.image)).all()
+
+
+def test_both_conditions_differ_from_each_alone(pipe: ReimaginePipeline) -> None:
+    inputs = make_inputs()
+    both = generate(pipe, inputs, Controls(depth=photo(), canny=photo(seed=1)), RecordingHooks(), _size=SMALL)
+    depth = generate(pipe, inputs, Controls(depth=photo()), RecordingHooks(), _size=SMALL)
+    assert set(both.maps) == {"depth", "canny"}
+    assert not (pixels(both.image) == pixels(depth.image)).all()
+
+
+def test_preprocess_derives_maps_or_uses_the_image(pipe: ReimaginePipeline) -> None:
+    image = photo()
+    derived = generate(pipe, make_inputs(), Controls(depth=image, canny=image), RecordingHooks(), _size=SMALL)
+    canny = pixels(derived.maps["canny"])
+    assert derived.maps["canny"].size == image.size and set(np.unique(canny)) <= {0, 255}
+    depth = pixels(derived.maps["depth"])
+    assert derived.maps["depth"].size == image.size and depth.min() == 0 and depth.max() == 255
+
+    as_is = make_inputs(depth_preprocess=False, canny_preprocess=False)
+    given = generate(pipe, as_is, Controls(depth=image, canny=image), RecordingHooks(), _size=SMALL)
+    assert (pixels(given.maps["depth"]) == pixels(image)).all()
+    assert (pixels(given.maps["canny"]) == pixels(image)).all()
+    assert not (pixels(given.image) == pixels(derived.image)).all()
+
+
+def test_each_aspect_ratio_yields_its_size(pipe: ReimaginePipeline) -> None:
+    for aspect_ratio, size in SIZES.items():
+        inputs = make_inputs(aspect_ratio=aspect_ratio.value, num_inference_steps=1, guidance_scale=1.0)
+        assert generate(pipe, inputs, Controls(), RecordingHooks()).image.size == size
+
+
+def test_long_prompt_is_truncated_when_allowed(pipe: ReimaginePipeline) -> None:
+    long_prompt = "a " * 200  # 201 tokens with </s> in the tiny vocabulary
+    hooks = RecordingHooks()
+    generated = generate(pipe, make_inputs(prompt=long_prompt), Controls(), hooks, _size=SMALL)
+    tokenizer = pipe.bria.tokenizer.backend_tokenizer
+    assert len(tokenizer.encode(generated.prompt).ids) == 128
+    assert any("truncated" in message for message, _ in hooks.logs)
+    # Same image as the prompt cut by hand: the encoder sees the first 127 tokens and </s>.
+    cut = generate(pipe, make_inputs(prompt="a " * 127), Controls(), RecordingHooks(), _size=SMALL)
+    assert _png(cut) == _png(generated)
+
+
+def test_long_prompt_is_an_input_error_when_truncation_is_off(pipe: ReimaginePipeline) -> None:
+    hooks = RecordingHooks()
+    with pytest.raises(InputError) as caught:
+        generate(pipe, make_inputs(prompt="a " * 200, truncate_prompt=False), Controls(), hooks, _size=SMALL)
+    assert caught.value.field == "prompt"
+    assert "201 tokens" in caught.value.message and "128" in caught.value.message
+    assert hooks.steps == []
+
+
+def test_enhancer_off_keeps_the_prompt_and_says_so(pipe: ReimaginePipeline) -> None:
+    hooks = RecordingHooks()
+    generated = generate(pipe, make_inputs(prompt_enhancer=True), Controls(), hooks, _size=SMALL)
+    assert generated.prompt == "a red cat on the sofa"
+    assert any("prompt_enhancer" in message and "unchanged" in message for message, _ in hooks.logs)
+
+
+class _Expanding:
+    def enhance(self, prompt: str, seed: int) -> str:
+        return prompt + " with" * 150
+
+
+def test_truncation_applies_after_enhancement(pipe: ReimaginePipeline) -> None:
+    enhanced = dataclasses.replace(pipe, enhancer=_Expanding())
+    inputs = make_inputs(prompt="a cat", prompt_enhancer=True, truncate_prompt=False)
+    with pytest.raises(InputError, match="tokens, max 128"):
+        generate(enhanced, inputs, Controls(), RecordingHooks(), _size=SMALL)
+    generated = generate(
+        enhanced, inputs.model_copy(update={"truncate_prompt": True}), Controls(), RecordingHooks(), _size=SMALL
+    )
+    assert generated.prompt.startswith("a cat with with")
+
+
+def test_same_inputs_and_seed_give_the_same_bytes(pipe: ReimaginePipeline) -> None:
+    inputs = make_inputs(seed=7)
+    controls = Controls(depth=photo(), canny=photo(seed=3))
+    first = generate(pipe, inputs, controls, RecordingHooks(), _size=SMALL)
+    torch.manual_seed(12345)  # the global RNG must not matter (Bria's control-latent sampling used it)
+    torch.randn(10)
+    second = generate(pipe, inputs, controls, RecordingHooks(), _size=SMALL)
+    assert _png(first) == _png(second)
+    other_seed = generate(pipe, make_inputs(seed=8), controls, RecordingHooks(), _size=SMALL)
+    assert _png(other_seed) != _png(first)
+
+
+@pytest.mark.parametrize("cancel_at", [1, 2, 3])
+def test_cancel_stops_within_one_step(pipe: ReimaginePipeline, cancel_at: int) -> None:
+    hooks = RecordingHooks(cancel_at=cancel_at)
+    with pytest.raises(JobCancelled):
+        generate(pipe, make_inputs(num_inference_steps=4), Controls(canny=photo()), hooks, _size=SMALL)
+    assert len(hooks.steps) <= cancel_at
+    assert len(hooks.steps) == cancel_at - 1
+
+
+def test_progress_hooks_get_every_step_with_a_small_preview(pipe: ReimaginePipeline) -> None:
+    hooks = RecordingHooks()
+    generated = generate(pipe, make_inputs(num_inference_steps=3), Controls(), hooks, _size=(512, 256))
+    assert [(step, total) for step, total, _ in hooks.steps] == [(1, 3), (2, 3), (3, 3)]
+    for _, _, preview in hooks.steps:
+        assert preview is not None and preview.mode == "RGB" and max(preview.size) <= 128
+    assert any(level == "WARN" and "noise" in message for message, level in hooks.logs)
+    assert set(generated.timings) == {"preprocess", "encode", "denoise", "decode"}
+
+
+def test_out_of_memory_becomes_our_error(pipe: ReimaginePipeline) -> None:
+    class _Exhausted(RecordingHooks):
+        def on_step(self, step: int, total: int, preview: object) -> None:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(OutOfMemory):
+        generate(pipe, make_inputs(), Controls(), _Exhausted(), _size=SMALL)
+
+
+def test_end_to_end_twenty_steps_at_real_size(pipe: ReimaginePipeline) -> None:
+    inputs = ReimagineInput(prompt="a photo of a cat", num_inference_steps=20, prompt_enhancer=False)
+    hooks = RecordingHooks()
+    generated = generate(pipe, inputs, Controls(canny=photo()), hooks)
+    assert generated.image.size == (1024, 1024)
+    assert len(hooks.steps) == 20
+
+
+def test_save_and_load_round_trip_gives_identical_images(pipe: ReimaginePipeline, tmp_path: Path) -> None:
+    pipe.save_pretrained(tmp_path / "tiny")
+    reloaded = load_pipeline(Settings(model=str(tmp_path / "tiny"), offline=True))
+    assert reloaded.is_tiny
+    inputs = make_inputs(seed=3)
+    controls = Controls(depth=photo(), canny=photo(seed=2))
+    original = generate(pipe, inputs, controls, RecordingHooks(), _size=SMALL)
+    again = generate(reloaded, inputs, controls, RecordingHooks(), _size=SMALL)
+    assert _png(again) == _png(original)
+    assert (pixels(again.maps["depth"]) == pixels(original.maps["depth"])).all()
+    # The folder is also a plain diffusers BriaPipeline.
+    assert type(BriaPipeline.from_pretrained(tmp_path / "tiny").transformer) is BriaTransformer2DModel
+
+
+def test_missing_model_is_one_clear_error() -> None:
+    with pytest.raises(ModelMissing, match="models pull"):
+        load_pipeline(Settings(model="briaai/BRIA-3.2", offline=True))
+
+
+def test_warmup_runs(pipe: ReimaginePipeline) -> None:
+    warmup(pipe)
