@@ -50,13 +50,23 @@ def create_app(
         from reimagine.supervisor import Supervisor
 
         supervisor = Supervisor(settings)
-    hub = EventHub(store)
     webhook_key = WebhookKey.load_or_create(settings)
     metrics = Metrics(store)
 
+    def observe_finished(job_id: str) -> None:
+        # Runs on the event loop: one indexed read per finished job. Every replica sees every job, so with
+        # several replicas aggregate these series with max(), not sum().
+        job = store.get(job_id)
+        if job is not None:
+            metrics.observe_job(job)
+
+    hub = EventHub(store, on_terminal=observe_finished)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        dispatcher = WebhookDispatcher(store, settings, webhook_key, check_target=lambda url: check_url(url, settings))
+        dispatcher = WebhookDispatcher(
+            store, settings, webhook_key, check_target=lambda url: check_url(url, settings), metrics=metrics
+        )
         tasks = [
             asyncio.create_task(hub.run(), name="event-hub"),
             asyncio.create_task(dispatcher.run(), name="webhooks"),
@@ -210,6 +220,8 @@ async def _sweep(store: Any, storage: Any, settings: Settings) -> None:
             keys = await asyncio.to_thread(store.delete_expired, time.time() - settings.result_retention_s)
             for key in keys:
                 await asyncio.to_thread(storage.delete, key)
+            # Uploads belong to no job; they expire by age alone.
+            await asyncio.to_thread(storage.delete_older_than, settings.result_retention_s)
         except Exception:
             logger.exception("retention sweep failed; retrying")
         await asyncio.sleep(3600)

@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
+from reimagine.jobs import TERMINAL
 from reimagine.queue.models import Event
 
 logger = logging.getLogger(__name__)
 
+_TERMINAL = {status.value for status in TERMINAL}
+
 
 class EventHub:
-    def __init__(self, store: Any, *, poll_s: float = 0.1) -> None:
+    def __init__(self, store: Any, *, poll_s: float = 0.1, on_terminal: Callable[[str], None] | None = None) -> None:
         self._store = store
+        self._on_terminal = on_terminal
         self._poll_s = poll_s
         self._subscribers: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
         self._kicked = asyncio.Event()
@@ -35,10 +40,6 @@ class EventHub:
             except TimeoutError:
                 pass
             self._kicked.clear()
-            if not self._subscribers:
-                # Nobody listens: skip the query; a new subscriber reads its own backlog from the store.
-                self._last_id = max(self._last_id, await asyncio.to_thread(self._store.last_event_id))
-                continue
             try:
                 await self._tail()
             except Exception:
@@ -52,6 +53,8 @@ class EventHub:
                 self._last_id = event.id
                 for queue in self._subscribers.get(event.job_id, ()):
                     queue.put_nowait(event)
+                if self._on_terminal is not None and event.kind == "status" and event.data["status"] in _TERMINAL:
+                    self._on_terminal(event.job_id)
             if len(events) < 1000:
                 return
 

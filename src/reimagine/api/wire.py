@@ -61,10 +61,13 @@ def extras(base: str, events: list[Event]) -> dict[str, Any]:
 def status_body(
     job: Job, base: str, *, position: int, events: list[Event], with_logs: bool, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    urls = request_urls(base, job.id)
     status = QueueStatus(
         status=FAL_STATUS[job.status],  # type: ignore[arg-type]
         request_id=job.id,
-        **request_urls(base, job.id),
+        response_url=urls["response_url"],
+        status_url=urls["status_url"],
+        cancel_url=urls["cancel_url"],
     )
     body = status.model_dump(exclude={"reimagine"})
     if job.status == JobStatus.QUEUED:

@@ -169,6 +169,7 @@ for _path in _ENDPOINT_PATHS:
         router.add_api_route(
             _p,
             submit_request,
+            response_model=None,
             methods=["POST"],
             include_in_schema=_p == _ENDPOINT_PATHS[0],
             summary="Submit a request to the queue",
@@ -181,6 +182,7 @@ for _prefix in _REQUEST_PREFIXES:
         router.add_api_route(
             _p,
             get_status,
+            response_model=None,
             methods=["GET"],
             include_in_schema=_schema and not _p.endswith("/"),
             summary="Request status",
@@ -190,6 +192,7 @@ for _prefix in _REQUEST_PREFIXES:
         router.add_api_route(
             _p,
             stream_status,
+            response_model=None,
             methods=["GET"],
             include_in_schema=_schema and not _p.endswith("/"),
             summary="Request status as server-sent events",
@@ -198,6 +201,7 @@ for _prefix in _REQUEST_PREFIXES:
         router.add_api_route(
             _p,
             get_result,
+            response_model=None,
             methods=["GET"],
             include_in_schema=_schema and not _p.endswith("/"),
             summary="Request result",
@@ -207,6 +211,7 @@ for _prefix in _REQUEST_PREFIXES:
         router.add_api_route(
             _p,
             cancel_request,
+            response_model=None,
             methods=["PUT"],
             include_in_schema=_schema and not _p.endswith("/"),
             summary="Cancel a request",

@@ -141,6 +141,7 @@ for _path in (f"/run/{QUEUE_PREFIX}/3.2", f"/run/{QUEUE_PREFIX}"):
         router.add_api_route(
             _p,
             run_sync,
+            response_model=None,
             methods=["POST"],
             include_in_schema=_p == f"/run/{QUEUE_PREFIX}/3.2",
             summary="Run a request and wait for its result",
@@ -151,6 +152,7 @@ for _path in (f"/run/{QUEUE_PREFIX}/3.2", f"/run/{QUEUE_PREFIX}"):
         router.add_api_route(
             _p,
             run_stream,
+            response_model=None,
             methods=["POST"],
             include_in_schema=_p == f"/run/{QUEUE_PREFIX}/3.2/stream",
             summary="Run a request, streaming progress as server-sent events",
