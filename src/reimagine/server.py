@@ -73,7 +73,14 @@ def run_worker(settings: Settings) -> int:
                 break
         woken.clear()
 
-    worker.run(stop, wait)
+    while not stop.is_set():
+        try:
+            worker.run(stop, wait)
+        except Exception:
+            # The store is unreachable (PostgreSQL restarting, network): keep the loaded model and retry; a job
+            # whose result could not be written comes back to the queue when its lease expires.
+            logger.exception("worker loop failed; retrying in 2s")
+            stop.wait(2.0)
     listener.stop()
     store.close()
     logger.info("worker stopped")
