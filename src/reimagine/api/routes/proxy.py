@@ -64,11 +64,6 @@ class _Replay(Response):
         await scope["app"](self._replay_scope, receive, send)
 
 
-@router.api_route(
-    PROXY_PATH,
-    methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-    summary="fal client proxy: forwards to the route that `x-fal-target-url` names",
-)
 async def proxy(request: Request) -> Response:
     """Dispatch on `x-fal-target-url`: queue.fal.run, fal.run (run host) and rest.fal.ai (storage, tokens)."""
     target = request.headers.get(TARGET_URL_HEADER)
@@ -88,3 +83,14 @@ async def proxy(request: Request) -> Response:
         headers=[(name, value) for name, value in request.scope["headers"] if name not in _DROPPED_HEADERS],
     )
     return _Replay(scope)
+
+
+# One OpenAPI operation per method: a shared operation id would be ambiguous for generated clients.
+for _method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+    router.add_api_route(
+        PROXY_PATH,
+        proxy,
+        methods=[_method],
+        operation_id=f"proxy_{_method.lower()}",
+        summary="fal client proxy: forwards to the route that `x-fal-target-url` names",
+    )
