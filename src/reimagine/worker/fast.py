@@ -16,6 +16,7 @@ modules of `pipe` that have `transformer_blocks` and `single_transformer_blocks`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -48,11 +49,17 @@ class FastOptions:
     cache_negative: bool = True
 
 
+def _bria(pipe: Any) -> Any:
+    """The diffusers BriaPipeline: `pipe` itself, or `pipe.bria` of `pipeline.ReimaginePipeline`."""
+    return getattr(pipe, "bria", pipe)
+
+
 def denoisers(pipe: Any) -> list[Any]:
-    """The transformer and every ControlNet of `pipe` (modules with both block lists), each once."""
+    """The transformer (first) and every ControlNet of `pipe` (modules with both block lists), each once."""
     found: list[Any] = []
-    roots = [pipe.transformer] + [v for v in vars(pipe).values() if isinstance(v, nn.Module)]
-    roots += [v for v in getattr(pipe, "components", {}).values() if isinstance(v, nn.Module)]
+    bria = _bria(pipe)
+    roots = [bria.transformer] + [v for v in vars(pipe).values() if isinstance(v, nn.Module)]
+    roots += [v for v in getattr(bria, "components", {}).values() if isinstance(v, nn.Module)]
     for root in roots:
         for module in root.modules():
             is_dit = hasattr(module, "transformer_blocks") and hasattr(module, "single_transformer_blocks")
@@ -201,13 +208,22 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
     backend = set_attention_backend(models, backend)
     if settings.fp8:
         enable_fp8(models)
-    if options.cache_negative and not isinstance(pipe.encode_prompt, NegativePromptCache):
-        pipe.encode_prompt = NegativePromptCache(pipe)
+    bria = _bria(pipe)
+    if options.cache_negative and not isinstance(bria.encode_prompt, NegativePromptCache):
+        bria.encode_prompt = NegativePromptCache(bria)
+    # A cache the pipeline enabled itself (its hooks wrap block forwards) comes off while blocks are compiled,
+    # so the compiled graphs hold the blocks alone and the hooks stay eager around them.
+    transformer = models[0]
+    pipeline_cache = transformer._cache_config if getattr(transformer, "is_cache_enabled", False) else None
+    if pipeline_cache is not None:
+        transformer.disable_cache()
     if options.compile != "none":
         configure_compile_cache(settings.data_dir)
         for model in models:
             compile_model(model, how=options.compile, mode=options.compile_mode)
-    if settings.step_cache > 0:
+    if pipeline_cache is not None:
+        transformer.enable_cache(pipeline_cache)
+    elif settings.step_cache > 0 and not getattr(pipe, "_step_cache_handles", None):
         enable_step_cache(pipe, settings.step_cache)
     pipe._fast_options = options  # warm_buckets and the bench read it back
     logger.info(
@@ -254,14 +270,18 @@ def warm_buckets(
                 encoder_hidden_states=text, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
             )  # fmt: skip
             residuals = {"controlnet_block_samples": block, "controlnet_single_block_samples": single}
-        transformer(
-            hidden_states=latents, encoder_hidden_states=text, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
-            return_dict=False, **residuals,
-        )  # fmt: skip
+        cached = getattr(transformer, "is_cache_enabled", False) and not getattr(pipe, "_step_cache_handles", None)
+        with transformer.cache_context("warmup") if cached else contextlib.nullcontext():
+            transformer(
+                hidden_states=latents, encoder_hidden_states=text, timestep=timestep, img_ids=img_ids,
+                txt_ids=txt_ids, return_dict=False, **residuals,
+            )  # fmt: skip
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds[f"{width}x{height}"] = time.perf_counter() - start
     reset_step_cache(pipe)
+    if getattr(transformer, "is_cache_enabled", False):
+        transformer._reset_stateful_cache()
     return seconds
 
 
@@ -371,25 +391,23 @@ def enable_step_cache(pipe: Any, threshold: float) -> None:
         transformer.register_forward_pre_hook(before_forward, with_kwargs=True),
         transformer.register_forward_hook(after_forward),
     ]
-    pipe._step_cache_threshold = threshold
     pipe._step_cache_skipped = 0
 
 
 def disable_step_cache(pipe: Any) -> None:
     """Undo `enable_step_cache` (the bench compares paths on one set of weights)."""
     transformer = denoisers(pipe)[0]
-    for handle in getattr(pipe, "_step_cache_handles", []):
+    for handle in getattr(pipe, "_step_cache_handles", None) or []:
         handle.remove()
-    if getattr(pipe, "_step_cache_threshold", 0):
+    if getattr(pipe, "_step_cache_handles", None):
         transformer.disable_cache()
-    pipe._step_cache_threshold = 0
-    pipe._step_cache_handles = []
+    pipe._step_cache_handles = None
 
 
 def reset_step_cache(pipe: Any) -> None:
     """Forget cached residuals (after warm-up, between benchmark runs); a no-op without the step cache."""
     transformer = denoisers(pipe)[0]
-    if getattr(pipe, "_step_cache_threshold", 0):
+    if getattr(pipe, "_step_cache_handles", None):
         transformer._reset_stateful_cache()
         pipe._step_cache_skipped = 0
 

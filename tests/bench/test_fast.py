@@ -1,0 +1,132 @@
+"""The fast path on the tiny pipeline (CPU): each lossless step keeps the output, the lossy ones switch off cleanly."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from reimagine.config import Settings
+from reimagine.generation import Controls, NullHooks
+from reimagine.schemas import ReimagineInput
+from reimagine.worker import fast
+from reimagine.worker.pipeline import ReimaginePipeline, generate, load_pipeline
+
+NEGATIVE = "Logo,Watermark,Ugly"
+
+
+def _pipe(**settings: Any) -> ReimaginePipeline:
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    pipe = load_pipeline(Settings(model="tiny", **settings))
+    for net in fast.denoisers(pipe)[1:]:  # the tiny ControlNet's outputs are zero-initialised: give them weights
+        torch.manual_seed(3)
+        for linear in [*net.controlnet_blocks, *net.controlnet_single_blocks, net.controlnet_x_embedder]:
+            torch.nn.init.normal_(linear.weight, std=0.2)
+    return pipe
+
+
+def _inputs_for(tokens: int, width: int = 64, height: int = 64) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(0)
+    n = (height // 16) * (width // 16)
+    return dict(
+        hidden_states=torch.randn(2, n, 16, generator=generator),
+        encoder_hidden_states=torch.randn(2, tokens, 32, generator=generator),
+        timestep=torch.full((2,), 500.0),
+        img_ids=torch.zeros(n, 3),
+        txt_ids=torch.zeros(tokens, 3),
+    )
+
+
+def _image(pipe: ReimaginePipeline, controls: Controls = Controls(), **fields: Any) -> torch.Tensor:  # noqa: B008
+    steps = fields.pop("num_inference_steps", 3)  # below the API minimum: tiny runs only
+    inputs = ReimagineInput.model_validate(
+        {"prompt": "a red cat", "negative_prompt": NEGATIVE, "prompt_enhancer": False, **fields}
+    )
+    inputs = inputs.model_copy(update={"num_inference_steps": steps})
+    out = generate(pipe, inputs, controls, NullHooks(), _size=(64, 64))
+    return torch.tensor(list(out.image.getdata()), dtype=torch.float32)
+
+
+def _controls() -> Controls:
+    torch.manual_seed(0)
+    depth = Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy())
+    canny = Image.fromarray(((torch.rand(64, 64, 3) > 0.9) * 255).byte().numpy())
+    return Controls(depth=depth, canny=canny)
+
+
+def test_fuse_qkv_keeps_the_transformer_output() -> None:
+    pipe = _pipe()
+    transformer = fast.denoisers(pipe)[0]
+    inputs = _inputs_for(128)
+    with torch.no_grad():
+        before = transformer(**inputs, return_dict=False)[0]
+        assert fast.fuse_qkv(transformer) == 2  # one double, one single block
+        after = transformer(**inputs, return_dict=False)[0]
+    assert not hasattr(transformer.transformer_blocks[0].attn, "to_q")
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_negative_prompt_cache_returns_identical_embeddings() -> None:
+    pipe = _pipe()
+    bria = pipe.bria
+    kwargs: dict[str, Any] = dict(negative_prompt=NEGATIVE, device=torch.device("cpu"), max_sequence_length=128)
+    expected = bria.encode_prompt(prompt="a red cat", **kwargs)
+    cache = fast.NegativePromptCache(bria)
+    first = cache(prompt="a red cat", **kwargs)
+    second = cache(prompt="a red cat", **kwargs)
+    for got in (first, second):
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a, b)
+    assert cache.hits == 1
+    empty = cache(prompt="a red cat", **{**kwargs, "negative_prompt": ""})
+    assert torch.count_nonzero(empty[1]) == 0  # "" still means zero embeddings (Bria), not a cached encoding
+
+
+def test_apply_fast_path_on_cpu_matches_eager_and_skips_fp8_cleanly(caplog: pytest.LogCaptureFixture) -> None:
+    pipe = _pipe(fp8=True)
+    eager_t2i, eager_control = _image(pipe), _image(pipe, _controls())
+    with caplog.at_level(logging.WARNING, logger="reimagine.worker.fast"):
+        fast.apply_fast_path(pipe, pipe.settings, options=fast.FastOptions(bf16=False, compile="none"))
+    assert "fp8 requested but unsupported" in caplog.text
+    assert isinstance(pipe.bria.encode_prompt, fast.NegativePromptCache)
+    torch.testing.assert_close(_image(pipe), eager_t2i, rtol=0, atol=1.0)  # 8-bit pixels: at most one level
+    torch.testing.assert_close(_image(pipe, _controls()), eager_control, rtol=0, atol=1.0)
+    assert pipe.bria.encode_prompt.hits >= 1
+    assert set(fast.warm_buckets(pipe, [(64, 64), (96, 64)])) == {"64x64", "96x64"}
+
+
+def test_step_cache_threshold_zero_equals_no_cache() -> None:
+    pipe = _pipe()
+    reference = _image(pipe, _controls(), num_inference_steps=4)
+    fast.enable_step_cache(pipe, 0.0)
+    assert torch.equal(_image(pipe, _controls(), num_inference_steps=4), reference)
+    assert fast.step_cache_skips(pipe) == 0
+    fast.disable_step_cache(pipe)
+    assert torch.equal(_image(pipe, _controls(), num_inference_steps=4), reference)
+
+
+def test_step_cache_skips_controlnet_residuals_without_counting_them_twice() -> None:
+    pipe = _pipe()
+    transformer, controlnet = fast.denoisers(pipe)[:2]
+    inputs = _inputs_for(128)
+    mode = torch.zeros(2, 1, dtype=torch.long)
+    with torch.no_grad():
+        double, single = controlnet(
+            controlnet_cond=inputs["hidden_states"] * 0.5, controlnet_mode=mode, conditioning_scale=1.0, **inputs
+        )
+        kwargs = dict(inputs, controlnet_block_samples=double, controlnet_single_block_samples=single)
+        computed = transformer(**kwargs, return_dict=False)[0]
+        fast.enable_step_cache(pipe, 0.5)
+        first = transformer(**kwargs, return_dict=False)[0]
+        # same inputs: the first block's residual did not change, so the other blocks are skipped; the cached
+        # residual already holds the ControlNet additions, which must not be added again
+        second = transformer(**kwargs, return_dict=False)[0]
+        assert fast.step_cache_skips(pipe) == 1
+        restart = transformer(**{**kwargs, "timestep": torch.full((2,), 1000.0)}, return_dict=False)[0]
+        assert fast.step_cache_skips(pipe) == 1  # t = 1000 is a new request's first step: computed
+    torch.testing.assert_close(first, computed, rtol=0, atol=0)
+    torch.testing.assert_close(second, computed, rtol=1e-5, atol=1e-5)
+    assert restart.shape == computed.shape
