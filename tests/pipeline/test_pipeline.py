@@ -15,7 +15,7 @@ from diffusers import BriaPipeline, BriaTransformer2DModel
 from reimagine.config import Settings
 from reimagine.errors import InputError, JobCancelled, ModelMissing, OutOfMemory
 from reimagine.generation import Controls, Generate, Generated
-from reimagine.schemas import SIZES, ReimagineInput
+from reimagine.schemas import SIZES
 from reimagine.worker.pipeline import ReimaginePipeline, generate, load_pipeline, warmup
 from tests.pipeline.helpers import RecordingHooks, make_inputs, photo, pixels
 
@@ -188,14 +188,6 @@ def test_out_of_memory_becomes_our_error(pipe: ReimaginePipeline) -> None:
         generate(pipe, make_inputs(), Controls(), _Exhausted(), _size=SMALL)
 
 
-def test_end_to_end_twenty_steps_at_real_size(pipe: ReimaginePipeline) -> None:
-    inputs = ReimagineInput(prompt="a photo of a cat", num_inference_steps=20, prompt_enhancer=False)
-    hooks = RecordingHooks()
-    generated = generate(pipe, inputs, Controls(canny=photo()), hooks)
-    assert generated.image.size == (1024, 1024)
-    assert len(hooks.steps) == 20
-
-
 def test_save_and_load_round_trip_gives_identical_images(pipe: ReimaginePipeline, tmp_path: Path) -> None:
     pipe.save_pretrained(tmp_path / "tiny")
     reloaded = load_pipeline(Settings(model=str(tmp_path / "tiny"), offline=True))
@@ -210,6 +202,8 @@ def test_save_and_load_round_trip_gives_identical_images(pipe: ReimaginePipeline
     assert type(BriaPipeline.from_pretrained(tmp_path / "tiny").transformer) is BriaTransformer2DModel
 
 
+# diffusers 0.42.1 passes huggingface_hub a deprecated argument on every Hub lookup.
+@pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks` argument is deprecated:UserWarning")
 def test_missing_model_is_one_clear_error() -> None:
     with pytest.raises(ModelMissing, match="models pull"):
         load_pipeline(Settings(model="briaai/BRIA-3.2", offline=True))

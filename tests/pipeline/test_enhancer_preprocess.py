@@ -1,0 +1,61 @@
+"""Prompt-enhancer backends and the structure-map preprocessors."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from reimagine.config import Settings
+from reimagine.errors import ConfigError
+from reimagine.worker.enhancer import INSTRUCTION, OpenAIEnhancer, load_enhancer
+from reimagine.worker.preprocess import canny_map
+from reimagine.worker.tiny import build_tiny_depth_estimator
+from tests.pipeline.helpers import photo
+
+
+def test_openai_enhancer_is_deterministic_chat_completion() -> None:
+    seen: list[dict[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url == "http://llm.local/v1/chat/completions"
+        seen.append(json.loads(request.content))
+        return httpx.Response(200, json={"choices": [{"message": {"content": "  a detailed red cat  "}}]})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    enhancer = OpenAIEnhancer("http://llm.local/v1/", "tiny-llm", client=client)
+    assert enhancer.enhance("a cat", seed=9) == "a detailed red cat"
+    body = seen[0]
+    assert body["model"] == "tiny-llm" and body["temperature"] == 0 and body["seed"] == 9
+    assert body["messages"] == [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": "a cat"}]
+
+
+def test_enhancer_backends_from_settings() -> None:
+    device = torch.device("cpu")
+    assert load_enhancer(Settings(), device) is None
+    assert isinstance(
+        load_enhancer(Settings(enhancer="openai:http://x/v1", enhancer_model="m"), device), OpenAIEnhancer
+    )
+    with pytest.raises(ConfigError):
+        load_enhancer(Settings(enhancer="openai:http://x/v1"), device)
+    with pytest.raises(ConfigError):
+        load_enhancer(Settings(enhancer="magic"), device)
+
+
+def test_canny_map_is_white_edges_on_black_rgb() -> None:
+    edges = canny_map(photo())
+    array = np.asarray(edges)
+    assert edges.mode == "RGB" and edges.size == (160, 120)
+    assert set(np.unique(array)) == {0, 255}
+    assert (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all()
+
+
+def test_depth_map_is_min_max_grey_at_input_size() -> None:
+    depth = build_tiny_depth_estimator()(photo(100, 70))
+    array = np.asarray(depth)
+    assert depth.mode == "RGB" and depth.size == (100, 70)
+    assert array.min() == 0 and array.max() == 255
+    assert (array[..., 0] == array[..., 2]).all()
