@@ -109,6 +109,19 @@ def test_scaleout_two_apis_three_workers_survive_a_killed_worker(pg_url: str, tm
         assert any(event["status"] == "IN_PROGRESS" for event in streams[victim])
         victim_logs = [entry["message"] for event in streams[victim] for entry in event.get("logs") or []]
         assert any("re-queued" in message for message in victim_logs), victim_logs
+
+        # A cancel sent to one replica stops a job that a worker runs for the other (the worker reads the flag).
+        doomed = clients[0].post(ENDPOINT, json={"prompt": "doomed sleep=0.2"}).json()["request_id"]
+        while (running := store.get(doomed)) is None or running.status.value != "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        cancel = clients[1].put(f"{REQUESTS}/{doomed}/cancel")
+        assert cancel.status_code == 202 and cancel.json() == {"status": "CANCELLATION_REQUESTED"}
+        while (status := clients[0].get(f"{REQUESTS}/{doomed}/status").json())["status"] != "COMPLETED":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+        cancelled = store.get(doomed)
+        assert cancelled is not None and cancelled.status.value == "CANCELED" and cancelled.error_type == "cancelled"
         for client in clients:
             client.close()
     finally:

@@ -329,3 +329,38 @@ def test_store_notifies_listeners_on_postgres(database_url: str, store: SqlStore
         wait_for(job.id)
     finally:
         listener.stop()
+
+
+def test_store_listener_reconnects_after_losing_its_connection(database_url: str, store: SqlStore) -> None:
+    from reimagine.queue.notify import QUEUED, open_listener
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no NOTIFY; its callers poll")
+    received: list[str] = []
+    arrived = threading.Condition()
+
+    def on_notify(payload: str) -> None:
+        with arrived:
+            received.append(payload)
+            arrived.notify_all()
+
+    listener = open_listener(database_url, on_notify)
+    try:
+        with arrived:
+            assert arrived.wait_for(lambda: QUEUED in received, timeout=5)
+            received.clear()
+        with store.engine.begin() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        assert killed, "the listener's connection was found"
+        with arrived:  # after reconnecting, the caller is told to look at the store once
+            assert arrived.wait_for(lambda: QUEUED in received, timeout=10), received
+        job, _ = store.enqueue(_new())
+        with arrived:
+            assert arrived.wait_for(lambda: job.id in received, timeout=5), received
+    finally:
+        listener.stop()
