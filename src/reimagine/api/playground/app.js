@@ -48,7 +48,7 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function field(f, control, { inline = false } = {}) {
-  const label = el("label", { for: `f-${f.name}`, text: f.title || f.name });
+  const label = el("label", { for: `f-${f.name}`, text: f.title, title: f.description });
   const hint = f.description ? el("small", { class: "hint", text: f.description }) : null;
   const error = el("div", { class: "field-error", "data-error-for": f.name, role: "alert" });
   const cls = `field field-${f.type || "string"}${inline ? " inline" : ""}`;
@@ -111,11 +111,17 @@ function imageControl(f) {
   zone.show = show;
   const useFile = (file) => file && upload(f.name, file, show);
   choose.addEventListener("click", () => picker.click());
-  zone.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); picker.click(); } });
+  zone.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); picker.click(); }
+  });
   picker.addEventListener("change", () => useFile(picker.files[0]));
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
-  zone.addEventListener("drop", (e) => { e.preventDefault(); zone.classList.remove("over"); useFile(e.dataTransfer.files[0]); });
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    useFile(e.dataTransfer.files[0]);
+  });
   clear.addEventListener("click", () => { input.value = ""; picker.value = ""; show(""); });
   input.addEventListener("change", () => show(/^(https?:|data:)/.test(input.value.trim()) ? input.value.trim() : ""));
   toggle.addEventListener("change", () => {
@@ -138,8 +144,11 @@ function buildForm() {
   for (const f of fields) {
     const owner = groupOf(f);
     if (owner === f) {
-      const members = fields.filter((g) => groupOf(g) === f);
-      const title = `${mapKind(f.name)[0].toUpperCase()}${mapKind(f.name).slice(1)} guidance`;
+      const kind = mapKind(f.name);
+      const prefix = new RegExp(`^${kind}\\s+(.)`, "i");  // "Depth Scale" reads "Scale" inside "Depth guidance"
+      const short = (g) => ({ ...g, title: g.title.replace(prefix, (_, c) => c.toUpperCase()) });
+      const members = fields.filter((g) => groupOf(g) === f).map(short);
+      const title = `${kind[0].toUpperCase()}${kind.slice(1)} guidance`;
       main.push(el("fieldset", { class: "group" }, el("legend", { text: title }), ...members.map(control)));
     } else if (owner) {
       continue;
@@ -389,6 +398,7 @@ async function showResult(id, status) {
   $("result-link").hidden = false;
   $("preview").hidden = true;
   $("placeholder").hidden = true;
+  $("open-full").href = image.url;
   $("download").href = image.url;
   $("download").download = image.file_name || `reimagine-${data.seed}.png`;
   const timings = Object.entries(data.timings || {}).map(([k, v]) => `${k} ${v.toFixed(2)} s`).join(", ");
@@ -404,7 +414,8 @@ async function showResult(id, status) {
   $("result-bar").hidden = false;
   $("progress").value = $("progress").max;
   setState("done", "Done");
-  update(id, { state: "done", thumb: image.url });
+  // A sync_mode result is a data URI: too big to keep in localStorage.
+  update(id, { state: "done", thumb: image.url.startsWith("data:") ? undefined : image.url });
 }
 
 async function cancel() {
@@ -448,13 +459,18 @@ function resetOutput() {
 // History (localStorage)
 
 const history = () => JSON.parse(localStorage.getItem(HISTORY_STORE) || "[]");
-const saveHistory = (items) => { localStorage.setItem(HISTORY_STORE, JSON.stringify(items.slice(0, HISTORY_MAX))); renderHistory(); };
+const saveHistory = (items) => {
+  localStorage.setItem(HISTORY_STORE, JSON.stringify(items.slice(0, HISTORY_MAX)));
+  renderHistory();
+};
 const remember = (entry) => saveHistory([entry, ...history().filter((e) => e.id !== entry.id)]);
 const update = (id, changes) => saveHistory(history().map((e) => (e.id === id ? { ...e, ...changes } : e)));
 
 function renderHistory() {
   const items = history().map((entry) => {
-    const thumb = entry.thumb ? el("img", { src: entry.thumb, alt: "", loading: "lazy" }) : el("span", { class: "empty" });
+    const thumb = entry.thumb
+      ? el("img", { src: entry.thumb, alt: "", loading: "lazy" })
+      : el("span", { class: "empty" });
     const when = new Date(entry.at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     const button = el("button", { type: "button", title: entry.prompt, "data-request": entry.id },
       thumb, el("span", { class: "caption", text: entry.prompt }),
@@ -546,7 +562,8 @@ function renderSnippets() {
       copy.textContent = "Copied";
       setTimeout(() => { copy.textContent = "Copy"; }, 1500);
     });
-    return el("div", { class: "snippet" }, el("div", { class: "snippet-head" }, el("h3", { text: titles[lang] }), copy), pre);
+    const head = el("div", { class: "snippet-head" }, el("h3", { text: titles[lang] }), copy);
+    return el("div", { class: "snippet" }, head, pre);
   });
   $("snippets").replaceChildren(...blocks);
 }
