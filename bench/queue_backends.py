@@ -162,7 +162,8 @@ def main() -> None:
         *(f"| {r.setup} | {r.jobs_per_s:.1f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.mean_ms:.1f} |" for r in rows),
     ]
     print("\n".join(table))
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load}"
     args.out.write_text(
         "# Queue backends: SQLite vs PostgreSQL\n\n"
         f"`bench/queue_backends.py --jobs {args.jobs} --sequential {args.sequential}`, "
@@ -170,7 +171,10 @@ def main() -> None:
         "No-op model (`tests.fakes:make_noop_generate`), real processes on loopback, a throwaway PostgreSQL with\n"
         "fsync off (tests/pgserver.py): the figures are the queue's own overhead, not disk durability.\n"
         "jobs/s: jobs submitted by 8 threads, timed until all finished. submit→COMPLETED: one job at a time,\n"
-        "submit then the status stream until COMPLETED.\n\n" + "\n".join(table) + "\n"
+        "submit then the status stream until COMPLETED. The load average is given because the figures move with\n"
+        "it: on a 2-CPU machine shared with other test runs, repeated runs differed by up to 2x (jobs/s).\n\n"
+        + "\n".join(table)
+        + "\n"
     )
 
 
