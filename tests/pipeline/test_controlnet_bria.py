@@ -18,7 +18,7 @@ from reimagine.worker.controlnet_bria import (
 )
 from reimagine.worker.pipeline import ReimaginePipeline, generate
 from reimagine.worker.tiny import build_tiny_components, build_tiny_controlnet
-from tests.pipeline.helpers import RecordingHooks, make_inputs, pixels
+from tests.pipeline.helpers import RecordingHooks, make_inputs, photo, pixels
 
 FIXTURE = Path(__file__).parent / "fixtures" / "controlnet_bria_keys.txt"
 # The fixed small config the fixture was derived with (a re-creation of Bria's __init__ on diffusers' Flux blocks).
@@ -148,6 +148,17 @@ def test_first_block_cache_threshold_zero_reproduces_uncached(pipe: ReimaginePip
     transformer.enable_cache(FirstBlockCacheConfig(threshold=10.0))  # skips every step after the first
     skipping = generate(cached_pipe, inputs, _no_controls(), RecordingHooks(), _size=(128, 128)).image
     assert not (pixels(skipping) == pixels(uncached)).all()
+
+    # With a condition the cache is bypassed: its skipped blocks would re-add stale ControlNet residuals.
+    from reimagine.generation import Controls
+
+    controls = Controls(canny=photo())
+    hooks = RecordingHooks()
+    controlled = generate(cached_pipe, inputs, controls, hooks, _size=(128, 128)).image
+    expected = generate(pipe, inputs, controls, RecordingHooks(), _size=(128, 128)).image
+    assert (pixels(controlled) == pixels(expected)).all()
+    assert any("step_cache" in message for message, _ in hooks.logs)
+    assert transformer.is_cache_enabled  # back on for the next text-to-image request
 
 
 def _no_controls():  # type: ignore[no-untyped-def]

@@ -209,5 +209,7 @@ def test_missing_model_is_one_clear_error() -> None:
         load_pipeline(Settings(model="briaai/BRIA-3.2", offline=True))
 
 
-def test_warmup_runs(pipe: ReimaginePipeline) -> None:
-    warmup(pipe)
+def test_warmup_leaves_the_depth_model_unloaded() -> None:
+    fresh = load_pipeline(Settings(model="tiny"))
+    warmup(fresh)
+    assert fresh._depth is None

@@ -168,9 +168,12 @@ def load_pipeline(settings: Settings) -> ReimaginePipeline:
 
 
 def warmup(pipe: ReimaginePipeline) -> None:
-    """One small generation with both conditions, so kernels, allocators and lazy imports are ready before a job."""
+    """One small generation with both conditions, so kernels, allocators and lazy imports are ready before a job.
+
+    The depth map is given, not derived: the depth model stays unloaded until a request needs it.
+    """
     image = Image.new("RGB", (64, 64), "gray")
-    inputs = ReimagineInput.model_validate({"prompt": "warm up", "prompt_enhancer": False})
+    inputs = ReimagineInput.model_validate({"prompt": "warm up", "prompt_enhancer": False, "depth_preprocess": False})
     inputs = inputs.model_copy(update={"num_inference_steps": 2})  # below the API minimum: only a warm-up
     generate(pipe, inputs, Controls(depth=image, canny=image), NullHooks(), _size=(256, 256))
 
