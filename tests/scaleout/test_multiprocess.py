@@ -64,6 +64,7 @@ def test_scaleout_two_apis_three_workers_survive_a_killed_worker(pg_url: str, tm
         (killed,) = [w for w in workers if w.pid == owner_pid]
         watchers[0].start()
         while not [e for e in store.events(victim) if e.kind == "progress"]:
+            assert time.monotonic() < deadline, "victim never made progress"
             time.sleep(0.02)
 
         ids = [victim]

@@ -39,7 +39,8 @@ def test_worker_wakes_on_notify_and_drains_on_sigterm(pg_url: str, tmp_path: Pat
     store = open_store(pg_url)
     worker = WorkerProcess(pg_url, tmp_path).start()
     try:
-        # Idle worker, job queued: NOTIFY wakes it well before its 1 s backstop poll would.
+        # Idle worker, job queued 0.3 s into its wait: NOTIFY wakes it at once; the 1 s backstop poll would
+        # only claim it about 0.7 s later.
         warm = _enqueue(store, "warm up")
         _wait_status(store, warm, JobStatus.SUCCEEDED)
         delays = []
@@ -50,7 +51,7 @@ def test_worker_wakes_on_notify_and_drains_on_sigterm(pg_url: str, tmp_path: Pat
             job = store.get(job_id)
             assert job is not None and job.started_at is not None
             delays.append(job.started_at - job.created_at)
-        assert max(delays) < 0.3, delays
+        assert max(delays) < 0.5, delays
 
         running = _enqueue(store, "sleep=0.1")  # 20 steps: about 2 s
         _wait_status(store, running, JobStatus.RUNNING)
