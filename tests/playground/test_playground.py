@@ -100,6 +100,20 @@ def submit(page: Page, prompt: str, **fields: str) -> None:
     page.click("#submit")
 
 
+def test_page_and_assets_are_served_with_their_types(server: ServeProcess) -> None:
+    expected = {
+        "/": "text/html",
+        "/playground/app.js": "text/javascript",
+        "/playground/style.css": "text/css",
+    }
+    for path, content_type in expected.items():
+        response = httpx.get(server.url + path)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith(content_type), path
+    for path in ("/playground/missing.js", "/playground/..%2Fapp.py", "/playground/.hidden.js"):
+        assert httpx.get(server.url + path).status_code == 404, path
+
+
 def test_form_is_built_from_the_schema_without_a_key(page: Page, server: ServeProcess) -> None:
     schemas = httpx.get(server.url + "/openapi.json").json()["components"]["schemas"]
     properties: dict[str, Any] = schemas["ReimagineInput"]["properties"]
