@@ -81,7 +81,7 @@ def test_stock_transformer_crashes_on_single_block_residuals_ours_does_not() -> 
         block_samples, single_samples = controlnet(
             kwargs["hidden_states"],
             [cond],
-            [torch.tensor([[1]])],
+            [torch.tensor([1])],
             [0.7],
             **{k: v for k, v in kwargs.items() if k != "hidden_states"},
         )
@@ -102,12 +102,12 @@ def test_union_conditions_sum_and_zero_scale_is_nothing() -> None:
     kwargs = _inputs()
     hidden = kwargs.pop("hidden_states")
     depth, canny = torch.randn_like(hidden), torch.randn_like(hidden)
-    modes = [torch.tensor([[0]]), torch.tensor([[1]])]
+    modes = [torch.tensor([0]), torch.tensor([1])]
     with torch.no_grad():
         both, both_single = multi(hidden, [depth, canny], modes, [0.5, 0.25], **kwargs)
-        alone, alone_single = controlnet(hidden, depth, modes[0], 0.5, **kwargs)
-        other, other_single = controlnet(hidden, canny, modes[1], 0.25, **kwargs)
-        zero, _ = controlnet(hidden, depth, modes[0], 0.0, **kwargs)
+        alone, alone_single = controlnet(hidden, depth, modes[0][:, None], 0.5, **kwargs)
+        other, other_single = controlnet(hidden, canny, modes[1][:, None], 0.25, **kwargs)
+        zero, _ = controlnet(hidden, depth, modes[0][:, None], 0.0, **kwargs)
     assert both is not None and alone is not None and other is not None and zero is not None
     assert both_single is not None and alone_single is not None and other_single is not None
     torch.testing.assert_close(both[0], alone[0] + other[0])

@@ -174,7 +174,8 @@ class BriaControlNetModel(ModelMixin, ConfigMixin):  # type: ignore[misc]
 
 class BriaMultiControlNetModel(ModelMixin):
     """Bria's multi wrapper: with one union net it runs that net once per condition and sums the residuals
-    (each already scaled); with several nets it zips nets with conditions."""
+    (each already scaled); with several nets it zips nets with conditions. As Bria's, it takes each condition's
+    modes as a (B,) tensor and gives the net (B, 1)."""
 
     def __init__(self, controlnets: list[BriaControlNetModel]) -> None:
         super().__init__()
@@ -192,7 +193,7 @@ class BriaMultiControlNetModel(ModelMixin):
         double_sum: list[torch.Tensor] | None = None
         single_sum: list[torch.Tensor] | None = None
         for net, cond, mode, scale in zip(nets, controlnet_cond, controlnet_mode, conditioning_scale, strict=True):
-            double, single = net(hidden_states, cond, mode, scale, **kwargs)
+            double, single = net(hidden_states, cond, mode[:, None], scale, **kwargs)
             double_sum = _add(double_sum, double)
             single_sum = _add(single_sum, single)
         return double_sum, single_sum

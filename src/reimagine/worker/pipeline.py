@@ -261,7 +261,7 @@ def generate(
             latent = (latent - bria.vae.config.shift_factor) * bria.vae.config.scaling_factor
             packed = bria._pack_latents(latent, 1, num_channels_latents, latent.shape[2], latent.shape[3])
             control_latents.append(packed.repeat(batch, 1, 1).to(bria.transformer.dtype))
-            control_modes.append(torch.full((batch, 1), BRIA_CONTROL_MODES[name], dtype=torch.long, device=device))
+            control_modes.append(torch.full((batch,), BRIA_CONTROL_MODES[name], dtype=torch.long, device=device))
             control_scales.append(getattr(inputs, f"{name}_scale"))
         timings["encode"] = time.perf_counter() - started
 
