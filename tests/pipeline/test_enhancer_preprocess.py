@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from reimagine.config import Settings
 from reimagine.errors import ConfigError
-from reimagine.worker.enhancer import INSTRUCTION, OpenAIEnhancer, load_enhancer
+from reimagine.worker.enhancer import INSTRUCTION, LocalEnhancer, OpenAIEnhancer, load_enhancer
 from reimagine.worker.preprocess import canny_map
 from reimagine.worker.tiny import build_tiny_depth_estimator
 from tests.pipeline.helpers import photo
@@ -59,3 +60,31 @@ def test_depth_map_is_min_max_grey_at_input_size() -> None:
     assert depth.mode == "RGB" and depth.size == (100, 70)
     assert array.min() == 0 and array.max() == 255
     assert (array[..., 0] == array[..., 2]).all()
+
+
+def test_local_enhancer_is_greedy_and_deterministic(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Tokenizer
+
+    from reimagine.prompt import TINY_VOCAB
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(TINY_VOCAB),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    T5Tokenizer(vocab=TINY_VOCAB, extra_ids=0).save_pretrained(tmp_path)
+    enhancer = load_enhancer(Settings(enhancer=f"local:{tmp_path}", offline=True), torch.device("cpu"))
+    assert isinstance(enhancer, LocalEnhancer)
+    enhancer.max_new_tokens = 8
+    first = enhancer.enhance("a red cat", seed=1)
+    assert first == enhancer.enhance("a red cat", seed=2)  # greedy: the seed plays no part
+    assert isinstance(first, str) and first
