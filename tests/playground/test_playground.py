@@ -157,7 +157,7 @@ def test_upload_submit_progress_result_and_history(page: Page, server: ServeProc
 
     # 2. Submit and watch the stream: the bar moves step by step, previews show, then the full-size result.
     page.evaluate(WATCH)
-    submit(page, "a red house on a hill sleep=0.05 preview log=hello", num_inference_steps="20")
+    submit(page, "a red house on a hill sleep=0.1 preview log=hello", num_inference_steps="20")
     expect(page.locator("#state")).to_have_text("Generating")
     expect(page.locator("#step")).to_contain_text("/20")
     expect(page.locator("#state")).to_have_text("Done", timeout=30_000)
@@ -216,6 +216,65 @@ def test_cancel_a_running_request(page: Page, server: ServeProcess) -> None:
     expect(page.locator("#cancel")).to_be_hidden()
     expect(page.locator("#history .when")).to_contain_text("cancelled")
     expect(page.locator("#banner")).to_be_hidden()
+
+
+def test_queue_position_and_cancel_while_queued(page: Page, server: ServeProcess) -> None:
+    """A second request waits behind a running one (one worker); it shows its place and cancels from the queue."""
+    assert server.key
+    blocker = httpx.post(
+        server.url + "/bria/reimagine/3.2",
+        json={"prompt": "blocker sleep=0.2", "num_inference_steps": 20},
+        headers=server.headers(),
+    ).json()
+    try:
+        open_playground(page, server, key=server.key)
+        submit(page, "waits its turn")
+        expect(page.locator("#state")).to_have_text(re.compile("^In queue"))
+        page.click("#cancel")
+        expect(page.locator("#state")).to_have_text("Cancelled", timeout=20_000)
+    finally:
+        httpx.put(blocker["cancel_url"], headers=server.headers())
+
+
+def test_drop_an_image_or_paste_a_url(page: Page, server: ServeProcess) -> None:
+    assert server.key
+    open_playground(page, server, key=server.key)
+    png = list(scene_png())
+    transfer = page.evaluate_handle(
+        """bytes => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"}));
+            return transfer;
+        }""",
+        png,
+    )
+    page.dispatch_event("[data-drop-for=depth_image_url]", "drop", {"dataTransfer": transfer})
+    expect(page.locator("[name=depth_image_url]")).to_have_value(re.compile(re.escape(server.url) + "/files/.+"))
+    uploaded = page.locator("[name=depth_image_url]").input_value()
+
+    # The URL field is the alternative: a pasted URL previews too, and the remove button clears both.
+    page.fill("[name=canny_image_url]", uploaded)
+    page.locator("[name=canny_image_url]").dispatch_event("change")
+    thumb = page.locator("[data-drop-for=canny_image_url] img.thumb")
+    expect(thumb).to_have_attribute("src", uploaded)
+    page.click("[data-drop-for=canny_image_url] .clear")
+    expect(thumb).to_be_hidden()
+    expect(page.locator("[name=canny_image_url]")).to_have_value("")
+
+
+def test_rate_limit_is_explained_at_the_top(page: Page, tmp_path: Path) -> None:
+    limited = ServeProcess(tmp_path, "--submit-rate-per-min", "1").start()
+    try:
+        assert limited.key
+        open_playground(page, limited, key=limited.key)
+        submit(page, "first")
+        expect(page.locator("#history button")).to_have_count(1)
+        submit(page, "second")
+        expect(page.locator("#banner")).to_contain_text("Too many requests (429)")
+        expect(page.locator("#banner")).to_contain_text(re.compile(r"Try again in \d+ s"))
+        expect(page.locator("#history button")).to_have_count(1)
+    finally:
+        limited.stop()
 
 
 def test_out_of_range_field_shows_the_422_next_to_it(page: Page, server: ServeProcess) -> None:
