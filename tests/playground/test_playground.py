@@ -277,6 +277,41 @@ def test_rate_limit_is_explained_at_the_top(page: Page, tmp_path: Path) -> None:
         limited.stop()
 
 
+def test_failed_request_shows_its_error(page: Page, server: ServeProcess) -> None:
+    assert server.key
+    open_playground(page, server, key=server.key)
+    submit(page, "oom")  # the fake runs out of memory at step 2: a 503 result
+    expect(page.locator("#state")).to_have_attribute("data-state", "failed", timeout=20_000)
+    expect(page.locator("#state")).to_contain_text("Failed (503)")
+    expect(page.locator("#state")).to_contain_text("memory")
+    expect(page.locator("#history .when")).to_contain_text("failed")
+
+
+def test_works_over_tls(browser: Browser, tmp_path: Path) -> None:
+    """Same page over https: every URL is relative or built by the server from the request, so nothing is mixed."""
+    import trustme
+
+    from tests.clients.conftest import TlsServe
+
+    ca = trustme.CA()
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    tls = TlsServe(tmp_path / "serve", ca, ca_pem, "--allow-hosts", "127.0.0.1").start()
+    context = browser.new_context(ignore_https_errors=True)
+    try:
+        assert tls.key and tls.url.startswith("https://")
+        page = context.new_page()
+        open_playground(page, tls, key=tls.key)
+        page.set_input_files("[data-file-for=canny_image_url]", files=[png_file()])
+        expect(page.locator("[name=canny_image_url]")).to_have_value(re.compile("^https://.+/files/"))
+        submit(page, "over tls", num_inference_steps="20")
+        expect(page.locator("#state")).to_have_text("Done", timeout=30_000)
+        assert page.evaluate("document.getElementById('result').naturalWidth") == 1024
+    finally:
+        context.close()
+        tls.stop()
+
+
 def test_out_of_range_field_shows_the_422_next_to_it(page: Page, server: ServeProcess) -> None:
     assert server.key
     open_playground(page, server, key=server.key)

@@ -385,10 +385,15 @@ function renderStatus(status) {
 async function showResult(id, status) {
   const res = await call("GET", `${QUEUE}/requests/${id}`);
   if (!res.ok) {
-    const cancelled = res.status === 499 || status.reimagine?.state === "canceled";
-    const message = cancelled ? "Cancelled" : await showError(res);
-    setState(cancelled ? "cancelled" : "failed", cancelled ? "Cancelled" : status.error || message);
-    update(id, { state: cancelled ? "cancelled" : "failed" });
+    if (res.status === 499 || status.reimagine?.state === "canceled") {
+      setState("cancelled", "Cancelled");
+      update(id, { state: "cancelled" });
+      return;
+    }
+    // A 422 result names a field (an unreadable image URL): show it there. Other failures: the state line says it.
+    const detail = res.status === 422 ? await showError(res) : detailText((await res.json().catch(() => ({}))).detail);
+    setState("failed", `Failed (${res.status}): ${status.error || detail}`);
+    update(id, { state: "failed" });
     return;
   }
   const data = await res.json();
