@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_speed_tiny_writes_results(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--steps", "1", "--out", str(tmp_path),
+         "--work", str(tmp_path / "work"),
          "--only", "peak,t2i,control,fp8"],
         capture_output=True, text=True, timeout=170, cwd=ROOT,
     )  # fmt: skip

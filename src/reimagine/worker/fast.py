@@ -46,7 +46,9 @@ class FastOptions:
     attention: str = "auto"  # "auto" | a diffusers AttentionBackendName value ("native", "_native_cudnn", ...)
     compile: str = "regional"  # "regional" (per block: fast cold start, works with the step cache) | "full" | "none"
     compile_mode: str | None = None  # None (inductor default, cuBLAS GEMMs) | "max-autotune" (+CUDA graphs) | ...
+    fullgraph: bool = False  # True makes a graph break an error (the bench reports breaks either way)
     cache_negative: bool = True
+    vae_channels_last: bool = True  # NHWC convolutions for the fp32 VAE (same math, faster cuDNN kernels)
 
 
 def _bria(pipe: Any) -> Any:
@@ -132,7 +134,7 @@ def configure_compile_cache(data_dir: Path) -> Path:
     return cache
 
 
-def compile_model(model: nn.Module, *, how: str, mode: str | None) -> None:
+def compile_model(model: nn.Module, *, how: str, mode: str | None, fullgraph: bool = False) -> None:
     """`torch.compile` with static shapes: one graph per (bucket, batch). "regional" compiles each block's forward
     (Bria: 2 graphs per shape shared by 36 blocks via the FX cache; hooks such as the step cache stay eager)."""
     import torch._dynamo.config as dynamo_config
@@ -142,9 +144,9 @@ def compile_model(model: nn.Module, *, how: str, mode: str | None) -> None:
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4096)
     if how == "regional":
         for block in _blocks(model):
-            block.forward = torch.compile(block.forward, fullgraph=True, dynamic=False, mode=mode)
+            block.forward = torch.compile(block.forward, fullgraph=fullgraph, dynamic=False, mode=mode)
     elif how == "full":
-        model.forward = torch.compile(model.forward, dynamic=False, mode=mode)
+        model.forward = torch.compile(model.forward, fullgraph=fullgraph, dynamic=False, mode=mode)
     elif how != "none":
         raise ValueError(f"`compile` must be 'regional', 'full' or 'none', got {how!r}")
 
@@ -209,6 +211,8 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
     if settings.fp8:
         enable_fp8(models)
     bria = _bria(pipe)
+    if options.vae_channels_last:
+        bria.vae.to(memory_format=torch.channels_last)
     if options.cache_negative and not isinstance(bria.encode_prompt, NegativePromptCache):
         bria.encode_prompt = NegativePromptCache(bria)
     # A cache the pipeline enabled itself (its hooks wrap block forwards) comes off while blocks are compiled,
@@ -220,7 +224,7 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
     if options.compile != "none":
         configure_compile_cache(settings.data_dir)
         for model in models:
-            compile_model(model, how=options.compile, mode=options.compile_mode)
+            compile_model(model, how=options.compile, mode=options.compile_mode, fullgraph=options.fullgraph)
     if pipeline_cache is not None:
         transformer.enable_cache(pipeline_cache)
     elif settings.step_cache > 0 and not getattr(pipe, "_step_cache_handles", None):
