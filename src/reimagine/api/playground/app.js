@@ -14,7 +14,7 @@ const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
 
 let fields = [];          // [{name, type, default, minimum, maximum, enum, title, description, ...}]
 let endpoint = "bria/reimagine/3.2";
-let current = null;       // the request on screen: {id, abort, maps, cancelled}
+let current = null;       // the request on screen: {id, abort, maps, lastEventId}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Schema → form
@@ -426,9 +426,14 @@ async function showResult(id, status) {
 async function cancel() {
   if (!current) return;
   $("cancel").disabled = true;
-  const res = await call("PUT", `${QUEUE}/requests/${current.id}/cancel`);
-  if (res.ok) setState("cancelling", "Cancelling…");
-  else if (res.status !== 400) await showError(res);  // 400: it finished first; the stream shows the outcome
+  try {
+    const res = await call("PUT", `${QUEUE}/requests/${current.id}/cancel`);
+    if (res.ok) setState("cancelling", "Cancelling…");
+    else if (res.status !== 400) await showError(res);  // 400: it finished first; the stream shows the outcome
+  } catch (err) {
+    banner(`Could not reach the server: ${err.message}`);
+    $("cancel").disabled = false;
+  }
 }
 
 function setState(state, text) {
@@ -463,16 +468,16 @@ function resetOutput() {
 // ---------------------------------------------------------------------------------------------------------------
 // History (localStorage)
 
-const history = () => JSON.parse(localStorage.getItem(HISTORY_STORE) || "[]");
+const loadHistory = () => JSON.parse(localStorage.getItem(HISTORY_STORE) || "[]");
 const saveHistory = (items) => {
   localStorage.setItem(HISTORY_STORE, JSON.stringify(items.slice(0, HISTORY_MAX)));
   renderHistory();
 };
-const remember = (entry) => saveHistory([entry, ...history().filter((e) => e.id !== entry.id)]);
-const update = (id, changes) => saveHistory(history().map((e) => (e.id === id ? { ...e, ...changes } : e)));
+const remember = (entry) => saveHistory([entry, ...loadHistory().filter((e) => e.id !== entry.id)]);
+const update = (id, changes) => saveHistory(loadHistory().map((e) => (e.id === id ? { ...e, ...changes } : e)));
 
 function renderHistory() {
-  const items = history().map((entry) => {
+  const items = loadHistory().map((entry) => {
     const thumb = entry.thumb
       ? el("img", { src: entry.thumb, alt: "", loading: "lazy" })
       : el("span", { class: "empty" });
