@@ -28,8 +28,8 @@ _MODEL_FILES = ["*.json", "*.safetensors", "*.txt"]
 class _ProgressHooks:
     """`Hooks` for a terminal: a tqdm bar for the steps, log lines above it."""
 
-    def __init__(self) -> None:
-        self.bar = tqdm(total=0, desc="denoising", unit="step", file=sys.stderr, leave=False)
+    def __init__(self, total: int) -> None:
+        self.bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False)
 
     def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
         self.bar.total = total
@@ -56,7 +56,7 @@ def run_generate(
         depth=_read_image(depth_image, "depth_image") if depth_image else None,
         canny=_read_image(canny_image, "canny_image") if canny_image else None,
     )
-    hooks = _ProgressHooks()
+    hooks = _ProgressHooks(inputs.num_inference_steps)
     pipe = load_pipeline(settings)
     try:
         generated = generate(pipe, inputs, controls, hooks)
