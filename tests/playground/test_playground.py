@@ -9,6 +9,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -350,6 +353,32 @@ def test_api_tab_snippets_use_the_form_and_this_server(page: Page, server: Serve
     page.fill("[name=prompt]", "a lighthouse at dawn")
     page.click("#tab-btn-api")
     expect(js).to_contain_text("a lighthouse at dawn")
+
+
+@pytest.mark.parametrize("lang", ["curl", "python", "js"])
+def test_api_snippets_run_as_copied(page: Page, server: ServeProcess, lang: str, tmp_path: Path) -> None:
+    """Each snippet, pasted as is with FAL_KEY set, gets the image: curl+jq, fal-client, @fal-ai/client."""
+    node_modules = REPO / "tests/clients/js/node_modules"
+    needs = {"curl": ["curl", "jq"], "python": [], "js": ["node"]}[lang]
+    if any(shutil.which(tool) is None for tool in needs) or (lang == "js" and not node_modules.is_dir()):
+        pytest.skip(f"{lang} snippet needs {needs} (and @fal-ai/client from scripts/test-deps.sh for js)")
+    assert server.key
+    open_playground(page, server)
+    page.fill("[name=prompt]", "it's copied as is")
+    page.click("#tab-btn-api")
+    code = page.locator(f"[data-snippet={lang}]").inner_text()
+    if lang == "js":
+        (tmp_path / "node_modules").symlink_to(node_modules)
+        (tmp_path / "snippet.mjs").write_text(code)
+    command = {
+        "curl": ["bash", "-euo", "pipefail", "-c", code],
+        "python": [sys.executable, "-c", code],
+        "js": ["node", str(tmp_path / "snippet.mjs")],
+    }[lang]
+    env = {**os.environ, "FAL_KEY": server.key}
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert re.search(re.escape(server.url) + r"/files/\S+\.png", done.stdout), done.stdout
 
 
 @pytest.mark.skipif(not os.environ.get("REIMAGINE_PLAYGROUND_SCREENSHOT"), reason="REIMAGINE_PLAYGROUND_SCREENSHOT")

@@ -518,11 +518,12 @@ function snippets() {
   const json = JSON.stringify(input, null, 2).replace(/'/g, "'\\''");
   return {
     curl: `BASE=${base}
-# Submit to the queue, then poll the status and fetch the result (needs jq)
+# Submit to the queue, wait until the request is COMPLETED, fetch the result (needs jq)
 REQUEST_ID=$(curl -s -X POST "$BASE/${endpoint}" \\
   -H "Authorization: Key $FAL_KEY" -H "Content-Type: application/json" \\
   -d '${json}' | jq -r .request_id)
-curl -s "$BASE/${QUEUE}/requests/$REQUEST_ID/status?logs=1" -H "Authorization: Key $FAL_KEY"
+until curl -s "$BASE/${QUEUE}/requests/$REQUEST_ID/status" -H "Authorization: Key $FAL_KEY" \\
+  | jq -e '.status == "COMPLETED"' > /dev/null; do sleep 1; done
 curl -s "$BASE/${QUEUE}/requests/$REQUEST_ID" -H "Authorization: Key $FAL_KEY"`,
     python: `# pip install fal-client; reads FAL_KEY from the environment
 import fal_client
