@@ -348,6 +348,8 @@ class Results:
         same = old.get("meta", {}).get("device") == meta["device"] and old.get("meta", {}).get("tiny") == meta["tiny"]
         self.data: dict[str, Any] = old if same else {"meta": {}, "rows": {}, "notes": {}}
         self.data["meta"].update(meta)
+        command = "python bench/speed.py " + " ".join(sys.argv[1:])
+        self.data["meta"]["commands"] = [*self.data["meta"].get("commands", []), command][-12:]
 
     def row(self, key: str, **values: Any) -> None:
         self.data["rows"][key] = {**self.data["rows"].get(key, {}), **values}
@@ -375,6 +377,7 @@ class Results:
         lines += [
             f"- device: {m.get('device')}; date: {m.get('date')}",
             f"- torch {m.get('torch')}; diffusers {m.get('diffusers')}",
+            "- commands: " + "; ".join(f"`{c}`" for c in m.get("commands", [])),
             f"- config: {'tiny' if m.get('tiny') else 'full size'}, {m.get('steps')} steps, CFG 5, 128 text tokens, "
             "ControlNet-Union 4 double + 10 single blocks (tiny: 1 + 1), conditions at scale 0.5"
             + (f"; images generated at 1/{m['scale']} of each bucket's side" if m.get("scale", 1) > 1 else ""),

@@ -130,3 +130,15 @@ def test_step_cache_skips_controlnet_residuals_without_counting_them_twice() -> 
     torch.testing.assert_close(first, computed, rtol=0, atol=0)
     torch.testing.assert_close(second, computed, rtol=1e-5, atol=1e-5)
     assert restart.shape == computed.shape
+
+
+def test_fast_path_keeps_the_pipelines_own_step_cache() -> None:
+    """`load_pipeline` may enable First-Block-Cache itself: the fast path takes it off around compilation, puts it
+    back, and `warm_buckets` runs the transformer inside a cache context."""
+    pipe = _pipe(step_cache=0.05)
+    transformer = fast.denoisers(pipe)[0]
+    assert transformer.is_cache_enabled
+    fast.apply_fast_path(pipe, pipe.settings, options=fast.FastOptions(bf16=False, compile="none"))
+    assert transformer.is_cache_enabled and not getattr(pipe, "_step_cache_handles", None)
+    fast.warm_buckets(pipe, [(64, 64)])
+    assert _image(pipe).shape == _image(pipe, _controls()).shape
