@@ -664,7 +664,7 @@ class Bench:
             ("+attention", self.options(compile="none", cache_negative=False, vae_channels_last=False)),
             ("+neg-cache", self.options(compile="none", vae_channels_last=False)),
             ("+vae-nhwc", self.options(compile="none")),
-            ("+compile", self.options()),
+            (f"+compile ({self.options().compile})", self.options()),
         ]
         pipe = self.ensure("eager")
         for name, options in steps:
@@ -766,13 +766,14 @@ class Bench:
         the compile cache as found (run twice: the second run shows a restart with a warm cache)."""
         cache = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", self.settings.data_dir / "compile-cache" / "inductor"))
         was_warm = cache.exists() and any(cache.iterdir())
+        state = "no compile" if self.options().compile == "none" else f"{'warm' if was_warm else 'empty'} compile cache"
         self.pipe, self.state = None, "none"
         start = time.perf_counter()
         pipe = self.ensure("lossless")
         warm = fast.warm_buckets(pipe, [scaled(size) for size in SIZES.values()], conditions=1)
         total = time.perf_counter() - start
         self.results.note(
-            f"cold start ({'warm' if was_warm else 'empty'} compile cache)",
+            f"cold start ({state})",
             f"{total:.1f}s = build {self.build_s:.1f}s + fast path and warming 9 buckets "
             f"{total - self.build_s:.1f}s (slowest bucket {max(warm.values()):.1f}s)",
         )
