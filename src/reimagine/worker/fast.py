@@ -47,8 +47,10 @@ class FastOptions:
     compile: str = "regional"  # "regional" (per block: fast cold start, works with the step cache) | "full" | "none"
     compile_mode: str | None = None  # None (inductor default, cuBLAS GEMMs) | "max-autotune" (+CUDA graphs) | ...
     fullgraph: bool = False  # True makes a graph break an error (the bench reports breaks either way)
+    dynamic: bool = False  # True: one graph with a symbolic token count for all buckets (faster cold start)
     cache_negative: bool = True
     vae_channels_last: bool = True  # NHWC convolutions for the fp32 VAE (same math, faster cuDNN kernels)
+    cudnn_benchmark: bool = True  # pick the fastest cuDNN convolution per shape (VAE); warm_buckets pays the search
 
 
 def _bria(pipe: Any) -> Any:
@@ -121,12 +123,13 @@ def set_attention_backend(models: Iterable[nn.Module], backend: str) -> str:
 
 def configure_compile_cache(data_dir: Path) -> Path:
     """Keep inductor's FX-graph/AOT/autotune caches (and Triton's kernels) under the data dir, so a restarted
-    worker loads compiled kernels instead of recompiling (minutes -> seconds). Torch reads these variables when it
-    first compiles, so this must run before any `torch.compile` call."""
+    worker loads compiled kernels instead of recompiling (minutes -> seconds). Set unconditionally: torch writes
+    its default (/tmp/torchinductor_<user>) into the environment itself on import, and reads the variables again
+    at each compilation, so this must run before the first `torch.compile` call."""
     cache = (data_dir / "compile-cache").resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
     import torch._inductor.config as inductor_config
 
     inductor_config.fx_graph_cache = True
@@ -134,7 +137,7 @@ def configure_compile_cache(data_dir: Path) -> Path:
     return cache
 
 
-def compile_model(model: nn.Module, *, how: str, mode: str | None, fullgraph: bool = False) -> None:
+def compile_model(model: Any, *, how: str, mode: str | None, fullgraph: bool = False, dynamic: bool = False) -> None:
     """`torch.compile` with static shapes: one graph per (bucket, batch). "regional" compiles each block's forward
     (Bria: 2 graphs per shape shared by 36 blocks via the FX cache; hooks such as the step cache stay eager)."""
     import torch._dynamo.config as dynamo_config
@@ -142,12 +145,15 @@ def compile_model(model: nn.Module, *, how: str, mode: str | None, fullgraph: bo
     # 9 buckets x batch 2 (CFG) and 4 (two requests) per compiled function, plus headroom.
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4096)
+    if how == "none" or getattr(model, "_reimagine_compiled", False):  # applying the fast path twice is a no-op
+        return
+    model._reimagine_compiled = True
     if how == "regional":
         for block in _blocks(model):
-            block.forward = torch.compile(block.forward, fullgraph=fullgraph, dynamic=False, mode=mode)
+            block.forward = torch.compile(block.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode)
     elif how == "full":
-        model.forward = torch.compile(model.forward, fullgraph=fullgraph, dynamic=False, mode=mode)
-    elif how != "none":
+        model.forward = torch.compile(model.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode)
+    else:
         raise ValueError(f"`compile` must be 'regional', 'full' or 'none', got {how!r}")
 
 
@@ -213,6 +219,8 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
     bria = _bria(pipe)
     if options.vae_channels_last:
         bria.vae.to(memory_format=torch.channels_last)
+    if options.cudnn_benchmark and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     if options.cache_negative and not isinstance(bria.encode_prompt, NegativePromptCache):
         bria.encode_prompt = NegativePromptCache(bria)
     # A cache the pipeline enabled itself (its hooks wrap block forwards) comes off while blocks are compiled,
@@ -224,7 +232,13 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
     if options.compile != "none":
         configure_compile_cache(settings.data_dir)
         for model in models:
-            compile_model(model, how=options.compile, mode=options.compile_mode, fullgraph=options.fullgraph)
+            compile_model(
+                model,
+                how=options.compile,
+                mode=options.compile_mode,
+                fullgraph=options.fullgraph,
+                dynamic=options.dynamic,
+            )
     if pipeline_cache is not None:
         transformer.enable_cache(pipeline_cache)
     elif settings.step_cache > 0 and not getattr(pipe, "_step_cache_handles", None):
@@ -245,8 +259,9 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
 def warm_buckets(
     pipe: Any, sizes: Iterable[tuple[int, int]] | None = None, *, batch: int = 2, conditions: int = 1
 ) -> dict[str, float]:
-    """Run one denoiser call per aspect bucket with dummy inputs of the serving shapes, so every compiled graph
-    exists (or is loaded from the disk cache) before the first request. Returns seconds per bucket.
+    """Run one denoiser call and one VAE decode (and encode) per aspect bucket with dummy inputs of the serving
+    shapes, so every compiled graph exists (or is loaded from the disk cache) and cuDNN has chosen its kernels
+    before the first request. Returns seconds per bucket.
 
     `batch` 2 is one request under CFG; the ControlNet (if any) is run and its residuals passed to the
     transformer, like a request with `conditions` structure images.
@@ -280,6 +295,10 @@ def warm_buckets(
                 hidden_states=latents, encoder_hidden_states=text, timestep=timestep, img_ids=img_ids,
                 txt_ids=txt_ids, return_dict=False, **residuals,
             )  # fmt: skip
+        vae = _bria(pipe).vae  # cuDNN picks its convolution algorithms per shape on first use
+        vae.decode(torch.zeros(1, vae.config.latent_channels, height // 8, width // 8, device=device, dtype=vae.dtype))
+        if conditions:
+            vae.encode(torch.zeros(1, 3, height, width, device=device, dtype=vae.dtype))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds[f"{width}x{height}"] = time.perf_counter() - start
@@ -297,7 +316,7 @@ def fp8_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def enable_fp8(models: Iterable[nn.Module]) -> bool:
+def enable_fp8(models: Iterable[Any]) -> bool:
     """FP8 (e4m3) dynamic per-row activation + weight quantisation of the block linears: attention and MLP
     projections, not the embedders, the AdaLayerNorm modulations, the ControlNet output projections or the output
     layer. Returns False, logged, where unsupported."""
@@ -318,7 +337,9 @@ def enable_fp8(models: Iterable[nn.Module]) -> bool:
         )
 
     for model in models:
-        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=is_block_linear)
+        if not getattr(model, "_reimagine_fp8", False):
+            quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=is_block_linear)
+            model._reimagine_fp8 = True
     return True
 
 
