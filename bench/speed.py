@@ -369,8 +369,8 @@ class Results:
         if m.get("tiny"):
             lines += [
                 "> **CPU tiny smoke run: no GPU was available.** Tiny random-weight configs on a CPU; the figures",
-                "> below are NOT GPU figures and say nothing about serving speed. Run `python bench/speed.py` on a",
-                "> GPU for real numbers.",
+                "> below are NOT GPU figures and say nothing about serving speed. On a GPU: `python bench/speed.py`",
+                "> (a lent machine: `bench/speed_gpu.sh`).",
                 "",
             ]
         lines += [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +144,19 @@ def test_fast_path_keeps_the_pipelines_own_step_cache() -> None:
     assert transformer.is_cache_enabled and not getattr(pipe, "_step_cache_handles", None)
     fast.warm_buckets(pipe, [(64, 64)])
     assert _image(pipe).shape == _image(pipe, _controls()).shape
+
+
+def test_apply_fast_path_twice_compiles_once_and_caches_under_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # restored after the test
+        monkeypatch.setenv(name, os.environ.get(name, str(tmp_path / "unused")))
+    pipe = _pipe(data_dir=tmp_path)
+    options = fast.FastOptions(bf16=False, compile="regional")
+    fast.apply_fast_path(pipe, pipe.settings, options=options)
+    block = fast.denoisers(pipe)[0].transformer_blocks[0]
+    compiled = block.forward
+    fast.apply_fast_path(pipe, pipe.settings, options=options)  # compilation is lazy: nothing runs here
+    assert block.forward is compiled
+    assert fast.configure_compile_cache(tmp_path) == (tmp_path / "compile-cache").resolve()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(str(tmp_path.resolve()))
