@@ -29,6 +29,8 @@ from tests.conftest import ServeProcess  # noqa: E402
 
 ENDPOINT = "/bria/reimagine/3.2"
 BODY = {"prompt": "noop"}
+#: The image comes back inline and no file is stored: the closest to a predictor returning its output directly.
+INLINE = {"prompt": "noop", "sync_mode": True}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -36,11 +38,11 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def sync_runs(client: httpx.Client, n: int) -> list[float]:
+def sync_runs(client: httpx.Client, n: int, body: dict[str, object] = BODY) -> list[float]:
     latencies = []
     for _ in range(n):
         started = time.perf_counter()
-        response = client.post("/run" + ENDPOINT, json=BODY)
+        response = client.post("/run" + ENDPOINT, json=body)
         latencies.append(time.perf_counter() - started)
         assert response.status_code == 200, response.text
     return latencies
@@ -60,7 +62,9 @@ def queued_runs(client: httpx.Client, n: int) -> list[float]:
     return latencies
 
 
-async def concurrent_sync(url: str, headers: dict[str, str], n: int, concurrency: int) -> float:
+async def concurrent_sync(
+    url: str, headers: dict[str, str], n: int, concurrency: int, body: dict[str, object] = BODY
+) -> float:
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         remaining = n
 
@@ -68,7 +72,7 @@ async def concurrent_sync(url: str, headers: dict[str, str], n: int, concurrency
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                response = await client.post("/run" + ENDPOINT, json=BODY)
+                response = await client.post("/run" + ENDPOINT, json=body)
                 assert response.status_code == 200
 
         started = time.perf_counter()
@@ -118,10 +122,14 @@ def main() -> None:
             with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=60) as client:
                 sync_runs(client, 20)  # warm-up
                 sync = sync_runs(client, args.requests)
+                inline = sync_runs(client, args.requests, INLINE)
                 queued = queued_runs(client, args.requests)
                 last_id = client.post(ENDPOINT, json=BODY).json()["request_id"]
                 time.sleep(0.2)
             jobs_per_s = asyncio.run(concurrent_sync(serve.url, serve.headers(), args.requests, args.concurrency))
+            inline_per_s = asyncio.run(
+                concurrent_sync(serve.url, serve.headers(), args.requests, args.concurrency, INLINE)
+            )
             status_per_s = asyncio.run(status_rate(serve.url, serve.headers(), last_id, args.seconds, args.concurrency))
         finally:
             serve.stop()
@@ -134,6 +142,11 @@ def main() -> None:
         ("sync run latency p50 / p99 (ms)", f"{_pct(sync, 0.5) * 1e3:.2f} / {_pct(sync, 0.99) * 1e3:.2f}"),
         ("sync runs/s, sequential", f"{1 / statistics.mean(sync):.0f}"),
         (
+            "sync run, sync_mode (inline image) p50 / p99 (ms)",
+            f"{_pct(inline, 0.5) * 1e3:.2f} / {_pct(inline, 0.99) * 1e3:.2f}",
+        ),
+        ("sync runs/s, sync_mode, sequential", f"{1 / statistics.mean(inline):.0f}"),
+        (
             "queue submit->COMPLETED via SSE p50 / p99 (ms)",
             f"{_pct(queued, 0.5) * 1e3:.2f} / {_pct(queued, 0.99) * 1e3:.2f}",
         ),
@@ -142,6 +155,7 @@ def main() -> None:
             f"{_pct(server_side, 0.5) * 1e3:.2f} / {_pct(server_side, 0.99) * 1e3:.2f}",
         ),
         (f"jobs/s, sync runs, {args.concurrency} concurrent clients", f"{jobs_per_s:.0f}"),
+        (f"jobs/s, sync runs, sync_mode, {args.concurrency} concurrent clients", f"{inline_per_s:.0f}"),
         (f"status requests/s, {args.concurrency} concurrent clients", f"{status_per_s:.0f}"),
     ]
     width = max(len(name) for name, _ in rows)

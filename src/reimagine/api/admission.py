@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from reimagine.api.wire import validation_detail
 from reimagine.config import Settings
 from reimagine.errors import InputError
 from reimagine.jobs import Priority
-from reimagine.queue.models import Job, NewJob
+from reimagine.queue.models import Job, NewJob, QueueFull
 from reimagine.schemas import ReimagineInput, StrictReimagineInput
 
 logger = logging.getLogger(__name__)
@@ -126,8 +127,6 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
             429,
             {"retry-after": str(max(1, round(retry_after)))},
         )
-    if await asyncio.to_thread(state.store.count_queued) >= settings.max_queue_depth:
-        return _error("The queue is full; try again later", 429, {"retry-after": "5"})
 
     return Admitted(
         key_id=key_id,
@@ -140,9 +139,20 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
     )
 
 
-async def submit_job(state: AppState, admitted: Admitted, *, is_sync: bool) -> tuple[Job, int]:
+def queue_full() -> JSONResponse:
+    return _error("The queue is full; try again later", 429, {"retry-after": "5"})
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def submit_job(
+    state: AppState, admitted: Admitted, *, is_sync: bool, job_id: str | None = None
+) -> tuple[Job, int] | JSONResponse:
+    """Enqueue an admitted request; a 429 answer when the queue is at `max_queue_depth`."""
     new = NewJob(
-        id=str(uuid.uuid4()),
+        id=job_id or new_request_id(),
         key_id=admitted.key_id,
         endpoint=ENDPOINT_ID,
         input=admitted.raw,
@@ -152,7 +162,12 @@ async def submit_job(state: AppState, admitted: Admitted, *, is_sync: bool) -> t
         is_sync=is_sync,
         base_url=admitted.base_url,
     )
-    job, position = await asyncio.to_thread(state.store.enqueue, new)
+    try:
+        job, position = await asyncio.to_thread(
+            functools.partial(state.store.enqueue, new, max_queued=state.settings.max_queue_depth)
+        )
+    except QueueFull:
+        return queue_full()
     state.notify_workers()
     logger.info("request queued", extra={"request_id": job.id, "queue_position": position})
     return job, position

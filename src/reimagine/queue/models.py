@@ -81,6 +81,22 @@ class Job:
         )
 
 
+class QueueFull(Exception):
+    """`enqueue` refused: the queue already holds its maximum number of waiting jobs."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(f"{queued} jobs are queued")
+        self.queued = queued
+
+
+@dataclass(frozen=True)
+class FileRow:
+    key: str
+    kind: str
+    content_type: str
+    size: int
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a job ended: the terminal status plus the HTTP answer its result call replays."""

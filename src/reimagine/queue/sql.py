@@ -29,10 +29,12 @@ from reimagine.queue.models import (
     ApiKey,
     CancelOutcome,
     Event,
+    FileRow,
     Job,
     LeaseState,
     NewJob,
     Outcome,
+    QueueFull,
     WebhookDelivery,
     webhook_body,
 )
@@ -123,10 +125,18 @@ class SqlStore:
 
     # -- jobs ----------------------------------------------------------------------------------------------------
 
-    def enqueue(self, new: NewJob) -> tuple[Job, int]:
-        """Insert a queued job; returns it and its queue position (jobs ahead of it)."""
+    def enqueue(self, new: NewJob, *, max_queued: int | None = None) -> tuple[Job, int]:
+        """Insert a queued job; returns it and its queue position (jobs ahead of it).
+
+        Raises `QueueFull` when `max_queued` jobs already wait (checked in the same transaction, so concurrent
+        submits cannot overshoot it on SQLite; on PostgreSQL by at most the number of concurrent submits).
+        """
         now = time.time()
         with self._write() as conn:
+            if max_queued is not None:
+                queued = conn.execute(sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")).scalar_one()
+                if int(queued) >= max_queued:
+                    raise QueueFull(int(queued))
             row = conn.execute(
                 sa.text(
                     "INSERT INTO jobs (id, key_id, endpoint, status, priority, input, is_sync, webhook_url, base_url,"
@@ -255,8 +265,11 @@ class SqlStore:
             return LeaseState.LOST
         return LeaseState.CANCEL if row[2] else LeaseState.HELD
 
-    def complete(self, job_id: str, fence: int, outcome: Outcome) -> bool:
-        """Finish a running job; False if the lease was taken over (fencing), in which case nothing changes."""
+    def complete(self, job_id: str, fence: int, outcome: Outcome, *, files: list[FileRow] | None = None) -> bool:
+        """Finish a running job; False if the lease was taken over (fencing), in which case nothing changes.
+
+        `files` are the job's output files, recorded in the same transaction as the outcome.
+        """
         now = time.time()
         with self._write() as conn:
             row = conn.execute(
@@ -265,9 +278,12 @@ class SqlStore:
             ).one_or_none()
             if row is None:
                 return False
-            return self._finish(
+            finished = self._finish(
                 conn, job_id, row[0], outcome, now, where="status = 'RUNNING' AND fence = :fence", fence=fence
             )
+            for file in files or ():
+                self._add_file(conn, file, job_id, now)
+            return finished
 
     def _finish(
         self,
@@ -485,15 +501,25 @@ class SqlStore:
 
     def add_file(self, key: str, *, job_id: str | None, kind: str, content_type: str, size: int) -> None:
         with self._write() as conn:
-            exists = conn.execute(sa.text("SELECT 1 FROM files WHERE key = :key"), {"key": key}).one_or_none()
-            if exists is None:
-                conn.execute(
-                    sa.text(
-                        "INSERT INTO files (key, job_id, kind, content_type, size, created_at)"
-                        " VALUES (:key, :job_id, :kind, :ct, :size, :now)"
-                    ),
-                    {"key": key, "job_id": job_id, "kind": kind, "ct": content_type, "size": size, "now": time.time()},
-                )
+            self._add_file(conn, FileRow(key, kind, content_type, size), job_id, time.time())
+
+    def _add_file(self, conn: Connection, file: FileRow, job_id: str | None, now: float) -> None:
+        exists = conn.execute(sa.text("SELECT 1 FROM files WHERE key = :key"), {"key": file.key}).one_or_none()
+        if exists is None:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO files (key, job_id, kind, content_type, size, created_at)"
+                    " VALUES (:key, :job_id, :kind, :ct, :size, :now)"
+                ),
+                {
+                    "key": file.key,
+                    "job_id": job_id,
+                    "kind": file.kind,
+                    "ct": file.content_type,
+                    "size": file.size,
+                    "now": now,
+                },
+            )
 
     # -- webhook outbox --------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from reimagine.config import Settings
 from reimagine.errors import InputError, JobCancelled, OutOfMemory
 from reimagine.generation import Controls, Generate, Generated
 from reimagine.jobs import CANCELLED_MESSAGE, JobStatus
-from reimagine.queue.models import Job, LeaseState, Outcome
+from reimagine.queue.models import FileRow, Job, LeaseState, Outcome
 from reimagine.schemas import ImageFile, ReimagineInput, ReimagineOutput
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class Worker:
         self.generate = generate
         self.owner = owner or make_owner()
         self._notify = notify or (lambda _kind: None)
+        self._beat = _Heartbeat(store, settings)
+        self._files: list[FileRow] = []
 
     def run(self, stop: threading.Event, wait: Callable[[float], None]) -> None:
         """Run jobs until `stop` is set; between jobs, `wait(timeout)` returns early when woken."""
@@ -71,16 +73,16 @@ class Worker:
             return False
         self._notify("event")
         logger.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
-        beat = _Heartbeat(self.store, job, self.settings)
-        beat.start()
+        self._beat.hold(job)
+        self._files = []
         try:
-            outcome = self._execute(job, beat)
+            outcome = self._execute(job, self._beat)
         except LeaseLost:
             logger.warning("lease lost; dropping job", extra={"request_id": job.id})
             return True
         finally:
-            beat.stop()
-        if self.store.complete(job.id, job.fence, outcome):
+            self._beat.release()
+        if self.store.complete(job.id, job.fence, outcome, files=self._files):
             logger.info("job finished", extra={"request_id": job.id, "status": outcome.status.value})
         else:
             logger.warning("lease lost before completion; result dropped", extra={"request_id": job.id})
@@ -131,12 +133,17 @@ class Worker:
             )
         return Controls(depth=loaded["depth"], canny=loaded["canny"])
 
-    def _put_png(self, job: Job, image: Image.Image, kind: str) -> tuple[str, bytes]:
+    def _put_png(self, job: Job, image: Image.Image, kind: str, *, with_outcome: bool = False) -> tuple[str, bytes]:
+        """Store a PNG as a file of the job; `with_outcome` records it in the job's completing transaction."""
         from reimagine.images import encode_png
 
         data = encode_png(image)
         stored = self.storage.put(data, "image/png", f"{kind}.png")
-        self.store.add_file(stored.key, job_id=job.id, kind=kind, content_type="image/png", size=len(data))
+        row = FileRow(stored.key, kind, "image/png", len(data))
+        if with_outcome:
+            self._files.append(row)
+        else:
+            self.store.add_file(row.key, job_id=job.id, kind=kind, content_type=row.content_type, size=row.size)
         return stored.key, data
 
     def _store_result(self, job: Job, inputs: ReimagineInput, generated: Generated) -> dict[str, Any]:
@@ -152,7 +159,7 @@ class Worker:
             data = encode_png(image)
             url = data_uri(data, "image/png")
         else:
-            key, data = self._put_png(job, image, "image")
+            key, data = self._put_png(job, image, "image", with_outcome=True)
             url = f"{job.base_url}/files/{key}"
         output = ReimagineOutput(
             image=ImageFile(
@@ -170,29 +177,40 @@ class Worker:
 
 
 class _Heartbeat:
-    """Renews the job's lease every `heartbeat_s` in a thread; remembers a cancel or a lost lease."""
+    """Renews the current job's lease every `heartbeat_s` from one long-lived thread; remembers a cancel or a loss."""
 
-    def __init__(self, store: Any, job: Job, settings: Settings) -> None:
+    def __init__(self, store: Any, settings: Settings) -> None:
         self._store = store
-        self._job = job
         self._settings = settings
-        self._stop = threading.Event()
+        self._job: Job | None = None
+        self._lock = threading.Lock()
         self.state = LeaseState.HELD
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.id[:8]}", daemon=True)
-
-    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def hold(self, job: Job) -> None:
+        with self._lock:
+            self._job, self.state = job, LeaseState.HELD
+
+    def release(self) -> None:
+        with self._lock:
+            self._job = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self._settings.heartbeat_s):
+        while True:
+            time.sleep(self._settings.heartbeat_s)
+            with self._lock:
+                job = self._job
+            if job is None:
+                continue
             try:
-                self.state = self._store.heartbeat(self._job.id, self._job.fence, self._settings.lease_s)
+                state = self._store.heartbeat(job.id, job.fence, self._settings.lease_s)
             except Exception:
-                logger.exception("heartbeat failed; retrying", extra={"request_id": self._job.id})
+                logger.exception("heartbeat failed; retrying", extra={"request_id": job.id})
+                continue
+            with self._lock:
+                if self._job is job:
+                    self.state = state
 
 
 class _JobHooks:

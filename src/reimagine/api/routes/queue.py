@@ -57,7 +57,10 @@ async def submit_request(request: Request, settings: SettingsDep, key_id: ApiKey
     admitted = await admit(request, settings, key_id)
     if isinstance(admitted, JSONResponse):
         return admitted
-    job, position = await submit_job(state, admitted, is_sync=False)
+    submitted = await submit_job(state, admitted, is_sync=False)
+    if isinstance(submitted, JSONResponse):
+        return submitted
+    job, position = submitted
     base = base_url(request, settings)
     body = {
         "status": "IN_QUEUE",

@@ -13,16 +13,18 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from reimagine.api.admission import AppState, admit, submit_job
+from reimagine.api.admission import AppState, admit, new_request_id, submit_job
 from reimagine.api.auth import ApiKeyDep
 from reimagine.api.deps import SettingsDep
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, result_response, status_body
 from reimagine.jobs import TERMINAL
-from reimagine.queue.models import Job
+from reimagine.queue.models import Event, Job
 from reimagine.schemas import ReimagineOutput
 
 router = APIRouter(redirect_slashes=False)
+
+_TERMINAL = {status.value for status in TERMINAL}
 
 _INPUT_BODY = {
     "requestBody": {
@@ -37,25 +39,32 @@ class _Disconnected(Exception):
 
 
 async def _wait_terminal(
-    request: Request, state: AppState, job_id: str, queue: asyncio.Queue[object], timeout_s: float
+    request: Request, state: AppState, job_id: str, queue: asyncio.Queue[Event], timeout_s: float
 ) -> Job | None:
+    """The finished job, once the hub delivers its terminal status event (or a read finds it finished)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    # Subscribed before submitting, so no event is missed; the periodic read covers a lost hub tail.
+    check_store = False
     while True:
-        job: Job | None = await asyncio.to_thread(state.store.get, job_id)
-        if job is not None and job.status in TERMINAL:
-            return job
+        if check_store:
+            job: Job | None = await asyncio.to_thread(state.store.get, job_id)
+            if job is not None and job.status in TERMINAL:
+                return job
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
         if await request.is_disconnected():
             raise _Disconnected
         try:
-            await asyncio.wait_for(queue.get(), timeout=min(remaining, 1.0))
+            event = await asyncio.wait_for(queue.get(), timeout=min(remaining, 1.0))
         except TimeoutError:
-            pass
-        while not queue.empty():
-            queue.get_nowait()
+            check_store = True
+            continue
+        check_store = event.kind == "status" and event.data["status"] in _TERMINAL
+        while not queue.empty() and not check_store:
+            event = queue.get_nowait()
+            check_store = event.kind == "status" and event.data["status"] in _TERMINAL
 
 
 async def _cancel_if_unfinished(state: AppState, job_id: str, key_id: str) -> None:
@@ -69,8 +78,14 @@ async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -
     admitted = await admit(request, settings, key_id)
     if isinstance(admitted, JSONResponse):
         return admitted
-    job, _ = await submit_job(state, admitted, is_sync=True)
-    queue = state.hub.subscribe(job.id)
+    # Subscribe before the job exists, so that even an instant completion is not missed.
+    job_id = new_request_id()
+    queue = state.hub.subscribe(job_id)
+    submitted = await submit_job(state, admitted, is_sync=True, job_id=job_id)
+    if isinstance(submitted, JSONResponse):
+        state.hub.unsubscribe(job_id, queue)
+        return submitted
+    job, _ = submitted
     finished = False
     try:
         done = await _wait_terminal(request, state, job.id, queue, settings.sync_timeout_s)
@@ -101,9 +116,14 @@ async def run_stream(request: Request, settings: SettingsDep, key_id: ApiKeyDep)
     admitted = await admit(request, settings, key_id)
     if isinstance(admitted, JSONResponse):
         return admitted
-    job, _ = await submit_job(state, admitted, is_sync=True)
+    job_id = new_request_id()
+    queue = state.hub.subscribe(job_id)
+    submitted = await submit_job(state, admitted, is_sync=True, job_id=job_id)
+    if isinstance(submitted, JSONResponse):
+        state.hub.unsubscribe(job_id, queue)
+        return submitted
+    job, _ = submitted
     base = base_url(request, settings)
-    queue = state.hub.subscribe(job.id)
 
     async def events() -> AsyncIterator[bytes]:
         finished = False
