@@ -2,9 +2,12 @@
 
 Lossless, in `apply_fast_path` order (each can be switched off in `FastOptions`, so `bench/speed.py` measures them
 one by one): bf16 denoisers; fused QKV projections; the fastest attention backend importable (FA3, else cuDNN
-SDPA); a negative-prompt embedding cache (most requests send fal's default negative prompt); `torch.compile` of
-the repeated blocks with static shapes (one graph per aspect bucket and batch, warmed by `warm_buckets`, kept in
-an on-disk inductor cache under the data dir so a restart reuses the kernels).
+SDPA); channels-last VAE with cuDNN autotuning; a negative-prompt embedding cache (most requests send fal's
+default negative prompt); `torch.compile` of the repeated blocks with static shapes (one graph per aspect bucket
+and batch, warmed by `warm_buckets`, kept in an on-disk inductor cache under the data dir so a restart reuses the
+kernels). CUDA graphs: `FastOptions(compile_mode="max-autotune")`, off by default: a 1024² CFG step is ~60 ms of
+large GEMMs, so launch overhead is small, and graphs cost memory per bucket (measure: `bench/speed.py
+--compile-mode max-autotune`). Control images are VAE-encoded once per request by `pipeline.generate` itself.
 
 Lossy, off by default: FP8 dynamic activation + weight quantisation of the block linears (torchao, CUDA sm89+),
 and First-Block-Cache step skipping (`Settings.step_cache`), made ControlNet-aware here.
@@ -243,7 +246,7 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
         transformer.enable_cache(pipeline_cache)
     elif settings.step_cache > 0 and not getattr(pipe, "_step_cache_handles", None):
         enable_step_cache(pipe, settings.step_cache)
-    pipe._fast_options = options  # warm_buckets and the bench read it back
+    pipe._fast_options = options  # marks the pipe as done (the bench's cold start checks it)
     logger.info(
         "fast path: %s, fused QKV %s, attention %s, compile %s, fp8 %s, step cache %s",
         "bf16" if options.bf16 else "dtype kept",
@@ -257,7 +260,7 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
 
 @torch.no_grad()
 def warm_buckets(
-    pipe: Any, sizes: Iterable[tuple[int, int]] | None = None, *, batch: int = 2, conditions: int = 1
+    pipe: Any, sizes: Iterable[tuple[int, int]] | None = None, *, batch: int = 2, conditions: int = 1, vae: bool = True
 ) -> dict[str, float]:
     """Run one denoiser call and one VAE decode (and encode) per aspect bucket with dummy inputs of the serving
     shapes, so every compiled graph exists (or is loaded from the disk cache) and cuDNN has chosen its kernels
@@ -295,10 +298,12 @@ def warm_buckets(
                 hidden_states=latents, encoder_hidden_states=text, timestep=timestep, img_ids=img_ids,
                 txt_ids=txt_ids, return_dict=False, **residuals,
             )  # fmt: skip
-        vae = _bria(pipe).vae  # cuDNN picks its convolution algorithms per shape on first use
-        vae.decode(torch.zeros(1, vae.config.latent_channels, height // 8, width // 8, device=device, dtype=vae.dtype))
-        if conditions:
-            vae.encode(torch.zeros(1, 3, height, width, device=device, dtype=vae.dtype))
+        if vae:  # cuDNN picks its convolution algorithms per shape on first use
+            autoencoder = _bria(pipe).vae
+            latent_shape = (1, autoencoder.config.latent_channels, height // 8, width // 8)
+            autoencoder.decode(torch.zeros(latent_shape, device=device, dtype=autoencoder.dtype))
+            if conditions:
+                autoencoder.encode(torch.zeros(1, 3, height, width, device=device, dtype=autoencoder.dtype))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds[f"{width}x{height}"] = time.perf_counter() - start
