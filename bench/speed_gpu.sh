@@ -16,7 +16,9 @@ cd "$(dirname "$0")/.."
 
 case "${1:-}" in
 wheels)
-    grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
+    exclude=$(git rev-parse --git-path info/exclude)
+    mkdir -p "$(dirname "$exclude")"
+    grep -qsx '/.whl/' "$exclude" || echo '/.whl/' >>"$exclude"
     # The GPU image has torch 2.11, tokenizers, safetensors, huggingface-hub, numpy, pillow, matplotlib, opencv;
     # torchao 0.18 is the release built for torch 2.11.
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -30,10 +32,12 @@ wheels)
 run)
     sections=${2:-peak,t2i,control}
     shift 2 || shift $#
-    if [ ! -d /tmp/site/diffusers ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    site=${SITE:-/tmp/site}
+    if [ ! -f "$site/.installed" ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+        touch "$site/.installed"
     fi
-    export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+    export PYTHONPATH=$site:$PWD/src PYTHONUNBUFFERED=1
     mkdir -p /tmp/speed
     [ -f /tmp/speed/results.json ] || cp bench/results.json /tmp/speed/ 2>/dev/null || true
     nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,memory.used --format=csv,noheader || true
