@@ -156,7 +156,7 @@ def load_pipeline(settings: Settings) -> ReimaginePipeline:
 
         register_cache_blocks()
         bria.transformer.enable_cache(FirstBlockCacheConfig(threshold=settings.step_cache))
-    return ReimaginePipeline(
+    pipe = ReimaginePipeline(
         bria=bria,
         controlnet=multi,
         settings=settings,
@@ -165,6 +165,13 @@ def load_pipeline(settings: Settings) -> ReimaginePipeline:
         enhancer=load_enhancer(settings, device),
         step_cache=settings.step_cache,
     )
+    # The lossless fast path (bf16, fused QKV, attention backend, per-bucket torch.compile) is for CUDA; offloaded
+    # components move between devices, which compiled graphs with static placement do not survive.
+    if settings.fast and device.type == "cuda" and not settings.cpu_offload:
+        from reimagine.worker.fast import apply_fast_path
+
+        apply_fast_path(pipe, settings)
+    return pipe
 
 
 def warmup(pipe: ReimaginePipeline) -> None:
@@ -176,6 +183,11 @@ def warmup(pipe: ReimaginePipeline) -> None:
     inputs = ReimagineInput.model_validate({"prompt": "warm up", "prompt_enhancer": False, "depth_preprocess": False})
     inputs = inputs.model_copy(update={"num_inference_steps": 2})  # below the API minimum: only a warm-up
     generate(pipe, inputs, Controls(depth=image, canny=image), NullHooks(), _size=(256, 256))
+    if getattr(pipe, "_fast_options", None) is not None:
+        from reimagine.worker.fast import warm_buckets
+
+        # Compile every aspect bucket now: readiness waits for it, so no request pays a compile.
+        warm_buckets(pipe)
 
 
 @torch.no_grad()
