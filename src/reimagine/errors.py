@@ -1,12 +1,12 @@
 """Exceptions raised by reimagine.
 
-    ReimagineError
-    ├── ConfigError            bad settings; raised at start-up, never at request time
-    ├── InputError             a request field is unusable (422 naming `field`)
-    │   └── FetchRefused       a URL refused by the fetcher's SSRF policy or limits
-    ├── JobCancelled           the job was cancelled; raised inside `generate` between steps
-    ├── OutOfMemory            the device ran out of memory (503, error_type "out_of_memory")
-    └── ModelMissing           weights are not available locally and may not be downloaded
+ReimagineError
+├── ConfigError            bad settings; raised at start-up, never at request time
+├── InputError             a request field is unusable (422 naming `field`)
+│   └── FetchRefused       a URL refused by the fetcher's SSRF policy or limits
+├── JobCancelled           the job was cancelled; raised inside `generate` between steps
+├── OutOfMemory            the device ran out of memory (503, error_type "out_of_memory")
+└── ModelMissing           weights are not available locally and may not be downloaded
 """
 
 from __future__ import annotations

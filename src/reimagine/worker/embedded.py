@@ -46,6 +46,7 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
     send(("hello", owner))
     store = open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
     storage = open_storage(settings)
+
     def report(message: str) -> None:
         log.info(message)
         send(("log", message))
