@@ -49,3 +49,5 @@ def configure_logging(settings: Settings, *, role: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # Alembic narrates every plugin it sets up at INFO on every start.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
