@@ -60,3 +60,9 @@ def make_noop_generate(settings: Settings) -> Generate:
         return Generated(image=Image.new("RGB", (16, 16)), prompt=inputs.prompt)
 
     return noop
+
+
+def make_slow_loading_generate(settings: Settings) -> Generate:
+    """A model that takes 3 s to load: readiness must wait for it, and jobs submitted meanwhile must queue."""
+    time.sleep(3.0)
+    return fake_generate
