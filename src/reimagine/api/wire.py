@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from reimagine.jobs import FAL_STATUS, JobStatus
 from reimagine.queue.models import Event, Job
-from reimagine.schemas import QueueStatus
 
 QUEUE_PREFIX = "bria/reimagine"
+_FINISHED = frozenset((JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED))
 
 
 def request_urls(base: str, job_id: str) -> dict[str, str]:
@@ -61,27 +61,24 @@ def extras(base: str, events: list[Event]) -> dict[str, Any]:
 def status_body(
     job: Job, base: str, *, position: int, events: list[Event], with_logs: bool, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    urls = request_urls(base, job.id)
-    status = QueueStatus(
-        status=FAL_STATUS[job.status],  # type: ignore[arg-type]
-        request_id=job.id,
-        response_url=urls["response_url"],
-        status_url=urls["status_url"],
-        cancel_url=urls["cancel_url"],
-    )
-    body = status.model_dump(exclude={"reimagine"})
+    # Built directly (same keys, same order as `QueueStatus.model_dump()`): this runs for every status call.
+    response_url = f"{base}/{QUEUE_PREFIX}/requests/{job.id}"
+    body: dict[str, Any] = {
+        "status": FAL_STATUS[job.status],
+        "request_id": job.id,
+        "response_url": response_url,
+        "status_url": f"{response_url}/status",
+        "cancel_url": f"{response_url}/cancel",
+    }
     if job.status == JobStatus.QUEUED:
         body["queue_position"] = position
-    else:
-        del body["queue_position"]
-    if with_logs:
-        body["logs"] = [entry for event in events if (entry := log_entry(event)) is not None]
-    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+    body["logs"] = [entry for event in events if (entry := log_entry(event)) is not None] if with_logs else None
+    if job.status in _FINISHED:
         body["metrics"] = {"inference_time": job.inference_time_s}
         body["error"] = job.error
         body["error_type"] = job.error_type
     else:
-        del body["error"], body["error_type"]
+        body["metrics"] = {}
     body["reimagine"] = {"state": job.status.value, **(extra if extra is not None else extras(base, events))}
     return body
 

@@ -44,6 +44,66 @@ logger = logging.getLogger(__name__)
 
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
+# Hot-path statements, built once: a `text()` per call costs its construction and cache-key work every time.
+_SELECT_JOB = sa.text("SELECT * FROM jobs WHERE id = :id")
+_COUNT_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")
+_POSITION = sa.text(
+    "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND (priority > :p OR (priority = :p AND seq < :s))"
+)
+_INSERT_JOB = sa.text(
+    "INSERT INTO jobs (id, key_id, endpoint, status, priority, input, is_sync, webhook_url, base_url,"
+    " start_deadline_at, created_at, attempts, fence, cancel_requested)"
+    " VALUES (:id, :key_id, :endpoint, 'QUEUED', :priority, :input, :is_sync, :webhook_url, :base_url,"
+    " :deadline, :now, 0, 0, :false) RETURNING *"
+)
+_EXPIRED_STARTS = sa.text(
+    "SELECT id, webhook_url FROM jobs WHERE status = 'QUEUED'"
+    " AND start_deadline_at IS NOT NULL AND start_deadline_at < :now"
+)
+_CLAIM_PICK = "SELECT seq FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, seq LIMIT 1"
+_CLAIM = (
+    "UPDATE jobs SET status = 'RUNNING', lease_owner = :owner, lease_expires_at = :exp,"
+    " fence = fence + 1, attempts = attempts + 1, started_at = :now"
+    " WHERE seq = ({pick}) AND status = 'QUEUED' RETURNING *"
+)
+_CLAIM_SQLITE = sa.text(_CLAIM.format(pick=_CLAIM_PICK))
+_CLAIM_PG = sa.text(_CLAIM.format(pick=_CLAIM_PICK + " FOR UPDATE SKIP LOCKED"))
+_RUNNING_WEBHOOK = sa.text("SELECT webhook_url FROM jobs WHERE id = :id AND fence = :fence AND status = 'RUNNING'")
+_FINISH = (
+    "UPDATE jobs SET status = :status, result_status = :rs, result_body = :rb, error = :error,"
+    " error_type = :error_type, completed_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
+    " inference_time_s = :it WHERE id = :id AND {where}"
+)
+#: `_finish` statements by their WHERE clause (a handful of fixed strings).
+_FINISH_BY_WHERE: dict[str, sa.TextClause] = {}
+_INSERT_OUTBOX = sa.text(
+    "INSERT INTO webhook_outbox (job_id, url, body, attempts, next_attempt_at, created_at)"
+    " VALUES (:job_id, :url, :body, 0, :now, :now)"
+)
+_INSERT_EVENT = sa.text(
+    "INSERT INTO events (job_id, kind, data, created_at) VALUES (:job_id, :kind, :data, :now) RETURNING id"
+)
+_JOB_EVENTS = sa.text("SELECT * FROM events WHERE job_id = :id AND id > :after ORDER BY id")
+_EVENTS_SINCE = sa.text("SELECT * FROM events WHERE id > :after ORDER BY id LIMIT :limit")
+_LEASE_STATE = sa.text("SELECT status, fence, cancel_requested FROM jobs WHERE id = :id")
+_HEARTBEAT = sa.text(
+    "UPDATE jobs SET lease_expires_at = :exp WHERE id = :id AND fence = :fence AND status = 'RUNNING'"
+    " RETURNING cancel_requested"
+)
+_FILE_EXISTS = sa.text("SELECT 1 FROM files WHERE key = :key")
+_INSERT_FILE = sa.text(
+    "INSERT INTO files (key, job_id, kind, content_type, size, created_at)"
+    " VALUES (:key, :job_id, :kind, :ct, :size, :now)"
+)
+_KEY_HASH = sa.text("SELECT secret_hash FROM api_keys WHERE id = :id AND revoked_at IS NULL")
+
+
+def _finish_statement(where: str) -> sa.TextClause:
+    statement = _FINISH_BY_WHERE.get(where)
+    if statement is None:
+        statement = _FINISH_BY_WHERE[where] = sa.text(_FINISH.format(where=where))
+    return statement
+
 
 def _engine_url(database_url: str) -> str:
     # Plain postgresql:// would pick psycopg2, which we do not install.
@@ -134,16 +194,11 @@ class SqlStore:
         now = time.time()
         with self._write() as conn:
             if max_queued is not None:
-                queued = conn.execute(sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")).scalar_one()
+                queued = conn.execute(_COUNT_QUEUED).scalar_one()
                 if int(queued) >= max_queued:
                     raise QueueFull(int(queued))
             row = conn.execute(
-                sa.text(
-                    "INSERT INTO jobs (id, key_id, endpoint, status, priority, input, is_sync, webhook_url, base_url,"
-                    " start_deadline_at, created_at, attempts, fence, cancel_requested)"
-                    " VALUES (:id, :key_id, :endpoint, 'QUEUED', :priority, :input, :is_sync, :webhook_url, :base_url,"
-                    " :deadline, :now, 0, 0, :false) RETURNING *"
-                ),
+                _INSERT_JOB,
                 {
                     "id": new.id,
                     "key_id": new.key_id,
@@ -165,31 +220,35 @@ class SqlStore:
 
     def get(self, job_id: str) -> Job | None:
         with self._read() as conn:
-            row = conn.execute(sa.text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).one_or_none()
+            row = conn.execute(_SELECT_JOB, {"id": job_id}).one_or_none()
         return Job.from_row(row) if row is not None else None
 
     def get_with_position(self, job_id: str) -> tuple[Job, int] | None:
         with self._read() as conn:
-            row = conn.execute(sa.text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).one_or_none()
-            if row is None:
+            return self._job_with_position(conn, job_id)
+
+    def status_snapshot(self, job_id: str, after_id: int = 0) -> tuple[Job, int, list[Event]] | None:
+        """The job, its queue position and its events after `after_id`, read in one snapshot."""
+        with self._read() as conn:
+            found = self._job_with_position(conn, job_id)
+            if found is None:
                 return None
-            job = Job.from_row(row)
-            return job, (self._position(conn, job) if job.status == JobStatus.QUEUED else 0)
+            rows = conn.execute(_JOB_EVENTS, {"id": job_id, "after": after_id}).all()
+        return found[0], found[1], [_event(row) for row in rows]
+
+    def _job_with_position(self, conn: Connection, job_id: str) -> tuple[Job, int] | None:
+        row = conn.execute(_SELECT_JOB, {"id": job_id}).one_or_none()
+        if row is None:
+            return None
+        job = Job.from_row(row)
+        return job, (self._position(conn, job) if job.status == JobStatus.QUEUED else 0)
 
     def _position(self, conn: Connection, job: Job) -> int:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'"
-                    " AND (priority > :p OR (priority = :p AND seq < :s))"
-                ),
-                {"p": job.priority, "s": job.seq},
-            ).scalar_one()
-        )
+        return int(conn.execute(_POSITION, {"p": job.priority, "s": job.seq}).scalar_one())
 
     def count_queued(self) -> int:
         with self._read() as conn:
-            return int(conn.execute(sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")).scalar_one())
+            return int(conn.execute(_COUNT_QUEUED).scalar_one())
 
     def count_by_status(self) -> dict[str, int]:
         with self._read() as conn:
@@ -201,15 +260,8 @@ class SqlStore:
         now = time.time()
         with self._write() as conn:
             self._expire_start_deadlines(conn, now)
-            pick = "SELECT seq FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, seq LIMIT 1"
-            if not self.is_sqlite:
-                pick += " FOR UPDATE SKIP LOCKED"
             row = conn.execute(
-                sa.text(
-                    "UPDATE jobs SET status = 'RUNNING', lease_owner = :owner, lease_expires_at = :exp,"
-                    " fence = fence + 1, attempts = attempts + 1, started_at = :now"
-                    f" WHERE seq = ({pick}) AND status = 'QUEUED' RETURNING *"
-                ),
+                _CLAIM_SQLITE if self.is_sqlite else _CLAIM_PG,
                 {"owner": owner, "exp": now + lease_s, "now": now},
             ).one_or_none()
             if row is None:
@@ -224,13 +276,7 @@ class SqlStore:
             self._expire_start_deadlines(conn, time.time())
 
     def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
-        rows = conn.execute(
-            sa.text(
-                "SELECT id, webhook_url FROM jobs WHERE status = 'QUEUED'"
-                " AND start_deadline_at IS NOT NULL AND start_deadline_at < :now"
-            ),
-            {"now": now},
-        ).all()
+        rows = conn.execute(_EXPIRED_STARTS, {"now": now}).all()
         for job_id, webhook_url in rows:
             outcome = Outcome(
                 status=JobStatus.FAILED,
@@ -245,10 +291,7 @@ class SqlStore:
         """Renew a lease; tells the worker whether it still holds it and whether cancel was asked."""
         with self._write() as conn:
             row = conn.execute(
-                sa.text(
-                    "UPDATE jobs SET lease_expires_at = :exp WHERE id = :id AND fence = :fence AND status = 'RUNNING'"
-                    " RETURNING cancel_requested"
-                ),
+                _HEARTBEAT,
                 {"exp": time.time() + lease_s, "id": job_id, "fence": fence},
             ).one_or_none()
         if row is None:
@@ -258,9 +301,7 @@ class SqlStore:
     def lease_state(self, job_id: str, fence: int) -> LeaseState:
         """Cheap read used at every denoising step: still ours, and not cancelled?"""
         with self._read() as conn:
-            row = conn.execute(
-                sa.text("SELECT status, fence, cancel_requested FROM jobs WHERE id = :id"), {"id": job_id}
-            ).one_or_none()
+            row = conn.execute(_LEASE_STATE, {"id": job_id}).one_or_none()
         if row is None or row[0] != JobStatus.RUNNING.value or int(row[1]) != fence:
             return LeaseState.LOST
         return LeaseState.CANCEL if row[2] else LeaseState.HELD
@@ -272,10 +313,7 @@ class SqlStore:
         """
         now = time.time()
         with self._write() as conn:
-            row = conn.execute(
-                sa.text("SELECT webhook_url FROM jobs WHERE id = :id AND fence = :fence AND status = 'RUNNING'"),
-                {"id": job_id, "fence": fence},
-            ).one_or_none()
+            row = conn.execute(_RUNNING_WEBHOOK, {"id": job_id, "fence": fence}).one_or_none()
             if row is None:
                 return False
             finished = self._finish(
@@ -297,11 +335,7 @@ class SqlStore:
         fence: int | None = None,
     ) -> bool:
         result = conn.execute(
-            sa.text(
-                "UPDATE jobs SET status = :status, result_status = :rs, result_body = :rb, error = :error,"
-                " error_type = :error_type, completed_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
-                f" inference_time_s = :it WHERE id = :id AND {where}"
-            ),
+            _finish_statement(where),
             {
                 "status": outcome.status.value,
                 "rs": outcome.result_status,
@@ -325,10 +359,7 @@ class SqlStore:
         )
         if webhook_url:
             conn.execute(
-                sa.text(
-                    "INSERT INTO webhook_outbox (job_id, url, body, attempts, next_attempt_at, created_at)"
-                    " VALUES (:job_id, :url, :body, 0, :now, :now)"
-                ),
+                _INSERT_OUTBOX,
                 {"job_id": job_id, "url": webhook_url, "body": webhook_body(job_id, outcome), "now": now},
             )
         return True
@@ -463,9 +494,7 @@ class SqlStore:
 
     def _add_event(self, conn: Connection, job_id: str, kind: str, data: dict[str, Any], now: float) -> int:
         row = conn.execute(
-            sa.text(
-                "INSERT INTO events (job_id, kind, data, created_at) VALUES (:job_id, :kind, :data, :now) RETURNING id"
-            ),
+            _INSERT_EVENT,
             {"job_id": job_id, "kind": kind, "data": json.dumps(data), "now": now},
         ).one()
         if not self.is_sqlite:
@@ -478,19 +507,13 @@ class SqlStore:
 
     def events(self, job_id: str, after_id: int = 0) -> list[Event]:
         with self._read() as conn:
-            rows = conn.execute(
-                sa.text("SELECT * FROM events WHERE job_id = :id AND id > :after ORDER BY id"),
-                {"id": job_id, "after": after_id},
-            ).all()
+            rows = conn.execute(_JOB_EVENTS, {"id": job_id, "after": after_id}).all()
         return [_event(row) for row in rows]
 
     def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
         """Events of every job after `after_id`: the API's fan-out tails this."""
         with self._read() as conn:
-            rows = conn.execute(
-                sa.text("SELECT * FROM events WHERE id > :after ORDER BY id LIMIT :limit"),
-                {"after": after_id, "limit": limit},
-            ).all()
+            rows = conn.execute(_EVENTS_SINCE, {"after": after_id, "limit": limit}).all()
         return [_event(row) for row in rows]
 
     def last_event_id(self) -> int:
@@ -504,13 +527,10 @@ class SqlStore:
             self._add_file(conn, FileRow(key, kind, content_type, size), job_id, time.time())
 
     def _add_file(self, conn: Connection, file: FileRow, job_id: str | None, now: float) -> None:
-        exists = conn.execute(sa.text("SELECT 1 FROM files WHERE key = :key"), {"key": file.key}).one_or_none()
+        exists = conn.execute(_FILE_EXISTS, {"key": file.key}).one_or_none()
         if exists is None:
             conn.execute(
-                sa.text(
-                    "INSERT INTO files (key, job_id, kind, content_type, size, created_at)"
-                    " VALUES (:key, :job_id, :kind, :ct, :size, :now)"
-                ),
+                _INSERT_FILE,
                 {
                     "key": file.key,
                     "job_id": job_id,
@@ -590,9 +610,7 @@ class SqlStore:
         if not key_id or not secret:
             return None
         with self._read() as conn:
-            row = conn.execute(
-                sa.text("SELECT secret_hash FROM api_keys WHERE id = :id AND revoked_at IS NULL"), {"id": key_id}
-            ).one_or_none()
+            row = conn.execute(_KEY_HASH, {"id": key_id}).one_or_none()
         if row is None or not hmac.compare_digest(row[0], _hash_secret(secret)):
             return None
         return key_id

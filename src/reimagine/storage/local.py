@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,15 +29,36 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
         (root / _UPLOADS).mkdir(parents=True, exist_ok=True)
+        #: shard directories known to exist (they are never removed), so a write skips the mkdir call
+        self._dirs: set[Path] = set()
 
     def put(
         self, data: bytes, content_type: str, file_name: str | None = None, *, key: str | None = None
     ) -> StoredFile:
+        by_content = key is None
         key = content_key(data, content_type) if key is None else key
         path = self._path(key)
-        path.parent.mkdir(exist_ok=True)
+        stored = StoredFile(key, content_type, file_name, len(data))
+        if by_content and self._refresh(stored):
+            return stored
+        if path.parent not in self._dirs:
+            path.parent.mkdir(exist_ok=True)
+            self._dirs.add(path.parent)
         _write_atomic(path, lambda out: out.write(data))
-        return self._write_meta(StoredFile(key, content_type, file_name, len(data)))
+        return self._write_meta(stored)
+
+    def _refresh(self, stored: StoredFile) -> bool:
+        """A content-addressed file already stored with the same metadata holds these very bytes: keep it.
+
+        Its sidecar's mtime is refreshed, as a rewrite would, so that age-based sweeps treat it as new.
+        """
+        try:
+            if self._read_meta(stored.key) != stored:
+                return False
+            os.utime(self._meta_path(stored.key))
+        except (KeyError, OSError, ValueError):
+            return False
+        return True
 
     def get(self, key: str) -> tuple[StoredFile, bytes]:
         stored = self._read_meta(key)
@@ -154,9 +174,11 @@ class LocalStorage:
 
 
 def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A unique temporary name in the same directory (O_EXCL: never another writer's), then an atomic rename.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(fd, "wb") as out:
             write(out)
         os.replace(tmp, path)
     except BaseException:

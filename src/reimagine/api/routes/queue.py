@@ -15,7 +15,7 @@ from reimagine.api.deps import SettingsDep
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, log_entry, request_urls, result_response, status_body
 from reimagine.jobs import TERMINAL
-from reimagine.queue.models import CancelOutcome, Event, Job
+from reimagine.queue.models import CancelOutcome, Job
 from reimagine.schemas import QueueStatus, ReimagineOutput
 
 router = APIRouter(redirect_slashes=False)
@@ -74,12 +74,12 @@ async def submit_request(request: Request, settings: SettingsDep, key_id: ApiKey
 
 async def get_status(request: Request, settings: SettingsDep, key_id: ApiKeyDep, request_id: str) -> JSONResponse:
     """Status: 202 while queued or running, 200 once completed."""
-    found = await asyncio.to_thread(request.app.state.store.get_with_position, request_id)
+    # One read (and one thread hop) for the job, its position and its events.
+    found = await asyncio.to_thread(request.app.state.store.status_snapshot, request_id)
     if found is None or found[0].key_id != key_id:
         return _not_found(request_id)
-    job, position = found
+    job, position, events = found
     with_logs = _flag(request.query_params.get("logs"))
-    events = await asyncio.to_thread(request.app.state.store.events, job.id)
     body = status_body(job, base_url(request, settings), position=position, events=events, with_logs=with_logs)
     code = 200 if job.status in TERMINAL else 202
     return JSONResponse(body, status_code=code, headers=job_headers(job.id))
@@ -103,13 +103,18 @@ async def stream_status(
     async def events() -> AsyncIterator[bytes]:
         queue = state.hub.subscribe(request_id)
         try:
-            history: list[Event] = await asyncio.to_thread(state.store.events, request_id)
+            snapshot = await asyncio.to_thread(state.store.status_snapshot, request_id)
+            assert snapshot is not None
+            current, position, history = snapshot
             last_id = history[-1].id if history else 0
             sent_up_to = resume_after
+            first = True
             while True:
-                found = await asyncio.to_thread(state.store.get_with_position, request_id)
-                assert found is not None
-                current, position = found
+                if not first:
+                    found = await asyncio.to_thread(state.store.get_with_position, request_id)
+                    assert found is not None
+                    current, position = found
+                first = False
                 new = [e for e in history if e.id > sent_up_to]
                 if new or sent_up_to == 0 or current.status in TERMINAL:
                     body = status_body(current, base, position=position, events=history, with_logs=False)

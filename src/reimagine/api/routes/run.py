@@ -128,11 +128,16 @@ async def run_stream(request: Request, settings: SettingsDep, key_id: ApiKeyDep)
     async def events() -> AsyncIterator[bytes]:
         finished = False
         try:
-            history = await asyncio.to_thread(state.store.events, job.id)
+            snapshot = await asyncio.to_thread(state.store.status_snapshot, job.id)
+            assert snapshot is not None
+            current, position, history = snapshot
+            first = True
             while True:
-                found = await asyncio.to_thread(state.store.get_with_position, job.id)
-                assert found is not None
-                current, position = found
+                if not first:
+                    found = await asyncio.to_thread(state.store.get_with_position, job.id)
+                    assert found is not None
+                    current, position = found
+                first = False
                 if current.status in TERMINAL:
                     finished = True
                     assert current.result_body is not None
