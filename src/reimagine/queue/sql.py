@@ -180,8 +180,40 @@ class SqlStore:
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self.engine.connect().execution_options(reimagine_read=True) as conn:
+            if self.is_sqlite:
+                # Begun at once (not on the first `execute`): `_x` runs statements on the driver connection, which
+                # SQLAlchemy's auto-begin does not see, and a read of several statements must be one snapshot.
+                conn.begin()
             yield conn
             conn.rollback()
+
+    def _x(self, conn: Connection, statement: sa.TextClause, params: dict[str, Any] | None = None) -> list[Any]:
+        """Run a hot-path statement in `conn`'s transaction; all its rows (`row[i]` and `row._mapping`).
+
+        On SQLite the statement goes straight to the driver (it takes the same `:name` parameters), skipping
+        SQLAlchemy's per-statement work, which costs more than SQLite's own for these single-row statements.
+        """
+        if not self.is_sqlite:
+            return list(conn.execute(statement, params).all())
+        cursor = conn.connection.driver_connection.execute(statement.text, params or {})  # type: ignore[union-attr]
+        try:
+            rows = cursor.fetchall()
+            if cursor.description is None:
+                return []
+            names = {d[0]: i for i, d in enumerate(cursor.description)}
+            return [_RawRow(names, row) for row in rows]
+        finally:
+            cursor.close()
+
+    def _changed(self, conn: Connection, statement: sa.TextClause, params: dict[str, Any]) -> int:
+        """Run a statement that returns no rows; the number of rows it changed."""
+        if not self.is_sqlite:
+            return int(conn.execute(statement, params).rowcount)
+        cursor = conn.connection.driver_connection.execute(statement.text, params)  # type: ignore[union-attr]
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
 
     # -- jobs ----------------------------------------------------------------------------------------------------
 
@@ -194,10 +226,11 @@ class SqlStore:
         now = time.time()
         with self._write() as conn:
             if max_queued is not None:
-                queued = conn.execute(_COUNT_QUEUED).scalar_one()
+                queued = self._x(conn, _COUNT_QUEUED)[0][0]
                 if int(queued) >= max_queued:
                     raise QueueFull(int(queued))
-            row = conn.execute(
+            row = self._x(
+                conn,
                 _INSERT_JOB,
                 {
                     "id": new.id,
@@ -212,7 +245,7 @@ class SqlStore:
                     "now": now,
                     "false": False,
                 },
-            ).one()
+            )[0]
             job = Job.from_row(row)
             self._add_event(conn, job.id, "status", {"status": JobStatus.QUEUED.value}, now)
             position = self._position(conn, job)
@@ -220,7 +253,7 @@ class SqlStore:
 
     def get(self, job_id: str) -> Job | None:
         with self._read() as conn:
-            row = conn.execute(_SELECT_JOB, {"id": job_id}).one_or_none()
+            row = _first(self._x(conn, _SELECT_JOB, {"id": job_id}))
         return Job.from_row(row) if row is not None else None
 
     def get_with_position(self, job_id: str) -> tuple[Job, int] | None:
@@ -233,22 +266,22 @@ class SqlStore:
             found = self._job_with_position(conn, job_id)
             if found is None:
                 return None
-            rows = conn.execute(_JOB_EVENTS, {"id": job_id, "after": after_id}).all()
+            rows = self._x(conn, _JOB_EVENTS, {"id": job_id, "after": after_id})
         return found[0], found[1], [_event(row) for row in rows]
 
     def _job_with_position(self, conn: Connection, job_id: str) -> tuple[Job, int] | None:
-        row = conn.execute(_SELECT_JOB, {"id": job_id}).one_or_none()
+        row = _first(self._x(conn, _SELECT_JOB, {"id": job_id}))
         if row is None:
             return None
         job = Job.from_row(row)
         return job, (self._position(conn, job) if job.status == JobStatus.QUEUED else 0)
 
     def _position(self, conn: Connection, job: Job) -> int:
-        return int(conn.execute(_POSITION, {"p": job.priority, "s": job.seq}).scalar_one())
+        return int(self._x(conn, _POSITION, {"p": job.priority, "s": job.seq})[0][0])
 
     def count_queued(self) -> int:
         with self._read() as conn:
-            return int(conn.execute(_COUNT_QUEUED).scalar_one())
+            return int(self._x(conn, _COUNT_QUEUED)[0][0])
 
     def count_by_status(self) -> dict[str, int]:
         with self._read() as conn:
@@ -260,10 +293,13 @@ class SqlStore:
         now = time.time()
         with self._write() as conn:
             self._expire_start_deadlines(conn, now)
-            row = conn.execute(
-                _CLAIM_SQLITE if self.is_sqlite else _CLAIM_PG,
-                {"owner": owner, "exp": now + lease_s, "now": now},
-            ).one_or_none()
+            row = _first(
+                self._x(
+                    conn,
+                    _CLAIM_SQLITE if self.is_sqlite else _CLAIM_PG,
+                    {"owner": owner, "exp": now + lease_s, "now": now},
+                )
+            )
             if row is None:
                 return None
             job = Job.from_row(row)
@@ -276,7 +312,7 @@ class SqlStore:
             self._expire_start_deadlines(conn, time.time())
 
     def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
-        rows = conn.execute(_EXPIRED_STARTS, {"now": now}).all()
+        rows = self._x(conn, _EXPIRED_STARTS, {"now": now})
         for job_id, webhook_url in rows:
             outcome = Outcome(
                 status=JobStatus.FAILED,
@@ -290,10 +326,7 @@ class SqlStore:
     def heartbeat(self, job_id: str, fence: int, lease_s: float) -> LeaseState:
         """Renew a lease; tells the worker whether it still holds it and whether cancel was asked."""
         with self._write() as conn:
-            row = conn.execute(
-                _HEARTBEAT,
-                {"exp": time.time() + lease_s, "id": job_id, "fence": fence},
-            ).one_or_none()
+            row = _first(self._x(conn, _HEARTBEAT, {"exp": time.time() + lease_s, "id": job_id, "fence": fence}))
         if row is None:
             return LeaseState.LOST
         return LeaseState.CANCEL if row[0] else LeaseState.HELD
@@ -301,7 +334,7 @@ class SqlStore:
     def lease_state(self, job_id: str, fence: int) -> LeaseState:
         """Cheap read used at every denoising step: still ours, and not cancelled?"""
         with self._read() as conn:
-            row = conn.execute(_LEASE_STATE, {"id": job_id}).one_or_none()
+            row = _first(self._x(conn, _LEASE_STATE, {"id": job_id}))
         if row is None or row[0] != JobStatus.RUNNING.value or int(row[1]) != fence:
             return LeaseState.LOST
         return LeaseState.CANCEL if row[2] else LeaseState.HELD
@@ -313,7 +346,7 @@ class SqlStore:
         """
         now = time.time()
         with self._write() as conn:
-            row = conn.execute(_RUNNING_WEBHOOK, {"id": job_id, "fence": fence}).one_or_none()
+            row = _first(self._x(conn, _RUNNING_WEBHOOK, {"id": job_id, "fence": fence}))
             if row is None:
                 return False
             finished = self._finish(
@@ -334,7 +367,8 @@ class SqlStore:
         where: str,
         fence: int | None = None,
     ) -> bool:
-        result = conn.execute(
+        changed = self._changed(
+            conn,
             _finish_statement(where),
             {
                 "status": outcome.status.value,
@@ -348,7 +382,7 @@ class SqlStore:
                 "fence": fence,
             },
         )
-        if result.rowcount != 1:
+        if changed != 1:
             return False
         self._add_event(
             conn,
@@ -358,7 +392,8 @@ class SqlStore:
             now,
         )
         if webhook_url:
-            conn.execute(
+            self._changed(
+                conn,
                 _INSERT_OUTBOX,
                 {"job_id": job_id, "url": webhook_url, "body": webhook_body(job_id, outcome), "now": now},
             )
@@ -493,10 +528,7 @@ class SqlStore:
             return self._add_event(conn, job_id, "log", _log_data(message, level, now), now)
 
     def _add_event(self, conn: Connection, job_id: str, kind: str, data: dict[str, Any], now: float) -> int:
-        row = conn.execute(
-            _INSERT_EVENT,
-            {"job_id": job_id, "kind": kind, "data": json.dumps(data), "now": now},
-        ).one()
+        row = self._x(conn, _INSERT_EVENT, {"job_id": job_id, "kind": kind, "data": json.dumps(data), "now": now})[0]
         if not self.is_sqlite:
             # Every write path (enqueue, progress, cancel, finish, re-queue) adds an event, so this one hook wakes
             # API replicas and idle workers on other machines; delivered on commit (reimagine.queue.notify).
@@ -507,13 +539,13 @@ class SqlStore:
 
     def events(self, job_id: str, after_id: int = 0) -> list[Event]:
         with self._read() as conn:
-            rows = conn.execute(_JOB_EVENTS, {"id": job_id, "after": after_id}).all()
+            rows = self._x(conn, _JOB_EVENTS, {"id": job_id, "after": after_id})
         return [_event(row) for row in rows]
 
     def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
         """Events of every job after `after_id`: the API's fan-out tails this."""
         with self._read() as conn:
-            rows = conn.execute(_EVENTS_SINCE, {"after": after_id, "limit": limit}).all()
+            rows = self._x(conn, _EVENTS_SINCE, {"after": after_id, "limit": limit})
         return [_event(row) for row in rows]
 
     def last_event_id(self) -> int:
@@ -527,9 +559,10 @@ class SqlStore:
             self._add_file(conn, FileRow(key, kind, content_type, size), job_id, time.time())
 
     def _add_file(self, conn: Connection, file: FileRow, job_id: str | None, now: float) -> None:
-        exists = conn.execute(_FILE_EXISTS, {"key": file.key}).one_or_none()
+        exists = _first(self._x(conn, _FILE_EXISTS, {"key": file.key}))
         if exists is None:
-            conn.execute(
+            self._changed(
+                conn,
                 _INSERT_FILE,
                 {
                     "key": file.key,
@@ -610,7 +643,7 @@ class SqlStore:
         if not key_id or not secret:
             return None
         with self._read() as conn:
-            row = conn.execute(_KEY_HASH, {"id": key_id}).one_or_none()
+            row = _first(self._x(conn, _KEY_HASH, {"id": key_id}))
         if row is None or not hmac.compare_digest(row[0], _hash_secret(secret)):
             return None
         return key_id
@@ -631,6 +664,33 @@ class SqlStore:
     def count_keys(self) -> int:
         with self._read() as conn:
             return int(conn.execute(sa.text("SELECT COUNT(*) FROM api_keys")).scalar_one())
+
+
+class _RawRow:
+    """A driver row with the two accessors the store uses on SQLAlchemy rows: `row[i]` and `row._mapping[name]`."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: dict[str, int], values: tuple[Any, ...]) -> None:
+        self._names = names
+        self._values = values
+
+    def __getitem__(self, index: int) -> Any:
+        return self._values[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return {name: self._values[i] for name, i in self._names.items()}
+
+
+def _first(rows: list[Any]) -> Any:
+    return rows[0] if rows else None
 
 
 def _hash_secret(secret: str) -> str:
