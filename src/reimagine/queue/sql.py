@@ -95,6 +95,11 @@ _INSERT_FILE = sa.text(
     "INSERT INTO files (key, job_id, kind, content_type, size, created_at)"
     " VALUES (:key, :job_id, :kind, :ct, :size, :now)"
 )
+_DUE_WHERE = (
+    "delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= :now"
+    " AND (locked_until IS NULL OR locked_until < :now)"
+)
+_ANY_DUE_WEBHOOK = sa.text(f"SELECT 1 FROM webhook_outbox WHERE {_DUE_WHERE} LIMIT 1")
 _KEY_HASH = sa.text("SELECT secret_hash FROM api_keys WHERE id = :id AND revoked_at IS NULL")
 
 
@@ -578,12 +583,13 @@ class SqlStore:
 
     def due_webhooks(self, now: float, limit: int = 20, lock_s: float = 60.0) -> list[WebhookDelivery]:
         """Lock and return deliveries whose next attempt is due (one API replica delivers each)."""
+        # Checked with a read first: this runs after every finished job, and most have no webhook, so the usual
+        # answer costs no write transaction (which would wait for, and hold up, the workers' writes).
+        with self._read() as conn:
+            if not self._x(conn, _ANY_DUE_WEBHOOK, {"now": now}):
+                return []
         with self._write() as conn:
-            pick = (
-                "SELECT id FROM webhook_outbox WHERE delivered_at IS NULL AND gave_up_at IS NULL"
-                " AND next_attempt_at <= :now AND (locked_until IS NULL OR locked_until < :now)"
-                " ORDER BY next_attempt_at LIMIT :limit"
-            )
+            pick = f"SELECT id FROM webhook_outbox WHERE {_DUE_WHERE} ORDER BY next_attempt_at LIMIT :limit"
             if not self.is_sqlite:
                 pick += " FOR UPDATE SKIP LOCKED"
             rows = conn.execute(
