@@ -53,12 +53,10 @@ def create_app(
     webhook_key = WebhookKey.load_or_create(settings)
     metrics = Metrics(store)
 
-    def observe_finished(job_id: str) -> None:
-        # Runs on the event loop: one indexed read per finished job. Every replica sees every job, so with
-        # several replicas aggregate these series with max(), not sum().
-        job = store.get(job_id)
-        if job is not None:
-            metrics.observe_job(job)
+    def observe_finished(job: Any) -> None:
+        # The hub read the finished job (in its tail's thread). Every replica sees every job, so with several
+        # replicas aggregate these series with max(), not sum().
+        metrics.observe_job(job)
 
     hub = EventHub(store, on_terminal=observe_finished)
 

@@ -1,4 +1,7 @@
-"""FastAPI dependency aliases: the app's collaborators live on `app.state`, set once by `create_app`."""
+"""FastAPI dependency aliases: the app's collaborators live on `app.state`, set once by `create_app`.
+
+They are `async` only so that FastAPI calls them on the event loop instead of hopping to a worker thread.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +12,16 @@ from fastapi import Depends, Request
 from reimagine.config import Settings
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _store(request: Request) -> Any:
+async def _store(request: Request) -> Any:
     return request.app.state.store
 
 
-def _storage(request: Request) -> Any:
+async def _storage(request: Request) -> Any:
     return request.app.state.storage
 
 

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from reimagine.jobs import TERMINAL
-from reimagine.queue.models import Event
+from reimagine.queue.models import Event, Job
 
 logger = logging.getLogger(__name__)
 
 _TERMINAL = {status.value for status in TERMINAL}
+#: a bound on the finished jobs kept for their waiters (each is dropped when its last subscriber leaves)
+_FINISHED_KEPT = 256
 
 
 class EventHub:
-    def __init__(self, store: Any, *, poll_s: float = 0.1, on_terminal: Callable[[str], None] | None = None) -> None:
+    def __init__(self, store: Any, *, poll_s: float = 0.1, on_terminal: Callable[[Job], None] | None = None) -> None:
         self._store = store
         self._on_terminal = on_terminal
         self._poll_s = poll_s
@@ -30,6 +32,7 @@ class EventHub:
         self._kicked = asyncio.Event()
         self._last_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._finished: OrderedDict[str, Job] = OrderedDict()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -48,15 +51,36 @@ class EventHub:
 
     async def _tail(self) -> None:
         while True:
-            events: list[Event] = await asyncio.to_thread(self._store.events_since, self._last_id)
+            events, finished = await asyncio.to_thread(self._read, self._last_id)
+            for job in finished:
+                if job.id in self._subscribers:
+                    self._finished[job.id] = job
+                    if len(self._finished) > _FINISHED_KEPT:
+                        self._finished.popitem(last=False)
             for event in events:
                 self._last_id = event.id
                 for queue in self._subscribers.get(event.job_id, ()):
                     queue.put_nowait(event)
-                if self._on_terminal is not None and event.kind == "status" and event.data["status"] in _TERMINAL:
-                    self._on_terminal(event.job_id)
+            if self._on_terminal is not None:
+                for job in finished:
+                    self._on_terminal(job)
             if len(events) < 1000:
                 return
+
+    def _read(self, after_id: int) -> tuple[list[Event], list[Job]]:
+        """New events, and the jobs that they finish (read once here, in the same thread hop, for all waiters)."""
+        events: list[Event] = self._store.events_since(after_id)
+        finished = []
+        for event in events:
+            if event.kind == "status" and event.data["status"] in _TERMINAL:
+                job = self._store.get(event.job_id)
+                if job is not None and job.status.value in _TERMINAL:
+                    finished.append(job)
+        return events, finished
+
+    def finished(self, job_id: str) -> Job | None:
+        """The finished job, if the hub read it when it delivered the job's terminal event."""
+        return self._finished.get(job_id)
 
     def kick(self) -> None:
         """Tail now; safe to call from any thread."""
@@ -80,3 +104,4 @@ class EventHub:
             subscribers.discard(queue)
             if not subscribers:
                 del self._subscribers[job_id]
+                self._finished.pop(job_id, None)

@@ -46,6 +46,7 @@ _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 # Hot-path statements, built once: a `text()` per call costs its construction and cache-key work every time.
 _SELECT_JOB = sa.text("SELECT * FROM jobs WHERE id = :id")
+_ANY_QUEUED = sa.text("SELECT 1 FROM jobs WHERE status = 'QUEUED' LIMIT 1")
 _COUNT_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")
 _POSITION = sa.text(
     "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND (priority > :p OR (priority = :p AND seq < :s))"
@@ -295,6 +296,12 @@ class SqlStore:
 
     def claim(self, owner: str, lease_s: float) -> Job | None:
         """Take the next queued job (priority, then age) under a lease; expired start deadlines fail first."""
+        if self.is_sqlite:
+            # An idle worker asks after every job: with nothing queued (nothing to claim, no deadline to expire),
+            # answer from a read rather than take SQLite's single write lock away from the API's submissions.
+            with self._read() as conn:
+                if not self._x(conn, _ANY_QUEUED):
+                    return None
         now = time.time()
         with self._write() as conn:
             self._expire_start_deadlines(conn, now)

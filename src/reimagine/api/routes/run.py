@@ -48,7 +48,7 @@ async def _wait_terminal(
     check_store = False
     while True:
         if check_store:
-            job: Job | None = await asyncio.to_thread(state.store.get, job_id)
+            job: Job | None = state.hub.finished(job_id) or await asyncio.to_thread(state.store.get, job_id)
             if job is not None and job.status in TERMINAL:
                 return job
         remaining = deadline - loop.time()
