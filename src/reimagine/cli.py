@@ -141,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     if namespace.command == "generate":
         return _generate(parser, settings, namespace)
     if namespace.command == "models":
+        from reimagine.errors import ModelMissing
         from reimagine.worker.oneshot import pull_models
 
-        pull_models(settings)
+        try:
+            pull_models(settings)
+        except ModelMissing as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         return 0
     parser.error(f"unknown command {namespace.command}")
     return 2

@@ -57,6 +57,8 @@ class _Slot:
         self.conn: Connection | None = None
         self.owner: str | None = None
         self.ready = False
+        #: why the last start failed (a missing model), shown by /health/ready
+        self.error: str | None = None
         #: the worker said it is waiting for work; a wake-up is only sent then, so the pipe never fills up
         self.idle = False
         self.lock = threading.Lock()
@@ -148,10 +150,13 @@ class Supervisor:
             elif kind == "hello":
                 slot.owner = message[1]
             elif kind == "ready":
-                slot.ready = True
+                slot.ready, slot.error = True, None
                 logger.info("worker %d ready", slot.index)
             elif kind == "log":
                 logger.info("worker %d: %s", slot.index, message[1])
+            elif kind == "error":
+                slot.error = message[1]
+                logger.error("worker %d cannot start: %s", slot.index, message[1])
 
     def _reap(self, slot: _Slot) -> int | None:
         process = slot.process
@@ -211,4 +216,5 @@ class Supervisor:
             "expected": len(self._slots),
             "ready": sum(1 for slot in self._slots if slot.ready),
             "pids": [slot.process.pid if slot.process is not None else None for slot in self._slots],
+            "errors": [slot.error for slot in self._slots if slot.error],
         }

@@ -23,6 +23,7 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
     _die_with_parent(parent)
 
     from reimagine.config import Settings
+    from reimagine.errors import ModelMissing
     from reimagine.logs import configure_logging
     from reimagine.queue import open_store
     from reimagine.storage import open_storage
@@ -51,7 +52,12 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
         log.info(message)
         send(("log", message))
 
-    generate = load_generate(settings, log=report)
+    try:
+        generate = load_generate(settings, log=report)
+    except ModelMissing as exc:
+        # Tell serve why (its log and /health/ready show it); it restarts us with a growing back-off.
+        send(("error", str(exc)))
+        raise SystemExit(3) from exc
     worker = Worker(settings, store, storage, generate, owner=owner, notify=lambda kind: send((kind,)))
     send(("ready", owner))
 
