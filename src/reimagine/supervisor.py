@@ -61,6 +61,9 @@ class _Slot:
         self.error: str | None = None
         #: the worker said it is waiting for work; a wake-up is only sent then, so the pipe never fills up
         self.idle = False
+        #: work arrived while the worker was busy: its next "idle" (which may come from a look at the queue made
+        #: before that work was queued) is answered with a wake-up at once instead of a sleep of up to a second
+        self.pending = False
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
@@ -129,7 +132,7 @@ class Supervisor:
         process.start()
         child_conn.close()
         with slot.lock:
-            slot.process, slot.conn, slot.ready, slot.owner = process, parent_conn, False, None
+            slot.process, slot.conn, slot.ready, slot.owner, slot.pending = process, parent_conn, False, None, False
         logger.info("worker %d spawned (pid %s)", slot.index, process.pid)
 
     def _pump(self, slot: _Slot) -> None:
@@ -146,7 +149,15 @@ class Supervisor:
                 self._on_event()
                 self._on_job_done()
             elif kind == "idle":
-                slot.idle = True
+                with slot.lock:
+                    if slot.pending:
+                        slot.pending = False
+                        try:
+                            slot.conn.send(("wake",))
+                        except (BrokenPipeError, OSError):
+                            pass  # the worker is gone; recv ends this loop
+                    else:
+                        slot.idle = True
             elif kind == "hello":
                 slot.owner = message[1]
             elif kind == "ready":
@@ -187,12 +198,16 @@ class Supervisor:
     def wake(self) -> None:
         for slot in self._slots:
             with slot.lock:
-                if slot.conn is not None and slot.idle:
-                    slot.idle = False
-                    try:
-                        slot.conn.send(("wake",))
-                    except (BrokenPipeError, OSError):
-                        pass  # the slot's watcher restarts it
+                if slot.conn is None:
+                    continue
+                if not slot.idle:
+                    slot.pending = True
+                    continue
+                slot.idle = False
+                try:
+                    slot.conn.send(("wake",))
+                except (BrokenPipeError, OSError):
+                    pass  # the slot's watcher restarts it
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Drain: each worker finishes its current job, then exits; stragglers are killed."""
