@@ -70,3 +70,23 @@ def test_missing_model_is_reported_by_readiness(tmp_path: Path) -> None:
         assert errors and str(missing) in errors[0] and "reimagine models pull" in errors[0]
     finally:
         serve.stop()
+
+
+def test_long_prompt_without_truncation_is_refused_at_submit(tmp_path: Path) -> None:
+    # The tiny preset's tokenizer: the API counts tokens itself, without torch.
+    serve = ServeProcess(tmp_path, "--model", "tiny", "--workers", "0").start()
+    try:
+        long_prompt = " ".join(["a red cat"] * 100)
+        with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=30) as client:
+            deadline = time.monotonic() + 10
+            while True:  # the tokenizer loads in the background at start-up
+                response = client.post(ENDPOINT, json={"prompt": long_prompt, "truncate_prompt": False})
+                if response.status_code == 422 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert response.status_code == 422
+            detail = response.json()["detail"][0]
+            assert detail["loc"] == ["body", "prompt"] and "128" in detail["msg"]
+            assert client.post(ENDPOINT, json={"prompt": long_prompt}).status_code == 200
+    finally:
+        serve.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -175,22 +176,28 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 
 def _prompt_checker(settings: Settings) -> Callable[[ReimagineInput], None]:
-    """The API-side prompt length check (no torch): only when the worker would not rewrite the prompt first."""
+    """The API-side prompt length check (no torch): only when the worker would not rewrite the prompt first.
+
+    The tokenizer loads in a background thread from start-up: fetching it from the Hub can take seconds (or time
+    out offline), and a request must never wait for that. Until it is there, and if it cannot be had, the worker
+    checks the length and answers 422 as the job's result.
+    """
+    from reimagine.prompt import check_prompt_length, load_tokenizer
+
     tokenizer: list[Any] = []
+
+    def load() -> None:
+        try:
+            tokenizer.append(load_tokenizer(settings))
+        except ModelMissing:
+            logger.warning("tokenizer not available to the API; prompt length is checked by the worker")
+
+    threading.Thread(target=load, name="tokenizer-load", daemon=True).start()
 
     def check(inputs: ReimagineInput) -> None:
         if inputs.truncate_prompt or (inputs.prompt_enhancer and settings.enhancer != "off"):
             return
-        from reimagine.prompt import check_prompt_length, load_tokenizer
-
-        if not tokenizer:
-            try:
-                tokenizer.append(load_tokenizer(settings))
-            except ModelMissing:
-                # Without a local tokenizer the worker checks the length and answers 422 as the job's result.
-                logger.warning("tokenizer not available to the API; prompt length is checked by the worker")
-                tokenizer.append(None)
-        if tokenizer[0] is not None:
+        if tokenizer:
             check_prompt_length(tokenizer[0], inputs)
 
     return check
