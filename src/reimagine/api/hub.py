@@ -3,6 +3,10 @@
 The store's `events` table is the source of truth; the hub tails it and wakes the subscribers of each job. A tail
 runs at once when kicked (a local worker wrote something, or PostgreSQL NOTIFY arrived) and at least every
 `poll_s` otherwise, so events written by workers anywhere still arrive without any signal.
+
+Event ids come from a sequence, and on PostgreSQL concurrent transactions can commit out of id order: id 12 may be
+visible before id 11. So the tail remembers the ids it skipped over (gaps) and reads from the oldest open gap
+until it is filled, or until `_GAP_TTL_S` says the transaction behind it rolled back.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ logger = logging.getLogger(__name__)
 _TERMINAL = {status.value for status in TERMINAL}
 #: a bound on the finished jobs kept for their waiters (each is dropped when its last subscriber leaves)
 _FINISHED_KEPT = 256
+#: how long a skipped event id may still appear (a slow transaction); after that it was rolled back
+_GAP_TTL_S = 10.0
+_BATCH = 1000
 
 
 class EventHub:
@@ -31,6 +38,7 @@ class EventHub:
         self._subscribers: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
         self._kicked = asyncio.Event()
         self._last_id = 0
+        self._gaps: dict[int, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._finished: OrderedDict[str, Job] = OrderedDict()
 
@@ -50,33 +58,45 @@ class EventHub:
                 await asyncio.sleep(self._poll_s)
 
     async def _tail(self) -> None:
+        now = asyncio.get_running_loop().time()
+        self._gaps = {gap: seen for gap, seen in self._gaps.items() if now - seen < _GAP_TTL_S}
+        after = min(self._gaps) - 1 if self._gaps else self._last_id
         while True:
-            events, finished = await asyncio.to_thread(self._read, self._last_id)
+            batch, after, events, finished = await asyncio.to_thread(self._read, after, self._last_id, set(self._gaps))
+            for event in events:
+                if event.id > self._last_id:
+                    self._gaps.update((missing, now) for missing in range(self._last_id + 1, event.id))
+                    self._last_id = event.id
+                else:
+                    del self._gaps[event.id]
             for job in finished:
                 if job.id in self._subscribers:
                     self._finished[job.id] = job
                     if len(self._finished) > _FINISHED_KEPT:
                         self._finished.popitem(last=False)
             for event in events:
-                self._last_id = event.id
                 for queue in self._subscribers.get(event.job_id, ()):
                     queue.put_nowait(event)
             if self._on_terminal is not None:
                 for job in finished:
                     self._on_terminal(job)
-            if len(events) < 1000:
+            if batch < _BATCH:
                 return
 
-    def _read(self, after_id: int) -> tuple[list[Event], list[Job]]:
-        """New events, and the jobs that they finish (read once here, in the same thread hop, for all waiters)."""
-        events: list[Event] = self._store.events_since(after_id)
+    def _read(self, after_id: int, last_id: int, gaps: set[int]) -> tuple[int, int, list[Event], list[Job]]:
+        """Events after `after_id` not delivered yet, and the jobs they finish (read here, once, for all waiters).
+
+        Also returns the raw batch's size and last id, so the caller knows whether and where more rows wait.
+        """
+        batch: list[Event] = self._store.events_since(after_id, _BATCH)
+        events = [event for event in batch if event.id > last_id or event.id in gaps]
         finished = []
         for event in events:
             if event.kind == "status" and event.data["status"] in _TERMINAL:
                 job = self._store.get(event.job_id)
                 if job is not None and job.status.value in _TERMINAL:
                     finished.append(job)
-        return events, finished
+        return len(batch), (batch[-1].id if batch else after_id), events, finished
 
     def finished(self, job_id: str) -> Job | None:
         """The finished job, if the hub read it when it delivered the job's terminal event."""
