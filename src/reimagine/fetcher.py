@@ -108,7 +108,7 @@ def fetch(url: str, settings: Settings, field: str) -> Fetched:
     deadline = time.monotonic() + settings.fetch_timeout_s
     for _ in range(MAX_REDIRECTS + 1):
         addresses = check_url(url, settings, field)
-        transport = _PinnedTransport(httpx.URL(url).raw_host.decode("ascii"), addresses)
+        transport = _PinnedTransport(pinned_host(url), addresses)
         # trust_env=False: an HTTP(S)_PROXY from the environment would connect somewhere other than the pinned address.
         with httpx.Client(transport=transport, trust_env=False, follow_redirects=False) as client:
             try:
@@ -153,6 +153,18 @@ def _remaining(deadline: float, field: str, url: str) -> float:
     return remaining
 
 
+def pinned_host(url: str) -> str:
+    """The host of `url` as `check_url` resolved it and httpcore will ask to connect to (IDNA, no brackets)."""
+    return httpx.URL(url).raw_host.decode("ascii")
+
+
+def _pinned_targets(host: str, checked_host: str, addresses: list[IPAddress]) -> list[str]:
+    """The addresses a connection to `host` may use: the checked ones, and only for the checked host."""
+    if host.strip("[]") != checked_host or not addresses:
+        raise httpcore.ConnectError(f"connection to {host} was not checked")
+    return [str(address) for address in addresses]
+
+
 class _PinnedBackend(httpcore.NetworkBackend):
     """Connects to the checked addresses of one host instead of resolving its name again.
 
@@ -161,7 +173,7 @@ class _PinnedBackend(httpcore.NetworkBackend):
 
     def __init__(self, host: str, addresses: list[IPAddress]) -> None:
         self._host = host
-        self._addresses = addresses
+        self._addresses = list(addresses)
         self._backend = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -172,12 +184,10 @@ class _PinnedBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        if host.strip("[]") != self._host:
-            raise httpcore.ConnectError(f"connection to {host} was not checked")
         error: Exception | None = None
-        for address in self._addresses:
+        for address in _pinned_targets(host, self._host, self._addresses):
             try:
-                return self._backend.connect_tcp(str(address), port, timeout, local_address, socket_options)
+                return self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         assert error is not None
@@ -185,6 +195,44 @@ class _PinnedBackend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
+
+
+class AsyncPinnedBackend(httpcore.AsyncNetworkBackend):
+    """The async twin of `_PinnedBackend`: connects to the checked addresses of one host, never to a new DNS answer.
+
+    Connecting to an IP literal makes the inner backend's own resolution a no-op; TLS (`start_tls` on the stream)
+    still gets the URL's host name for SNI and certificate verification.
+    """
+
+    def __init__(self, host: str, addresses: list[IPAddress]) -> None:
+        self._host = host
+        self._addresses = list(addresses)
+        self._backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        error: Exception | None = None
+        for address in _pinned_targets(host, self._host, self._addresses):
+            try:
+                return await self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not reachable under the fetch policy")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
 
 
 class _PinnedTransport(httpx.HTTPTransport):
@@ -195,6 +243,29 @@ class _PinnedTransport(httpx.HTTPTransport):
             ssl_context=ssl.create_default_context(),
             network_backend=_PinnedBackend(host, addresses),
         )
+
+
+class AsyncPinnedTransport(httpx.AsyncHTTPTransport):
+    """An async transport that reaches only `addresses` (the `check_url` answer for `host`), verifying TLS."""
+
+    def __init__(self, host: str, addresses: list[IPAddress], ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context or ssl.create_default_context(),
+            network_backend=AsyncPinnedBackend(host, addresses),
+        )
+
+
+def pinned_async_client(
+    url: str, addresses: list[IPAddress], ssl_context: ssl.SSLContext | None = None
+) -> httpx.AsyncClient:
+    """An `httpx.AsyncClient` for `url` that connects only to its checked `addresses`.
+
+    It follows no redirects (a redirect could point past the check) and ignores proxy variables (a proxy would
+    connect somewhere other than the pinned address).
+    """
+    transport = AsyncPinnedTransport(pinned_host(url), addresses, ssl_context)
+    return httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
 
 
 def _allowed_networks(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

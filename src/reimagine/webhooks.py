@@ -17,10 +17,12 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import os
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from reimagine.config import Settings
 from reimagine.errors import InputError
+from reimagine.fetcher import IPAddress, pinned_async_client
 from reimagine.queue.models import WebhookDelivery
 
 __all__ = ["WebhookDispatcher", "WebhookKey", "next_attempt_delay", "verify_signature"]
@@ -183,6 +186,18 @@ def _allow_all(url: str) -> None:
     """No SSRF policy: for tests and callers that checked the URL already."""
 
 
+def _addresses(checked: object) -> list[IPAddress] | None:
+    """The address list a policy returned, or None when it returned none (no policy: `_allow_all`)."""
+    if checked is None:
+        return None
+    if not isinstance(checked, list) or not all(
+        isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address) for a in checked
+    ):
+        # A policy that answers something else cannot be pinned to; refuse to guess rather than resolve again.
+        raise TypeError(f"check_target returned {type(checked).__name__}, not a list of IP addresses")
+    return checked
+
+
 class WebhookDispatcher:
     """Delivers due outbox rows: sign, POST, record the attempt, schedule the retry or give up.
 
@@ -204,16 +219,19 @@ class WebhookDispatcher:
         store: the job store (its outbox methods are called from a thread).
         settings: webhook_* settings and `webhook_user_id`.
         key: the signing key.
-        client: the HTTP client; by default one that follows no redirects (a redirect could point past the SSRF
-            check) and ignores proxy variables (the checked address is the one connected to).
-        check_target: the SSRF policy; raises `InputError` (e.g. `FetchRefused`) for a refused URL.
+        client: the HTTP client, for tests. By default each attempt gets its own client that connects only to the
+            addresses `check_target` returned (no second DNS lookup, so no rebinding between check and connect),
+            follows no redirects (a redirect could point past the SSRF check) and ignores proxy variables.
+        check_target: the SSRF policy; returns the addresses the URL may be reached at (`fetcher.check_url`) or
+            raises `InputError` (e.g. `FetchRefused`) for a refused URL. When it returns no addresses (the
+            `_allow_all` default: no policy), the default client resolves the host itself.
         metrics: counts outcomes (`Metrics.count_webhook`), if given.
         """
         self._store = store
         self._settings = settings
         self._key = key
-        self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        self._client = client
+        self._ssl_context: ssl.SSLContext | None = None  # shared by the per-attempt clients; loads the CAs once
         self._check_target = check_target
         self._metrics = metrics
         self._wake: asyncio.Event | None = None
@@ -255,13 +273,9 @@ class WebhookDispatcher:
             for task in list(self._in_flight):
                 task.cancel()
             await asyncio.gather(*self._in_flight, return_exceptions=True)
-            if self._owns_client:
-                await self._client.aclose()
 
     async def aclose(self) -> None:
-        """Close the default client (only needed when `deliver_once` was used without `run`)."""
-        if self._owns_client:
-            await self._client.aclose()
+        """Nothing to release: the default clients live for one attempt; an injected client is the caller's."""
 
     async def _deliver_logged(self, delivery: WebhookDelivery) -> None:
         try:
@@ -273,7 +287,7 @@ class WebhookDispatcher:
     async def deliver_once(self, delivery: WebhookDelivery) -> str:
         """Make one attempt and record it; returns the result: delivered, retry, gave_up or refused."""
         try:
-            await asyncio.to_thread(self._check_target, delivery.url)
+            checked = await asyncio.to_thread(self._check_target, delivery.url)
         except InputError as exc:
             if not await asyncio.to_thread(_resolves, delivery.url):
                 # A DNS failure may be the receiver's outage, not the policy: retry it like a connect error.
@@ -295,16 +309,29 @@ class WebhookDispatcher:
         status: int | None = None
         error: str | None = None
         try:
-            response = await self._client.post(
-                delivery.url, content=body, headers=headers, timeout=self._settings.webhook_timeout_s
-            )
-            status = response.status_code
+            async with contextlib.AsyncExitStack() as stack:
+                client = self._client
+                if client is None:
+                    client = await stack.enter_async_context(self._default_client(delivery.url, checked))
+                response = await client.post(
+                    delivery.url, content=body, headers=headers, timeout=self._settings.webhook_timeout_s
+                )
+                status = response.status_code
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         if status is not None and 200 <= status < 300:
             return await self._record(delivery, "delivered", status=status, error=None)
         logger.info("webhook for job %s attempt %d failed: %s", delivery.job_id, delivery.attempts + 1, error or status)
         return await self._record(delivery, "retry", status=status, error=error)
+
+    def _default_client(self, url: str, checked: object) -> httpx.AsyncClient:
+        """A one-attempt client pinned to the checked addresses (unpinned only when there was no policy)."""
+        addresses = _addresses(checked)
+        if addresses is None:
+            return httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return pinned_async_client(url, addresses, self._ssl_context)
 
     async def _record(self, delivery: WebhookDelivery, result: str, *, status: int | None, error: str | None) -> str:
         next_attempt_at: float | None = None
