@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -184,43 +185,24 @@ for _path in _ENDPOINT_PATHS:
             openapi_extra=_INPUT_BODY,
             responses={200: {"description": "Queued"}, 422: {"description": "Invalid input"}},
         )
+
+# (suffix, handler, method, summary, documented responses) of the per-request routes.
+_REQUEST_ROUTES: list[tuple[str, Any, str, str, dict[int | str, dict[str, Any]] | None]] = [
+    ("/status", get_status, "GET", "Request status", {200: {"model": QueueStatus}, 202: {"model": QueueStatus}}),
+    ("/status/stream", stream_status, "GET", "Request status as server-sent events", None),
+    ("", get_result, "GET", "Request result", {200: {"model": ReimagineOutput}}),
+    ("/cancel", cancel_request, "PUT", "Cancel a request", None),
+]
 for _prefix in _REQUEST_PREFIXES:
-    _schema = _prefix == _REQUEST_PREFIXES[0]
-    for _p in _both(_prefix + "/{request_id}/status"):
-        router.add_api_route(
-            _p,
-            get_status,
-            response_model=None,
-            methods=["GET"],
-            include_in_schema=_schema and not _p.endswith("/"),
-            summary="Request status",
-            responses={200: {"model": QueueStatus}, 202: {"model": QueueStatus}},
-        )
-    for _p in _both(_prefix + "/{request_id}/status/stream"):
-        router.add_api_route(
-            _p,
-            stream_status,
-            response_model=None,
-            methods=["GET"],
-            include_in_schema=_schema and not _p.endswith("/"),
-            summary="Request status as server-sent events",
-        )
-    for _p in _both(_prefix + "/{request_id}"):
-        router.add_api_route(
-            _p,
-            get_result,
-            response_model=None,
-            methods=["GET"],
-            include_in_schema=_schema and not _p.endswith("/"),
-            summary="Request result",
-            responses={200: {"model": ReimagineOutput}},
-        )
-    for _p in _both(_prefix + "/{request_id}/cancel"):
-        router.add_api_route(
-            _p,
-            cancel_request,
-            response_model=None,
-            methods=["PUT"],
-            include_in_schema=_schema and not _p.endswith("/"),
-            summary="Cancel a request",
-        )
+    for _suffix, _handler, _method, _summary, _responses in _REQUEST_ROUTES:
+        for _p in _both(f"{_prefix}/{{request_id}}{_suffix}"):
+            router.add_api_route(
+                _p,
+                _handler,
+                response_model=None,
+                methods=[_method],
+                # One documented path per operation; the variants exist for clients that send them.
+                include_in_schema=_prefix == _REQUEST_PREFIXES[0] and not _p.endswith("/"),
+                summary=_summary,
+                responses=_responses,
+            )

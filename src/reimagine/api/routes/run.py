@@ -18,6 +18,7 @@ from reimagine.api.auth import ApiKeyDep
 from reimagine.api.deps import SettingsDep
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, result_response, status_body
+from reimagine.config import Settings
 from reimagine.jobs import TERMINAL
 from reimagine.queue.models import Event, Job
 from reimagine.schemas import ReimagineOutput
@@ -72,8 +73,10 @@ async def _cancel_if_unfinished(state: AppState, job_id: str, key_id: str) -> No
     state.notify_workers()
 
 
-async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> JSONResponse:
-    """Run and wait: the model's answer, or its error, in the response."""
+async def _submit_watched(
+    request: Request, settings: Settings, key_id: str
+) -> tuple[Job, asyncio.Queue[Event]] | JSONResponse:
+    """Admit and enqueue a sync run, subscribed to its events; or the refusal to send back."""
     state: AppState = request.app.state
     admitted = await admit(request, settings, key_id)
     if isinstance(admitted, JSONResponse):
@@ -85,7 +88,16 @@ async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -
     if isinstance(submitted, JSONResponse):
         state.hub.unsubscribe(job_id, queue)
         return submitted
-    job, _ = submitted
+    return submitted[0], queue
+
+
+async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> JSONResponse:
+    """Run and wait: the model's answer, or its error, in the response."""
+    state: AppState = request.app.state
+    watched = await _submit_watched(request, settings, key_id)
+    if isinstance(watched, JSONResponse):
+        return watched
+    job, queue = watched
     finished = False
     try:
         done = await _wait_terminal(request, state, job.id, queue, settings.sync_timeout_s)
@@ -113,16 +125,10 @@ async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -
 async def run_stream(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> StreamingResponse | JSONResponse:
     """Run and stream status events as server-sent events; the last event is the result (or its error)."""
     state: AppState = request.app.state
-    admitted = await admit(request, settings, key_id)
-    if isinstance(admitted, JSONResponse):
-        return admitted
-    job_id = new_request_id()
-    queue = state.hub.subscribe(job_id)
-    submitted = await submit_job(state, admitted, is_sync=True, job_id=job_id)
-    if isinstance(submitted, JSONResponse):
-        state.hub.unsubscribe(job_id, queue)
-        return submitted
-    job, _ = submitted
+    watched = await _submit_watched(request, settings, key_id)
+    if isinstance(watched, JSONResponse):
+        return watched
+    job, queue = watched
     base = base_url(request, settings)
 
     async def events() -> AsyncIterator[bytes]:
