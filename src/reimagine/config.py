@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     fetch_max_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest remote image or upload fetched.")
     fetch_timeout_s: float = Field(20.0, gt=0, description="Total time allowed for one remote fetch.")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Decoded image pixel cap (decompression bombs).")
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest JSON request body (inline data URIs included); larger is 413."
+    )
     max_upload_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="Largest file accepted by the storage API.")
     max_queue_depth: int = Field(1000, ge=1, description="Queued jobs beyond which submits get 429.")
     submit_rate_per_min: int = Field(600, ge=0, description="Submits per minute per key; 0 disables the limit.")

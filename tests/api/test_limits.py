@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -41,5 +42,27 @@ def test_strict_inputs_reject_unknown_fields(tmp_path: Path) -> None:
         response = httpx.post(serve.url + ENDPOINT, json={"prompt": "x", "num_images": 2}, headers=serve.headers())
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"] == ["body", "num_images"]
+    finally:
+        serve.stop()
+
+
+def test_oversized_request_body_is_413(tmp_path: Path) -> None:
+    serve = ServeProcess(tmp_path, "--max-request-bytes", "100000", "--workers", "0").start()
+    try:
+        big = {"prompt": "x", "canny_image_url": "data:image/png;base64," + "A" * 200_000}
+        response = httpx.post(serve.url + ENDPOINT, json=big, headers=serve.headers())
+        assert response.status_code == 413
+        assert "storage API" in response.json()["detail"]
+
+        # A chunked body without Content-Length is cut off as well.
+        def chunks() -> Iterator[bytes]:
+            yield b'{"prompt": "x", "canny_image_url": "'
+            for _ in range(50):
+                yield b"A" * 10_000
+            yield b'"}'
+
+        chunked = httpx.post(serve.url + ENDPOINT, content=chunks(), headers=serve.headers())
+        assert chunked.status_code == 413
+        assert httpx.post(serve.url + ENDPOINT, json={"prompt": "x"}, headers=serve.headers()).status_code == 200
     finally:
         serve.stop()

@@ -83,10 +83,29 @@ def _start_timeout(request: Request) -> float | None | JSONResponse:
     return seconds
 
 
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None past `limit` bytes: read in chunks so an oversized upload never sits in memory whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 async def admit(request: Request, settings: Settings, key_id: str) -> Admitted | JSONResponse:
     """Validate a request for `bria/reimagine/3.2`; a JSONResponse is the refusal to send back."""
     state: AppState = request.app.state
-    body = await request.body()
+    body = await _read_body(request, settings.max_request_bytes)
+    if body is None:
+        return _error(
+            f"Request body too large (max {settings.max_request_bytes} bytes): upload images through the storage API"
+            " and pass their URLs",
+            413,
+        )
     # The JS client sends no body at all for an empty input (fal-protocol.md §3.1).
     try:
         raw = json.loads(body) if body.strip() else {}
