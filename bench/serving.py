@@ -3,7 +3,11 @@
 Starts a real `reimagine serve` (SQLite in a temp dir, one worker process running `tests.fakes:make_noop_generate`)
 on loopback, drives it with httpx for a bounded number of requests, prints a table and writes bench/SERVING.md.
 
-    .venv/bin/python bench/serving.py [--requests 300] [--concurrency 8] [--seconds 5]
+    .venv/bin/python bench/serving.py [--requests 300] [--concurrency 8] [--seconds 5] [--cog-python PATH]
+
+`--cog-python` also measures the baseline the service issue names, cog 0.16's Python HTTP server serving a no-op
+predictor, on the same machine and in the same run (both see the same load). cog is not a dependency of ours; give
+it its own environment: `python3 -m venv /tmp/cog && /tmp/cog/bin/pip install cog==0.16.12`.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,13 +103,60 @@ async def status_rate(url: str, headers: dict[str, str], request_id: str, second
         return count / (time.perf_counter() - started)
 
 
+_COG_PREDICTOR = """
+from cog import BasePredictor
+
+
+class Predictor(BasePredictor):
+    def predict(self, prompt: str = "noop") -> str:
+        return "ok"
+"""
+
+
+def cog_baseline(python: str, requests: int, port: int = 5055) -> list[float]:
+    """Sequential no-op predictions against `python -m cog.server.http` (cog 0.16, the last Python server)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "predict.py").write_text(_COG_PREDICTOR)
+        Path(tmp, "cog.yaml").write_text('build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n')
+        env = {**os.environ, "PORT": str(port)}
+        proc = subprocess.Popen(
+            [python, "-m", "cog.server.http"], cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(url + "/health-check").json().get("status") == "READY":
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("cog did not become ready")
+                time.sleep(0.2)
+            latencies = []
+            with httpx.Client(base_url=url, timeout=60) as client:
+                for i in range(requests + 20):
+                    started = time.perf_counter()
+                    response = client.post("/predictions", json={"input": {"prompt": "noop"}})
+                    if i >= 20:  # the first ones warm up
+                        latencies.append(time.perf_counter() - started)
+                    assert response.status_code == 200, response.text
+            return latencies
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "SERVING.md")
+    parser.add_argument("--cog-python", default="", help="a Python with cog==0.16.x installed: measure cog too")
     args = parser.parse_args()
+    cog = cog_baseline(args.cog_python, args.requests) if args.cog_python else None
 
     with tempfile.TemporaryDirectory() as tmp:
         serve = ServeProcess(
@@ -158,6 +211,11 @@ def main() -> None:
         (f"jobs/s, sync runs, sync_mode, {args.concurrency} concurrent clients", f"{inline_per_s:.0f}"),
         (f"status requests/s, {args.concurrency} concurrent clients", f"{status_per_s:.0f}"),
     ]
+    if cog is not None:
+        rows += [
+            ("cog 0.16 no-op prediction p50 / p99 (ms)", f"{_pct(cog, 0.5) * 1e3:.2f} / {_pct(cog, 0.99) * 1e3:.2f}"),
+            ("cog 0.16 predictions/s, sequential", f"{1 / statistics.mean(cog):.0f}"),
+        ]
     width = max(len(name) for name, _ in rows)
     table = "\n".join(f"| {name.ljust(width)} | {value} |" for name, value in rows)
     header = f"| {'metric'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|"
@@ -166,7 +224,9 @@ def main() -> None:
     args.out.write_text(
         "# Serving overhead (no-op generate)\n\n"
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}, Python {platform.python_version()}, SQLite store, "
-        f"one worker process, {args.requests} requests per row. Command: `.venv/bin/python bench/serving.py`.\n\n"
+        f"one worker process, {args.requests} requests per row. Command: `.venv/bin/python bench/serving.py"
+        + (" --cog-python <venv with cog 0.16.12>/bin/python" if cog is not None else "")
+        + "`.\n\n"
         + header
         + "\n"
         + table

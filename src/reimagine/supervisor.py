@@ -77,7 +77,7 @@ class Supervisor:
         self._stopping = threading.Event()
         self._ctx = multiprocessing.get_context("spawn")
         self._on_event: Callable[[], None] = lambda: None
-        self._on_job_done: Callable[[], None] = lambda: None
+        self._on_webhook_due: Callable[[], None] = lambda: None
 
     def _env_for(self, index: int, gpus: int) -> dict[str, str]:
         # One worker per GPU: each sees only its own device, as cuda:0.
@@ -87,9 +87,9 @@ class Supervisor:
             return {"CUDA_VISIBLE_DEVICES": devices[index % len(devices)]}
         return {}
 
-    def start(self, *, on_event: Callable[[], None], on_job_done: Callable[[], None]) -> None:
+    def start(self, *, on_event: Callable[[], None], on_webhook_due: Callable[[], None]) -> None:
         self._on_event = on_event
-        self._on_job_done = on_job_done
+        self._on_webhook_due = on_webhook_due
         self._reconcile()
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._watch, args=(slot,), name=f"worker-slot-{slot.index}")
@@ -147,7 +147,9 @@ class Supervisor:
                 self._on_event()
             elif kind == "done":
                 self._on_event()
-                self._on_job_done()
+            elif kind == "done_webhook":
+                self._on_event()
+                self._on_webhook_due()
             elif kind == "idle":
                 with slot.lock:
                     if slot.pending:

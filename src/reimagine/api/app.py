@@ -73,7 +73,7 @@ def create_app(
             asyncio.create_task(_sweep(store, storage, settings), name="retention"),
         ]
         if supervisor is not None:
-            await asyncio.to_thread(supervisor.start, on_event=hub.kick, on_job_done=dispatcher.kick)
+            await asyncio.to_thread(supervisor.start, on_event=hub.kick, on_webhook_due=dispatcher.kick)
         # --- scale-out: PostgreSQL NOTIFY from other replicas and remote workers (no-op on SQLite) -------------
         from reimagine.queue.notify import QUEUED, open_listener
 
@@ -129,11 +129,12 @@ def create_app(
     from reimagine.api.routes import health, queue, run, wellknown
     from reimagine.api.routes import storage as storage_routes
 
+    # Routes are matched in this order: the hot ones (submit, status, sync runs) first.
+    app.include_router(queue.router)
+    app.include_router(run.router)
+    app.include_router(storage_routes.router)
     app.include_router(health.router)
     app.include_router(wellknown.router)
-    app.include_router(storage_routes.router)
-    app.include_router(run.router)
-    app.include_router(queue.router)
     _extra_routers(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from reimagine.jobs import FAL_STATUS, JobStatus
@@ -87,7 +86,7 @@ def job_headers(job_id: str) -> dict[str, str]:
     return {"x-fal-request-id": job_id}
 
 
-def result_response(job: Job) -> JSONResponse:
+def result_response(job: Job) -> Response:
     """Replay the model's answer exactly: status code, body, and fal's error headers."""
     assert job.result_status is not None and job.result_body is not None
     headers = job_headers(job.id)
@@ -95,7 +94,8 @@ def result_response(job: Job) -> JSONResponse:
         headers["x-fal-error-type"] = job.error_type
     if job.error_type == "request_timeout" and job.result_status == 504:
         headers["x-fal-request-timeout-type"] = "user"
-    return JSONResponse(json.loads(job.result_body), status_code=job.result_status, headers=headers)
+    # The stored body is already JSON: sent as is, not parsed and re-encoded (an inline image is megabytes).
+    return Response(job.result_body, status_code=job.result_status, headers=headers, media_type="application/json")
 
 
 def validation_detail(exc: ValidationError, prefix: str = "body") -> list[dict[str, Any]]:

@@ -86,7 +86,8 @@ class Worker:
             logger.info("job finished", extra={"request_id": job.id, "status": outcome.status.value})
         else:
             logger.warning("lease lost before completion; result dropped", extra={"request_id": job.id})
-        self._notify("done")
+        # Only a job with a webhook has an outbox row for serve to deliver now; the rest need no outbox read.
+        self._notify("done_webhook" if job.webhook_url else "done")
         return True
 
     def _execute(self, job: Job, beat: _Heartbeat) -> Outcome:

@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from reimagine.api.admission import AppState, admit, new_request_id, submit_job
 from reimagine.api.auth import ApiKeyDep
@@ -55,11 +55,13 @@ async def _wait_terminal(
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
-        if await request.is_disconnected():
-            raise _Disconnected
         try:
             event = await asyncio.wait_for(queue.get(), timeout=min(remaining, 1.0))
         except TimeoutError:
+            # Looked for only when nothing happened for a second: the check costs as much as the rest of a
+            # no-op run, and a caller gone for a second more costs nothing.
+            if await request.is_disconnected():
+                raise _Disconnected from None
             check_store = True
             continue
         check_store = event.kind == "status" and event.data["status"] in _TERMINAL
@@ -91,7 +93,7 @@ async def _submit_watched(
     return submitted[0], queue
 
 
-async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> JSONResponse:
+async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> Response:
     """Run and wait: the model's answer, or its error, in the response."""
     state: AppState = request.app.state
     watched = await _submit_watched(request, settings, key_id)
