@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -58,6 +59,10 @@ def _error(detail: Any, status: int, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
+def _invalid_json(reason: str) -> JSONResponse:
+    return _error([{"loc": ["body"], "msg": f"Invalid JSON: {reason}", "type": "json_invalid"}], 422)
+
+
 def _start_timeout(request: Request) -> float | None | JSONResponse:
     # The docs renamed X-Fal-Request-Timeout to X-Fal-Request-Start-Timeout; clients still send the old one.
     raw = request.headers.get("x-fal-request-start-timeout") or request.headers.get("x-fal-request-timeout")
@@ -76,9 +81,11 @@ def _start_timeout(request: Request) -> float | None | JSONResponse:
             ],
             422,
         )
-    if seconds <= 0:
+    # NaN and infinity parse as floats but are no deadline.
+    if not math.isfinite(seconds) or seconds <= 0:
         return _error(
-            [{"loc": ["header", "x-fal-request-timeout"], "msg": "must be positive", "type": "value_error"}], 422
+            [{"loc": ["header", "x-fal-request-timeout"], "msg": "must be positive and finite", "type": "value_error"}],
+            422,
         )
     return seconds
 
@@ -110,7 +117,14 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
     try:
         raw = json.loads(body) if body.strip() else {}
     except json.JSONDecodeError as exc:
-        return _error([{"loc": ["body"], "msg": f"Invalid JSON: {exc.msg}", "type": "json_invalid"}], 422)
+        return _invalid_json(exc.msg)
+    except UnicodeDecodeError:
+        return _invalid_json("the body is not UTF-8")
+    except ValueError:
+        # json.loads refuses integers longer than Python's int_max_str_digits (4300) with a plain ValueError.
+        return _invalid_json("a number is too long")
+    except RecursionError:
+        return _invalid_json("nested too deeply")
     if not isinstance(raw, dict):
         return _error([{"loc": ["body"], "msg": "The input must be a JSON object", "type": "dict_type"}], 422)
 

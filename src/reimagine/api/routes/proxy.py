@@ -42,9 +42,13 @@ def _invalid(reason: str) -> JSONResponse:
 
 def target_path(target_url: str) -> tuple[str, str] | None:
     """(our raw path, raw query) for a fal target URL, or None when it is not a fal URL we serve."""
-    parts = urlsplit(target_url)
+    try:
+        parts = urlsplit(target_url)
+        port = parts.port
+    except ValueError:  # an unclosed IPv6 bracket, or a port that is not a number in range
+        return None
     upstream = _UPSTREAMS.get((parts.hostname or "").lower())
-    if parts.scheme != "https" or upstream is None or parts.port not in (None, 443):
+    if parts.scheme != "https" or upstream is None or port not in (None, 443):
         return None
     prefix, allowed = upstream
     path = parts.path or "/"

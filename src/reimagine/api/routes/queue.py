@@ -43,10 +43,20 @@ def _flag(value: str | None) -> bool:
 
 
 def _not_found(job_id: str) -> JSONResponse:
-    return JSONResponse({"detail": f"Request {job_id} not found"}, status_code=404, headers=job_headers(job_id))
+    # No x-fal-request-id: an unknown id is whatever the caller put in the path, and may not be a valid header
+    # value (a control or non-Latin-1 character would fail the response).
+    return JSONResponse({"detail": f"Request {job_id} not found"}, status_code=404)
+
+
+def _is_possible_id(job_id: str) -> bool:
+    # Ours are UUIDs. An id with a control character names no request, and is not sent to the store: PostgreSQL
+    # answers a NUL in a text parameter with an error, not with "no rows".
+    return job_id.isprintable()
 
 
 def _owned(request: Request, job_id: str, key_id: str) -> Job | None:
+    if not _is_possible_id(job_id):
+        return None
     job: Job | None = request.app.state.store.get(job_id)
     # Another key's request is indistinguishable from a missing one.
     return job if job is not None and job.key_id == key_id else None
@@ -75,6 +85,8 @@ async def submit_request(request: Request, settings: SettingsDep, key_id: ApiKey
 
 async def get_status(request: Request, settings: SettingsDep, key_id: ApiKeyDep, request_id: str) -> JSONResponse:
     """Status: 202 while queued or running, 200 once completed."""
+    if not _is_possible_id(request_id):
+        return _not_found(request_id)
     # One read (and one thread hop) for the job, its position and its events.
     found = await asyncio.to_thread(request.app.state.store.status_snapshot, request_id)
     if found is None or found[0].key_id != key_id:
@@ -161,10 +173,12 @@ async def get_result(request: Request, key_id: ApiKeyDep, request_id: str) -> JS
 async def cancel_request(request: Request, key_id: ApiKeyDep, request_id: str) -> JSONResponse:
     """Cancel: queued jobs at once, running ones at the next denoising step."""
     state: AppState = request.app.state
+    if not _is_possible_id(request_id):
+        return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     outcome = await asyncio.to_thread(state.store.request_cancel, request_id, key_id)
-    headers = job_headers(request_id)
     if outcome == CancelOutcome.NOT_FOUND:
-        return JSONResponse({"status": "NOT_FOUND"}, status_code=404, headers=headers)
+        return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+    headers = job_headers(request_id)
     if outcome == CancelOutcome.ALREADY_COMPLETED:
         # 400, not 409: the Python client retries 409 ten times (fal-protocol.md §3.4).
         return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400, headers=headers)
