@@ -185,6 +185,25 @@ def test_upload_size_cap(client: TestClient) -> None:
     assert client.get(multipart["access_url"]).status_code == 404
 
 
+def test_uploaded_pages_are_served_sandboxed(client: TestClient) -> None:
+    # Files share the playground's origin (and its API key in localStorage): an uploaded page must not run script.
+    auth = {"Authorization": f"Key {KEY}"}
+    initiated = client.post("/storage/upload/initiate", json={"content_type": "text/html"}, headers=auth).json()
+    assert client.put(initiated["upload_url"], content=b"<script>alert(1)</script>").status_code == 200
+    got = client.get(initiated["file_url"])
+    assert got.headers["content-type"].startswith("text/html")
+    assert got.headers["content-security-policy"] == "sandbox"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain\r\nX-Injected: 1", "image/png\x00", "text/plain\u20ac"])
+def test_initiate_refuses_content_types_that_cannot_be_served(client: TestClient, content_type: str) -> None:
+    auth = {"Authorization": f"Key {KEY}"}
+    for path in ("/storage/upload/initiate", "/storage/upload/initiate-multipart"):
+        response = client.post(path, json={"content_type": content_type}, headers=auth)
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"] == ["body", "content_type"]
+
+
 def test_unknown_files_and_uploads(client: TestClient) -> None:
     for path in (f"/files/{'a' * 64}.png", "/files/..%2Fsecret.key", "/files/nope"):
         response = client.get(path)

@@ -40,12 +40,17 @@ CDN_TOKEN_TTL_S = 3600.0
 UPLOAD_URL_TTL_S = 3600.0
 MULTIPART_TTL_S = 24 * 3600.0
 CACHE_CONTROL = "public, max-age=86400"
+#: Files are served from the API's own origin, where the playground keeps its key in localStorage, with the
+#: content type their uploader chose: an uploaded HTML or SVG page opened from its URL must not run script there.
+#: `sandbox` gives such a page an opaque origin and no scripts; images embedded elsewhere are unaffected.
+_SANDBOX = {"Content-Security-Policy": "sandbox"}
 _CDN, _PUT, _MULTIPART = "cdn-token", "upload-put", "upload-multipart"
 
 
 class InitiateUpload(BaseModel):
     file_name: str = "upload.bin"
-    content_type: str = "application/octet-stream"
+    # Sent back as the file's Content-Type header: a control or non-ASCII character would make it unservable.
+    content_type: str = Field("application/octet-stream", max_length=255, pattern=r"^[\x20-\x7e]*$")
 
 
 class Part(BaseModel):
@@ -220,7 +225,7 @@ async def get_file(key: str, storage: StorageDep) -> Response:
         stored, data = await run_in_threadpool(storage.get, key)
     except KeyError:
         return _error(404, "File not found")
-    headers = {"Cache-Control": CACHE_CONTROL}
+    headers = {"Cache-Control": CACHE_CONTROL, **_SANDBOX}
     if stored.file_name:
         headers["Content-Disposition"] = f"inline; filename*=UTF-8''{urllib.parse.quote(stored.file_name)}"
     return Response(data, media_type=stored.content_type, headers=headers)
