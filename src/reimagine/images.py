@@ -15,6 +15,11 @@ from reimagine.errors import FetchRefused, InputError
 from reimagine.fetcher import fetch
 from reimagine.storage import Storage, is_valid_key
 
+#: The formats an input image may be in. Left to itself PIL tries every format it knows, EPS among them, which it
+#: renders with Ghostscript where that is installed: a request's bytes must never reach a PostScript interpreter.
+#: (JPEG includes MPO, the multi-picture JPEG of phone cameras.)
+_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+
 
 def load_image(url: str, field: str, *, settings: Settings, storage: Storage, own_base_urls: list[str]) -> Image.Image:
     """Decode the image at `url` into RGB.
@@ -89,7 +94,7 @@ def _decode_image(data: bytes, field: str, settings: Settings) -> Image.Image:
         with warnings.catch_warnings():
             # Our own cap below is the decompression-bomb guard; PIL's warning (MAX_IMAGE_PIXELS) would duplicate it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_FORMATS)
             width, height = image.size
             if width * height > settings.max_image_pixels:
                 raise InputError(
@@ -100,7 +105,7 @@ def _decode_image(data: bytes, field: str, settings: Settings) -> Image.Image:
             image.load()
             return ImageOps.exif_transpose(image).convert("RGB")
     except UnidentifiedImageError:
-        raise InputError(field, "not an image (or an unsupported image format)") from None
+        raise InputError(field, f"not an image, or not in a supported format ({', '.join(_FORMATS)})") from None
     except Image.DecompressionBombError as exc:
         raise InputError(field, f"image refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:

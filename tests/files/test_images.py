@@ -92,6 +92,17 @@ def test_truncated_image(settings: Settings, storage: LocalStorage) -> None:
         load(data_uri(data[: len(data) // 2], "image/png"), settings, storage)
 
 
+def test_only_common_raster_formats_are_decoded(settings: Settings, storage: LocalStorage) -> None:
+    # EPS goes to Ghostscript where it is installed: it must be refused before any decoder sees it.
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    with pytest.raises(InputError, match="supported format"):
+        load(data_uri(eps, "application/postscript"), settings, storage)
+    for image_format in ("JPEG", "WEBP", "GIF", "TIFF"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buffer, format=image_format)
+        assert load(data_uri(buffer.getvalue(), f"image/{image_format.lower()}"), settings, storage).size == (8, 8)
+
+
 def test_own_file_url_is_read_from_storage(settings: Settings, storage: LocalStorage) -> None:
     stored = storage.put(png_bytes((5, 7)), "image/png")
     # reimagine.test does not resolve: anything but a storage read would fail.
