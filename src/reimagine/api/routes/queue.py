@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from reimagine.api.admission import AppState, admit, submit_job
 from reimagine.api.auth import ApiKeyDep
@@ -160,7 +160,7 @@ async def stream_status(
     )
 
 
-async def get_result(request: Request, key_id: ApiKeyDep, request_id: str) -> JSONResponse:
+async def get_result(request: Request, key_id: ApiKeyDep, request_id: str) -> Response:
     """The model's answer, replayed exactly (errors included); 400 while the request is not completed."""
     job = await asyncio.to_thread(_owned, request, request_id, key_id)
     if job is None:
