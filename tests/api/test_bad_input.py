@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 
 from tests.api.helpers import ENDPOINT, REQUESTS, submit, wait_completed
+from tests.conftest import ServeProcess
 
 JSON = {"Content-Type": "application/json"}
 
@@ -51,3 +54,18 @@ def test_unknown_ids_that_are_not_header_safe_are_404(client: httpx.Client, requ
 def test_proxy_refuses_malformed_target_urls(client: httpx.Client, target: str) -> None:
     response = client.post("/api/fal/proxy", json={"prompt": "a"}, headers={"x-fal-target-url": target})
     assert response.status_code == 400, response.text
+
+
+def test_a_body_cut_short_is_not_a_server_error(server: ServeProcess, client: httpx.Client) -> None:
+    # A client that promises more body than it sends and hangs up: no traceback in the log, and the server goes on.
+    host, port = server.url.removeprefix("http://").split(":")
+    logged = len(server.output)
+    for path in (ENDPOINT, "/files/upload"):
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f'Authorization: {client.headers["authorization"]}\r\nContent-Length: 1000\r\n\r\n{{"pro'.encode()
+            )
+    request_id = submit(client, {"prompt": "a"})["request_id"]
+    wait_completed(client, request_id)
+    assert not any("Exception in ASGI application" in line for line in server.output[logged:]), server.output[logged:]

@@ -169,6 +169,18 @@ def test_signed_put_refuses_bad_or_reused_signatures(client: TestClient) -> None
     assert client.put(second["upload_url"] + "0", content=b"x").status_code == 403
 
 
+def test_multipart_part_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Parts are held in memory: one may not be as large as a whole upload.
+    monkeypatch.setattr("reimagine.api.routes.storage.MAX_PART_BYTES", 100)
+    client = TestClient(make_app(tmp_path))
+    token = client.post("/storage/auth/token", headers={"Authorization": f"Key {KEY}"}).json()["token"]
+    multipart = client.post("/files/upload/multipart", headers={"Authorization": f"Bearer {token}"}).json()
+    part_url = f"{multipart['access_url']}/multipart/{multipart['uploadId']}"
+    too_large = client.put(f"{part_url}/1", content=b"y" * 101)
+    assert too_large.status_code == 413 and "Part is larger than the 100 byte limit" in too_large.json()["detail"]
+    assert client.put(f"{part_url}/1", content=b"y" * 100).status_code == 200
+
+
 def test_upload_size_cap(client: TestClient) -> None:
     token = client.post("/storage/auth/token", headers={"Authorization": f"Key {KEY}"}).json()["token"]
     response = client.post("/files/upload", content=b"x" * 1001, headers={"Authorization": f"Bearer {token}"})

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from reimagine import ENDPOINT_ID, __version__
 from reimagine.api.auth import KeyCache, open_access
@@ -103,6 +104,7 @@ def create_app(
         lifespan=lifespan,
         redirect_slashes=False,
     )
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.state.settings = settings
     app.state.store = store
     app.state.storage = storage
@@ -138,6 +140,12 @@ def create_app(
     _extra_routers(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    # The caller went away while sending its body (or sent less than its Content-Length): nobody reads this
+    # answer, and it is not a server error to log with a traceback.
+    return Response(status_code=400)
 
 
 def _extra_routers(app: FastAPI) -> None:

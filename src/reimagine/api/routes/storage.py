@@ -39,6 +39,9 @@ router = APIRouter(tags=["storage"])
 CDN_TOKEN_TTL_S = 3600.0
 UPLOAD_URL_TTL_S = 3600.0
 MULTIPART_TTL_S = 24 * 3600.0
+#: One multipart part, held in memory while it is received: fal's clients send 10 MiB parts, S3 takes at most 5 GiB.
+#: Without this bound a single part could be as large as a whole upload (`--max-upload-bytes`, 1 GiB by default).
+MAX_PART_BYTES = 100 * 1024 * 1024
 CACHE_CONTROL = "public, max-age=86400"
 #: Files are served from the API's own origin, where the playground keeps its key in localStorage, with the
 #: content type their uploader chose: an uploaded HTML or SVG page opened from its URL must not run script there.
@@ -175,7 +178,7 @@ async def put_part(
 ) -> JSONResponse:
     """One part: the Python client reads the ETag header, the JS client the JSON body."""
     upload_id = _upload_id(secret, key, upload)
-    data = await _read_body(request, settings.max_upload_bytes)
+    data = await _read_body(request, min(settings.max_upload_bytes, MAX_PART_BYTES), what="Part")
     try:
         etag: str = await run_in_threadpool(storage.put_part, key, upload_id, part_number, data)
     except KeyError:
@@ -248,9 +251,9 @@ def _upload_id(secret: bytes, key: str, upload: str) -> str:
     return upload_id
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, what: str = "File") -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed `limit`."""
-    too_large = HTTPException(status_code=413, detail=f"File is larger than the {limit} byte limit")
+    too_large = HTTPException(status_code=413, detail=f"{what} is larger than the {limit} byte limit")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
