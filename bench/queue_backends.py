@@ -164,6 +164,9 @@ def main() -> None:
     print("\n".join(table))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load}"
+    # A hand-written "## Reading" section below the table survives a rerun.
+    previous = args.out.read_text() if args.out.exists() else ""
+    reading = previous[previous.find("\n## Reading") :] if "\n## Reading" in previous else ""
     args.out.write_text(
         "# Queue backends: SQLite vs PostgreSQL\n\n"
         f"`bench/queue_backends.py --jobs {args.jobs} --sequential {args.sequential}`, "
@@ -175,6 +178,7 @@ def main() -> None:
         "it: on a 2-CPU machine shared with other test runs, repeated runs differed by up to 2x (jobs/s).\n\n"
         + "\n".join(table)
         + "\n"
+        + reading
     )
 
 
