@@ -17,6 +17,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from reimagine.api.reads import read
 from reimagine.jobs import TERMINAL
 from reimagine.queue.models import Event, Job
 
@@ -62,7 +63,7 @@ class EventHub:
         self._gaps = {gap: seen for gap, seen in self._gaps.items() if now - seen < _GAP_TTL_S}
         after = min(self._gaps) - 1 if self._gaps else self._last_id
         while True:
-            batch, after, events, finished = await asyncio.to_thread(self._read, after, self._last_id, set(self._gaps))
+            batch, after, events, finished = await read(self._store, self._read, after, self._last_id, set(self._gaps))
             for event in events:
                 if event.id > self._last_id:
                     self._gaps.update((missing, now) for missing in range(self._last_id + 1, event.id))

@@ -14,6 +14,8 @@ import hmac
 import json
 import logging
 import secrets
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -136,6 +138,12 @@ class SqlStore:
             sa_event.listen(self.engine, "begin", _sqlite_on_begin)
         else:
             self.engine = sa.create_engine(_engine_url(database_url), pool_size=8, max_overflow=16, pool_pre_ping=True)
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        #: True when the hot reads are cheap enough to run on an event loop instead of a worker thread (SQLite in
+        #: WAL mode: a read takes tens of microseconds and never waits for a writer).
+        self.reads_inline = self.is_sqlite
         self.migrate()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -176,6 +184,10 @@ class SqlStore:
             return conn.execute(sa.text("SELECT 1")).scalar() == 1
 
     def close(self) -> None:
+        with self._reader_lock:
+            conns, self._reader_conns = self._reader_conns, []
+        for raw in conns:
+            raw.close()
         self.engine.dispose()
 
     @contextmanager
@@ -193,15 +205,48 @@ class SqlStore:
             yield conn
             conn.rollback()
 
-    def _x(self, conn: Connection, statement: sa.TextClause, params: dict[str, Any] | None = None) -> list[Any]:
+    @contextmanager
+    def _fast_read(self) -> Iterator[Connection | sqlite3.Connection]:
+        """A read snapshot for the hot single-row reads (`_x` statements only).
+
+        On SQLite this is a plain driver connection per thread: SQLAlchemy's pool checkout and begin/rollback events
+        cost three times the read itself, and these reads run for every status poll and every job event.
+        """
+        if not self.is_sqlite:
+            with self._read() as conn:
+                yield conn
+            return
+        raw: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if raw is None:
+            raw = sqlite3.connect(
+                self.database_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+            )
+            # A WAL reader waits only while a crashed writer's log is recovered; these reads may run on an event
+            # loop, so that wait is bounded well below the writers' 30 s.
+            raw.execute("PRAGMA busy_timeout=5000")
+            self._readers.conn = raw
+            with self._reader_lock:
+                self._reader_conns.append(raw)
+        raw.execute("BEGIN")
+        try:
+            yield raw
+        finally:
+            raw.execute("ROLLBACK")
+
+    def _x(
+        self, conn: Connection | sqlite3.Connection, statement: sa.TextClause, params: dict[str, Any] | None = None
+    ) -> list[Any]:
         """Run a hot-path statement in `conn`'s transaction; all its rows (`row[i]` and `row._mapping`).
 
         On SQLite the statement goes straight to the driver (it takes the same `:name` parameters), skipping
         SQLAlchemy's per-statement work, which costs more than SQLite's own for these single-row statements.
         """
-        if not self.is_sqlite:
+        if isinstance(conn, sqlite3.Connection):
+            cursor = conn.execute(statement.text, params or {})
+        elif not self.is_sqlite:
             return list(conn.execute(statement, params).all())
-        cursor = conn.connection.driver_connection.execute(statement.text, params or {})  # type: ignore[union-attr]
+        else:
+            cursor = conn.connection.driver_connection.execute(statement.text, params or {})  # type: ignore[union-attr]
         try:
             rows = cursor.fetchall()
             if cursor.description is None:
@@ -258,35 +303,35 @@ class SqlStore:
         return job, position
 
     def get(self, job_id: str) -> Job | None:
-        with self._read() as conn:
+        with self._fast_read() as conn:
             row = _first(self._x(conn, _SELECT_JOB, {"id": job_id}))
         return Job.from_row(row) if row is not None else None
 
     def get_with_position(self, job_id: str) -> tuple[Job, int] | None:
-        with self._read() as conn:
+        with self._fast_read() as conn:
             return self._job_with_position(conn, job_id)
 
     def status_snapshot(self, job_id: str, after_id: int = 0) -> tuple[Job, int, list[Event]] | None:
         """The job, its queue position and its events after `after_id`, read in one snapshot."""
-        with self._read() as conn:
+        with self._fast_read() as conn:
             found = self._job_with_position(conn, job_id)
             if found is None:
                 return None
             rows = self._x(conn, _JOB_EVENTS, {"id": job_id, "after": after_id})
         return found[0], found[1], [_event(row) for row in rows]
 
-    def _job_with_position(self, conn: Connection, job_id: str) -> tuple[Job, int] | None:
+    def _job_with_position(self, conn: Connection | sqlite3.Connection, job_id: str) -> tuple[Job, int] | None:
         row = _first(self._x(conn, _SELECT_JOB, {"id": job_id}))
         if row is None:
             return None
         job = Job.from_row(row)
         return job, (self._position(conn, job) if job.status == JobStatus.QUEUED else 0)
 
-    def _position(self, conn: Connection, job: Job) -> int:
+    def _position(self, conn: Connection | sqlite3.Connection, job: Job) -> int:
         return int(self._x(conn, _POSITION, {"p": job.priority, "s": job.seq})[0][0])
 
     def count_queued(self) -> int:
-        with self._read() as conn:
+        with self._fast_read() as conn:
             return int(self._x(conn, _COUNT_QUEUED)[0][0])
 
     def count_by_status(self) -> dict[str, int]:
@@ -299,7 +344,7 @@ class SqlStore:
         if self.is_sqlite:
             # An idle worker asks after every job: with nothing queued (nothing to claim, no deadline to expire),
             # answer from a read rather than take SQLite's single write lock away from the API's submissions.
-            with self._read() as conn:
+            with self._fast_read() as conn:
                 if not self._x(conn, _ANY_QUEUED):
                     return None
         now = time.time()
@@ -345,7 +390,7 @@ class SqlStore:
 
     def lease_state(self, job_id: str, fence: int) -> LeaseState:
         """Cheap read used at every denoising step: still ours, and not cancelled?"""
-        with self._read() as conn:
+        with self._fast_read() as conn:
             row = _first(self._x(conn, _LEASE_STATE, {"id": job_id}))
         if row is None or row[0] != JobStatus.RUNNING.value or int(row[1]) != fence:
             return LeaseState.LOST
@@ -550,13 +595,13 @@ class SqlStore:
         return int(row[0])
 
     def events(self, job_id: str, after_id: int = 0) -> list[Event]:
-        with self._read() as conn:
+        with self._fast_read() as conn:
             rows = self._x(conn, _JOB_EVENTS, {"id": job_id, "after": after_id})
         return [_event(row) for row in rows]
 
     def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
         """Events of every job after `after_id`: the API's fan-out tails this."""
-        with self._read() as conn:
+        with self._fast_read() as conn:
             rows = self._x(conn, _EVENTS_SINCE, {"after": after_id, "limit": limit})
         return [_event(row) for row in rows]
 
@@ -592,7 +637,7 @@ class SqlStore:
         """Lock and return deliveries whose next attempt is due (one API replica delivers each)."""
         # Checked with a read first: this runs after every finished job, and most have no webhook, so the usual
         # answer costs no write transaction (which would wait for, and hold up, the workers' writes).
-        with self._read() as conn:
+        with self._fast_read() as conn:
             if not self._x(conn, _ANY_DUE_WEBHOOK, {"now": now}):
                 return []
         with self._write() as conn:
@@ -655,7 +700,7 @@ class SqlStore:
         key_id, _, secret = key.partition(":")
         if not key_id or not secret:
             return None
-        with self._read() as conn:
+        with self._fast_read() as conn:
             row = _first(self._x(conn, _KEY_HASH, {"id": key_id}))
         if row is None or not hmac.compare_digest(row[0], _hash_secret(secret)):
             return None

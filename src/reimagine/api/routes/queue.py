@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from reimagine.api.admission import AppState, admit, submit_job
-from reimagine.api.auth import ApiKeyDep
+from reimagine.api.auth import ApiKeyDep, require_key
 from reimagine.api.deps import SettingsDep
+from reimagine.api.reads import read
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, log_entry, request_urls, result_response, status_body
 from reimagine.jobs import TERMINAL
@@ -20,6 +21,10 @@ from reimagine.queue.models import CancelOutcome, Job
 from reimagine.schemas import QueueStatus, ReimagineOutput
 
 router = APIRouter(redirect_slashes=False)
+
+# Submit and status (like the sync run in run.py) take their key and settings with plain calls instead of FastAPI
+# dependencies: on these, the hottest routes, solving the dependencies cost about as much as the handler's own
+# work (bench/SERVING.md). Same checks, same 401 bodies.
 
 _KEEPALIVE_S = 15.0
 _ENDPOINT_PATHS = [f"/{QUEUE_PREFIX}/3.2", f"/{QUEUE_PREFIX}"]
@@ -62,9 +67,10 @@ def _owned(request: Request, job_id: str, key_id: str) -> Job | None:
     return job if job is not None and job.key_id == key_id else None
 
 
-async def submit_request(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> JSONResponse:
+async def submit_request(request: Request) -> JSONResponse:
     """Queue a request; answer at once with its id and URLs."""
     state: AppState = request.app.state
+    settings, key_id = state.settings, await require_key(request)
     admitted = await admit(request, settings, key_id)
     if isinstance(admitted, JSONResponse):
         return admitted
@@ -83,12 +89,13 @@ async def submit_request(request: Request, settings: SettingsDep, key_id: ApiKey
     return JSONResponse(body, headers=job_headers(job.id))
 
 
-async def get_status(request: Request, settings: SettingsDep, key_id: ApiKeyDep, request_id: str) -> JSONResponse:
+async def get_status(request: Request, request_id: str) -> JSONResponse:
     """Status: 202 while queued or running, 200 once completed."""
+    settings, key_id = request.app.state.settings, await require_key(request)
     if not _is_possible_id(request_id):
         return _not_found(request_id)
     # One read (and one thread hop) for the job, its position and its events.
-    found = await asyncio.to_thread(request.app.state.store.status_snapshot, request_id)
+    found = await read(request.app.state.store, request.app.state.store.status_snapshot, request_id)
     if found is None or found[0].key_id != key_id:
         return _not_found(request_id)
     job, position, events = found
@@ -103,7 +110,7 @@ async def stream_status(
 ) -> StreamingResponse | JSONResponse:
     """Server-sent status events until COMPLETED; resumable with Last-Event-ID."""
     state: AppState = request.app.state
-    job = await asyncio.to_thread(_owned, request, request_id, key_id)
+    job = await read(request.app.state.store, _owned, request, request_id, key_id)
     if job is None:
         return _not_found(request_id)
     with_logs = _flag(request.query_params.get("logs"))
@@ -116,7 +123,7 @@ async def stream_status(
     async def events() -> AsyncIterator[bytes]:
         queue = state.hub.subscribe(request_id)
         try:
-            snapshot = await asyncio.to_thread(state.store.status_snapshot, request_id)
+            snapshot = await read(state.store, state.store.status_snapshot, request_id)
             assert snapshot is not None
             current, position, history = snapshot
             last_id = history[-1].id if history else 0
@@ -124,7 +131,7 @@ async def stream_status(
             first = True
             while True:
                 if not first:
-                    found = await asyncio.to_thread(state.store.get_with_position, request_id)
+                    found = await read(state.store, state.store.get_with_position, request_id)
                     assert found is not None
                     current, position = found
                 first = False
@@ -162,7 +169,7 @@ async def stream_status(
 
 async def get_result(request: Request, key_id: ApiKeyDep, request_id: str) -> Response:
     """The model's answer, replayed exactly (errors included); 400 while the request is not completed."""
-    job = await asyncio.to_thread(_owned, request, request_id, key_id)
+    job = await read(request.app.state.store, _owned, request, request_id, key_id)
     if job is None:
         return _not_found(request_id)
     if job.status not in TERMINAL:

@@ -14,8 +14,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from reimagine.api.admission import AppState, admit, new_request_id, submit_job
-from reimagine.api.auth import ApiKeyDep
+from reimagine.api.auth import ApiKeyDep, require_key
 from reimagine.api.deps import SettingsDep
+from reimagine.api.reads import read
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, result_response, status_body
 from reimagine.config import Settings
@@ -49,7 +50,7 @@ async def _wait_terminal(
     check_store = False
     while True:
         if check_store:
-            job: Job | None = state.hub.finished(job_id) or await asyncio.to_thread(state.store.get, job_id)
+            job: Job | None = state.hub.finished(job_id) or await read(state.store, state.store.get, job_id)
             if job is not None and job.status in TERMINAL:
                 return job
         remaining = deadline - loop.time()
@@ -93,9 +94,11 @@ async def _submit_watched(
     return submitted[0], queue
 
 
-async def run_sync(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> Response:
+async def run_sync(request: Request) -> Response:
     """Run and wait: the model's answer, or its error, in the response."""
     state: AppState = request.app.state
+    # Plain calls, not FastAPI dependencies, on this hot route: see the note in queue.py.
+    settings, key_id = state.settings, await require_key(request)
     watched = await _submit_watched(request, settings, key_id)
     if isinstance(watched, JSONResponse):
         return watched
@@ -136,13 +139,13 @@ async def run_stream(request: Request, settings: SettingsDep, key_id: ApiKeyDep)
     async def events() -> AsyncIterator[bytes]:
         finished = False
         try:
-            snapshot = await asyncio.to_thread(state.store.status_snapshot, job.id)
+            snapshot = await read(state.store, state.store.status_snapshot, job.id)
             assert snapshot is not None
             current, position, history = snapshot
             first = True
             while True:
                 if not first:
-                    found = await asyncio.to_thread(state.store.get_with_position, job.id)
+                    found = await read(state.store, state.store.get_with_position, job.id)
                     assert found is not None
                     current, position = found
                 first = False
