@@ -139,6 +139,10 @@ class SqlStore:
         else:
             self.engine = sa.create_engine(_engine_url(database_url), pool_size=8, max_overflow=16, pool_pre_ping=True)
         self._readers = threading.local()
+        self._writer_mutex = threading.Lock()
+        self._writer_file = (
+            open(database_url.removeprefix("sqlite:///") + ".write.lock", "a+") if self.is_sqlite else None
+        )
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         #: True when the hot reads are cheap enough to run on an event loop instead of a worker thread (SQLite in
@@ -189,11 +193,35 @@ class SqlStore:
         for raw in conns:
             raw.close()
         self.engine.dispose()
+        if self._writer_file is not None:
+            self._writer_file.close()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        with self._writer_turn(), self.engine.begin() as conn:
             yield conn
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """SQLite: wait for the single write lock in the kernel, not in SQLite's busy handler.
+
+        A SQLite writer that finds the lock taken sleeps 1, 2, 5, 10... ms between retries; with the API and the
+        workers writing hundreds of times a second, that made half of all submits wait a millisecond or more (p99
+        36 ms) for a lock held for a tenth of that. Every writer of this database on this machine first takes an
+        exclusive `flock` on a file next to it (threads of one process queue on a mutex first: a `flock` is held by
+        the open file, not the thread), and is woken the moment the previous writer lets go. The lock goes with
+        its holder's death, and SQLite's own locking still protects against writers that do not take it.
+        """
+        lock_file = self._writer_file
+        if lock_file is None:
+            yield
+            return
+        with self._writer_mutex:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
