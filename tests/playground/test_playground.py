@@ -173,7 +173,8 @@ def test_upload_submit_progress_result_and_history(page: Page, server: ServeProc
 
     result = page.locator("#result")
     expect(result).to_be_visible()
-    assert page.evaluate("document.getElementById('result').naturalWidth") == 1024
+    # "Done" shows when the result is known; the full-size image then loads on its own.
+    page.wait_for_function("document.getElementById('result').naturalWidth === 1024", timeout=15_000)
     meta = page.locator("#meta")
     expect(meta).to_contain_text("1024 × 1024")
     expect(meta).to_contain_text("5555")
@@ -309,7 +310,7 @@ def test_works_over_tls(browser: Browser, tmp_path: Path) -> None:
         expect(page.locator("[name=canny_image_url]")).to_have_value(re.compile("^https://.+/files/"))
         submit(page, "over tls", num_inference_steps="20")
         expect(page.locator("#state")).to_have_text("Done", timeout=30_000)
-        assert page.evaluate("document.getElementById('result').naturalWidth") == 1024
+        page.wait_for_function("document.getElementById('result').naturalWidth === 1024", timeout=15_000)
     finally:
         context.close()
         tls.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import math
@@ -34,6 +33,7 @@ class AppState(Protocol):
 
     settings: Settings
     store: Any
+    enqueuer: Any
     storage: Any
     hub: Any
     metrics: Any
@@ -196,9 +196,7 @@ async def submit_job(
         base_url=admitted.base_url,
     )
     try:
-        job, position = await asyncio.to_thread(
-            functools.partial(state.store.enqueue, new, max_queued=state.settings.max_queue_depth)
-        )
+        job, position = await state.enqueuer.enqueue(new)
     except QueueFull:
         return queue_full()
     state.notify_workers()

@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from reimagine import ENDPOINT_ID, __version__
 from reimagine.api.auth import KeyCache, open_access
+from reimagine.api.enqueuer import Enqueuer
 from reimagine.api.hub import EventHub
 from reimagine.config import Settings
 from reimagine.errors import ModelMissing
@@ -107,6 +108,7 @@ def create_app(
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.state.settings = settings
     app.state.store = store
+    app.state.enqueuer = Enqueuer(store, max_queued=settings.max_queue_depth)
     app.state.storage = storage
     app.state.hub = hub
     app.state.supervisor = supervisor

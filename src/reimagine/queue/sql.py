@@ -302,33 +302,46 @@ class SqlStore:
         Raises `QueueFull` when `max_queued` jobs already wait (checked in the same transaction, so concurrent
         submits cannot overshoot it on SQLite; on PostgreSQL by at most the number of concurrent submits).
         """
+        result = self.enqueue_many([new], max_queued=max_queued)[0]
+        if isinstance(result, QueueFull):
+            raise result
+        return result
+
+    def enqueue_many(self, news: list[NewJob], *, max_queued: int | None = None) -> list[tuple[Job, int] | QueueFull]:
+        """`enqueue` for several jobs in one transaction (one commit, one turn at the write lock).
+
+        Each job gets its own answer, in order: itself and its position, or `QueueFull` once the queue is full.
+        """
         now = time.time()
+        results: list[tuple[Job, int] | QueueFull] = []
         with self._write() as conn:
-            if max_queued is not None:
-                queued = self._x(conn, _COUNT_QUEUED)[0][0]
-                if int(queued) >= max_queued:
-                    raise QueueFull(int(queued))
-            row = self._x(
-                conn,
-                _INSERT_JOB,
-                {
-                    "id": new.id,
-                    "key_id": new.key_id,
-                    "endpoint": new.endpoint,
-                    "priority": new.priority,
-                    "input": json.dumps(new.input),
-                    "is_sync": new.is_sync,
-                    "webhook_url": new.webhook_url,
-                    "base_url": new.base_url,
-                    "deadline": new.start_deadline_at,
-                    "now": now,
-                    "false": False,
-                },
-            )[0]
-            job = Job.from_row(row)
-            self._add_event(conn, job.id, "status", {"status": JobStatus.QUEUED.value}, now)
-            position = self._position(conn, job)
-        return job, position
+            queued = int(self._x(conn, _COUNT_QUEUED)[0][0]) if max_queued is not None else 0
+            for new in news:
+                if max_queued is not None and queued >= max_queued:
+                    results.append(QueueFull(queued))
+                    continue
+                row = self._x(
+                    conn,
+                    _INSERT_JOB,
+                    {
+                        "id": new.id,
+                        "key_id": new.key_id,
+                        "endpoint": new.endpoint,
+                        "priority": new.priority,
+                        "input": json.dumps(new.input),
+                        "is_sync": new.is_sync,
+                        "webhook_url": new.webhook_url,
+                        "base_url": new.base_url,
+                        "deadline": new.start_deadline_at,
+                        "now": now,
+                        "false": False,
+                    },
+                )[0]
+                job = Job.from_row(row)
+                self._add_event(conn, job.id, "status", {"status": JobStatus.QUEUED.value}, now)
+                results.append((job, self._position(conn, job)))
+                queued += 1
+        return results
 
     def get(self, job_id: str) -> Job | None:
         with self._fast_read() as conn:

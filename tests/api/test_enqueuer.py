@@ -1,0 +1,93 @@
+"""Submissions are written in batches: every caller still gets its own job, position or refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reimagine.api.enqueuer import Enqueuer
+from reimagine.queue import open_store
+from reimagine.queue.models import NewJob, QueueFull
+from reimagine.queue.sql import SqlStore
+
+
+def _new() -> NewJob:
+    return NewJob(
+        id=str(uuid.uuid4()),
+        key_id="k",
+        endpoint="bria/reimagine/3.2",
+        input={"prompt": "a"},
+        priority=0,
+        webhook_url=None,
+        start_deadline_at=None,
+        is_sync=False,
+        base_url="http://127.0.0.1",
+    )
+
+
+class _Recorded:
+    """The real store, with a record of the batches it was given (and a switch to fail them)."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.batches: list[int] = []
+        self.fail = False
+
+    def enqueue_many(self, news: list[NewJob], *, max_queued: int | None) -> Any:
+        self.batches.append(len(news))
+        if self.fail:
+            raise RuntimeError("store down")
+        return self.store.enqueue_many(news, max_queued=max_queued)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> _Recorded:
+    return _Recorded(open_store(f"sqlite:///{tmp_path / 'jobs.db'}"))
+
+
+def test_a_burst_shares_transactions_and_keeps_its_order(store: _Recorded) -> None:
+    async def burst() -> list[tuple[Any, int]]:
+        enqueuer = Enqueuer(store, max_queued=None)
+        return await asyncio.gather(*(enqueuer.enqueue(_new()) for _ in range(20)))
+
+    results = asyncio.run(burst())
+    assert [position for _, position in results] == list(range(20))
+    assert len({job.id for job, _ in results}) == 20
+    assert sum(store.batches) == 20 and len(store.batches) < 20, store.batches
+    assert store.store.count_queued() == 20
+
+
+def test_a_lone_submission_is_written_at_once(store: _Recorded) -> None:
+    async def one() -> tuple[Any, int]:
+        return await Enqueuer(store, max_queued=None).enqueue(_new())
+
+    job, position = asyncio.run(one())
+    assert position == 0 and store.batches == [1]
+    assert store.store.get(job.id) is not None
+
+
+def test_a_full_queue_refuses_only_the_jobs_past_its_depth(store: _Recorded) -> None:
+    async def burst() -> list[Any]:
+        enqueuer = Enqueuer(store, max_queued=5)
+        return await asyncio.gather(*(enqueuer.enqueue(_new()) for _ in range(8)), return_exceptions=True)
+
+    results = asyncio.run(burst())
+    assert [isinstance(r, QueueFull) for r in results] == [False] * 5 + [True] * 3
+    assert store.store.count_queued() == 5
+
+
+def test_a_store_error_reaches_every_caller_of_the_batch_and_the_next_batch_works(store: _Recorded) -> None:
+    async def run() -> tuple[list[Any], tuple[Any, int]]:
+        enqueuer = Enqueuer(store, max_queued=None)
+        store.fail = True
+        failed = await asyncio.gather(*(enqueuer.enqueue(_new()) for _ in range(3)), return_exceptions=True)
+        store.fail = False
+        return failed, await enqueuer.enqueue(_new())
+
+    failed, (job, _) = asyncio.run(run())
+    assert all(isinstance(r, RuntimeError) for r in failed)
+    assert store.store.get(job.id) is not None and store.store.count_queued() == 1
