@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -113,8 +115,9 @@ class Predictor(BasePredictor):
 """
 
 
-def cog_baseline(python: str, requests: int, port: int = 5055) -> list[float]:
-    """Sequential no-op predictions against `python -m cog.server.http` (cog 0.16, the last Python server)."""
+@contextlib.contextmanager
+def cog_server(python: str, port: int = 5055) -> Iterator[str]:
+    """`python -m cog.server.http` (cog 0.16, its last Python server) with a no-op predictor; yields its URL."""
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "predict.py").write_text(_COG_PREDICTOR)
         Path(tmp, "cog.yaml").write_text('build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n')
@@ -134,31 +137,48 @@ def cog_baseline(python: str, requests: int, port: int = 5055) -> list[float]:
                 if time.monotonic() > deadline:
                     raise TimeoutError("cog did not become ready")
                 time.sleep(0.2)
-            latencies = []
-            with httpx.Client(base_url=url, timeout=60) as client:
-                for i in range(requests + 20):
-                    started = time.perf_counter()
-                    response = client.post("/predictions", json={"input": {"prompt": "noop"}})
-                    if i >= 20:  # the first ones warm up
-                        latencies.append(time.perf_counter() - started)
-                    assert response.status_code == 200, response.text
-            return latencies
+            yield url
         finally:
             proc.terminate()
             proc.wait(10)
 
 
+def cog_predictions(client: httpx.Client, n: int) -> list[float]:
+    """Sequential no-op predictions (cog runs one at a time: a second concurrent one is refused with 409)."""
+    latencies = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = client.post("/predictions", json={"input": {"prompt": "noop"}})
+        latencies.append(time.perf_counter() - started)
+        assert response.status_code == 200, response.text
+    return latencies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "SERVING.md")
     parser.add_argument("--cog-python", default="", help="a Python with cog==0.16.x installed: measure cog too")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each measuring everything once, interleaved")
     args = parser.parse_args()
-    cog = cog_baseline(args.cog_python, args.requests) if args.cog_python else None
+    n = max(1, args.requests // args.rounds)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    # cog and reimagine run side by side, measured in alternating rounds, so a change in the machine's load (these
+    # are shared 2-vCPU machines) hits both alike; throughputs are the median round, latencies pooled.
+    cog: list[float] | None = [] if args.cog_python else None
+    sync: list[float] = []
+    inline: list[float] = []
+    queued: list[float] = []
+    jobs_rates: list[float] = []
+    inline_rates: list[float] = []
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        cog_client = (
+            stack.enter_context(httpx.Client(base_url=stack.enter_context(cog_server(args.cog_python)), timeout=60))
+            if cog is not None
+            else None
+        )
         serve = ServeProcess(
             Path(tmp),
             "--generate",
@@ -174,15 +194,22 @@ def main() -> None:
         try:
             with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=60) as client:
                 sync_runs(client, 20)  # warm-up
-                sync = sync_runs(client, args.requests)
-                inline = sync_runs(client, args.requests, INLINE)
-                queued = queued_runs(client, args.requests)
+                if cog_client is not None:
+                    cog_predictions(cog_client, 20)
+                for _ in range(args.rounds):
+                    if cog is not None and cog_client is not None:
+                        cog += cog_predictions(cog_client, n)
+                    sync += sync_runs(client, n)
+                    inline += sync_runs(client, n, INLINE)
+                    queued += queued_runs(client, n)
+                    jobs_rates.append(asyncio.run(concurrent_sync(serve.url, serve.headers(), n, args.concurrency)))
+                    inline_rates.append(
+                        asyncio.run(concurrent_sync(serve.url, serve.headers(), n, args.concurrency, INLINE))
+                    )
                 last_id = client.post(ENDPOINT, json=BODY).json()["request_id"]
                 time.sleep(0.2)
-            jobs_per_s = asyncio.run(concurrent_sync(serve.url, serve.headers(), args.requests, args.concurrency))
-            inline_per_s = asyncio.run(
-                concurrent_sync(serve.url, serve.headers(), args.requests, args.concurrency, INLINE)
-            )
+            jobs_per_s = statistics.median(jobs_rates)
+            inline_per_s = statistics.median(inline_rates)
             status_per_s = asyncio.run(status_rate(serve.url, serve.headers(), last_id, args.seconds, args.concurrency))
         finally:
             serve.stop()
@@ -227,7 +254,8 @@ def main() -> None:
     args.out.write_text(
         "# Serving overhead (no-op generate)\n\n"
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}, Python {platform.python_version()}, SQLite store, "
-        f"one worker process, {args.requests} requests per row. Command: `.venv/bin/python bench/serving.py"
+        f"one worker process, {args.requests} requests per row in {args.rounds} interleaved rounds (throughputs: the "
+        "median round). Command: `.venv/bin/python bench/serving.py"
         + (" --cog-python <venv with cog 0.16.12>/bin/python" if cog is not None else "")
         + "`.\n\n"
         + header
