@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from reimagine.queue import open_store
+from tests.api.conftest import database_url
 from tests.api.helpers import REQUESTS, submit, wait_completed, wait_running
 from tests.conftest import ServeProcess
 
@@ -42,8 +44,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_kill9_of_serve_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
-    first = ServeProcess(tmp_path).start()
+def test_kill9_of_serve_loses_nothing_and_doubles_nothing(tmp_path: Path, store_flags: list[str]) -> None:
+    first = ServeProcess(tmp_path, *store_flags).start()
     headers = first.headers()
     with httpx.Client(base_url=first.url, headers=headers, timeout=30) as client:
         running = submit(client, {"prompt": "sleep=0.1 running", "num_inference_steps": 30})["request_id"]
@@ -60,7 +62,7 @@ def test_kill9_of_serve_loses_nothing_and_doubles_nothing(tmp_path: Path) -> Non
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers), "orphaned worker left behind"
 
-    second = ServeProcess(tmp_path, port=first.port).start()
+    second = ServeProcess(tmp_path, *store_flags, port=first.port).start()
     try:
         with httpx.Client(base_url=second.url, headers=headers, timeout=30) as client:
             for request_id in [running, *queued]:
@@ -71,20 +73,27 @@ def test_kill9_of_serve_loses_nothing_and_doubles_nothing(tmp_path: Path) -> Non
             assert any("re-queued" in line["message"] for line in attempts["logs"])
     finally:
         second.stop()
-    db = sqlite3.connect(tmp_path / "reimagine.db")
-    rows = db.execute("SELECT id, status, attempts FROM jobs").fetchall()
-    assert len(rows) == 6 and all(status == "SUCCEEDED" for _, status, _ in rows)
-    assert dict((job_id, attempts) for job_id, _, attempts in rows)[running] == 2
-    # Exactly once: a single terminal status event per job.
-    for job_id, _, _ in rows:
-        terminal = db.execute(
-            "SELECT COUNT(*) FROM events WHERE job_id = ? AND kind = 'status' AND data LIKE '%SUCCEEDED%'", (job_id,)
-        ).fetchone()[0]
-        assert terminal == 1
+    store = open_store(database_url(tmp_path, store_flags))
+    try:
+        with store.engine.connect() as db:
+            rows = db.execute(sa.text("SELECT id, status, attempts FROM jobs")).all()
+            assert len(rows) == 6 and all(status == "SUCCEEDED" for _, status, _ in rows)
+            assert dict((job_id, attempts) for job_id, _, attempts in rows)[running] == 2
+            # Exactly once: a single terminal status event per job.
+            for job_id, _, _ in rows:
+                terminal = db.execute(
+                    sa.text(
+                        "SELECT COUNT(*) FROM events WHERE job_id = :id AND kind = 'status' AND data LIKE '%SUCCEEDED%'"
+                    ),
+                    {"id": job_id},
+                ).scalar_one()
+                assert terminal == 1
+    finally:
+        store.close()
 
 
-def test_job_that_kills_its_worker_is_poisoned(tmp_path: Path) -> None:
-    serve = ServeProcess(tmp_path, "--max-attempts", "3").start()
+def test_job_that_kills_its_worker_is_poisoned(tmp_path: Path, store_flags: list[str]) -> None:
+    serve = ServeProcess(tmp_path, "--max-attempts", "3", *store_flags).start()
     try:
         with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=30) as client:
             request_id = submit(client, {"prompt": "crash"})["request_id"]

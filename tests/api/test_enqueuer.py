@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from reimagine.api.enqueuer import Enqueuer
 from reimagine.queue import open_store
 from reimagine.queue.models import NewJob, QueueFull
 from reimagine.queue.sql import SqlStore
+from tests.api.conftest import database_url
 
 
 def _new() -> NewJob:
@@ -45,8 +47,10 @@ class _Recorded:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> _Recorded:
-    return _Recorded(open_store(f"sqlite:///{tmp_path / 'jobs.db'}"))
+def store(tmp_path: Path, store_flags: list[str]) -> Iterator[_Recorded]:
+    recorded = _Recorded(open_store(database_url(tmp_path, store_flags)))
+    yield recorded
+    recorded.store.close()
 
 
 def test_a_burst_shares_transactions_and_keeps_its_order(store: _Recorded) -> None:

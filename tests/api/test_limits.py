@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -11,8 +11,10 @@ from tests.api.helpers import ENDPOINT, REQUESTS, submit
 from tests.conftest import ServeProcess
 
 
-def test_rate_limit_and_queue_depth(tmp_path: Path) -> None:
-    serve = ServeProcess(tmp_path, "--submit-rate-per-min", "3", "--max-queue-depth", "100", "--workers", "0")
+def test_rate_limit_and_queue_depth(tmp_path: Path, new_store_flags: Callable[[], list[str]]) -> None:
+    serve = ServeProcess(
+        tmp_path, "--submit-rate-per-min", "3", "--max-queue-depth", "100", "--workers", "0", *new_store_flags()
+    )
     serve.start()
     try:
         with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=30) as client:
@@ -25,7 +27,7 @@ def test_rate_limit_and_queue_depth(tmp_path: Path) -> None:
     finally:
         serve.stop()
 
-    depth = ServeProcess(tmp_path / "depth", "--max-queue-depth", "2", "--workers", "0").start()
+    depth = ServeProcess(tmp_path / "depth", "--max-queue-depth", "2", "--workers", "0", *new_store_flags()).start()
     try:
         with httpx.Client(base_url=depth.url, headers=depth.headers(), timeout=30) as client:
             submit(client, {"prompt": "x"})
@@ -36,8 +38,8 @@ def test_rate_limit_and_queue_depth(tmp_path: Path) -> None:
         depth.stop()
 
 
-def test_strict_inputs_reject_unknown_fields(tmp_path: Path) -> None:
-    serve = ServeProcess(tmp_path, "--strict-inputs", "--workers", "0").start()
+def test_strict_inputs_reject_unknown_fields(tmp_path: Path, store_flags: list[str]) -> None:
+    serve = ServeProcess(tmp_path, "--strict-inputs", "--workers", "0", *store_flags).start()
     try:
         response = httpx.post(serve.url + ENDPOINT, json={"prompt": "x", "num_images": 2}, headers=serve.headers())
         assert response.status_code == 422
@@ -46,8 +48,8 @@ def test_strict_inputs_reject_unknown_fields(tmp_path: Path) -> None:
         serve.stop()
 
 
-def test_oversized_request_body_is_413(tmp_path: Path) -> None:
-    serve = ServeProcess(tmp_path, "--max-request-bytes", "100000", "--workers", "0").start()
+def test_oversized_request_body_is_413(tmp_path: Path, store_flags: list[str]) -> None:
+    serve = ServeProcess(tmp_path, "--max-request-bytes", "100000", "--workers", "0", *store_flags).start()
     try:
         big = {"prompt": "x", "canny_image_url": "data:image/png;base64," + "A" * 200_000}
         response = httpx.post(serve.url + ENDPOINT, json=big, headers=serve.headers())

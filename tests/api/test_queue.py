@@ -141,7 +141,11 @@ def test_auth_and_cross_key_visibility(client: httpx.Client, server: ServeProces
     import sys
 
     command = [sys.executable, "-m", "reimagine.cli", "keys", "create", "--name", "other"]
-    created = subprocess.run([*command, "--data-dir", str(server.data_dir)], check=True, capture_output=True, text=True)
+    # The server's own store: its data directory, and its PostgreSQL database when it has one.
+    store = server.args[server.args.index("--database-url") :][:2] if "--database-url" in server.args else []
+    created = subprocess.run(
+        [*command, "--data-dir", str(server.data_dir), *store], check=True, capture_output=True, text=True
+    )
     other_key = created.stdout.strip().splitlines()[-1]
     other = {"Authorization": f"Key {other_key}"}
     for path in (f"{REQUESTS}/{request_id}", f"{REQUESTS}/{request_id}/status"):

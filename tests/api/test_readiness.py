@@ -11,8 +11,9 @@ from tests.api.helpers import ENDPOINT, submit, wait_completed
 from tests.conftest import ServeProcess
 
 
-def test_ready_only_once_the_model_is_loaded(tmp_path: Path) -> None:
-    serve = ServeProcess(tmp_path, "--generate", "tests.fakes:make_slow_loading_generate").start(wait_ready=False)
+def test_ready_only_once_the_model_is_loaded(tmp_path: Path, store_flags: list[str]) -> None:
+    serve = ServeProcess(tmp_path, "--generate", "tests.fakes:make_slow_loading_generate", *store_flags)
+    serve.start(wait_ready=False)
     try:
         live = None
         for _ in range(100):
@@ -33,8 +34,8 @@ def test_ready_only_once_the_model_is_loaded(tmp_path: Path) -> None:
         serve.stop()
 
 
-def test_api_only_replica_is_ready_when_the_store_answers(tmp_path: Path) -> None:
-    serve = ServeProcess(tmp_path, "--workers", "0").start()
+def test_api_only_replica_is_ready_when_the_store_answers(tmp_path: Path, store_flags: list[str]) -> None:
+    serve = ServeProcess(tmp_path, "--workers", "0", *store_flags).start()
     try:
         body = httpx.get(serve.url + "/health/ready").json()
         assert body["status"] == "ready" and body["workers"]["expected"] == 0

@@ -41,10 +41,10 @@ class _Receiver:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/hook?x=1"
 
 
-def test_webhook_retried_until_accepted_and_signed(tmp_path: Path) -> None:
+def test_webhook_retried_until_accepted_and_signed(tmp_path: Path, store_flags: list[str]) -> None:
     receiver = _Receiver(failures=2)
     serve = ServeProcess(
-        tmp_path, "--allow-hosts", "127.0.0.1", "--webhook-window-s", "3", "--webhook-max-attempts", "5"
+        tmp_path, "--allow-hosts", "127.0.0.1", "--webhook-window-s", "3", "--webhook-max-attempts", "5", *store_flags
     ).start()
     try:
         with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=30) as client:
