@@ -3,7 +3,7 @@
 Starts a real `reimagine serve` (SQLite in a temp dir, one worker process running `tests.fakes:make_noop_generate`)
 on loopback, drives it with httpx for a bounded number of requests, prints a table and writes bench/SERVING.md.
 
-    .venv/bin/python bench/serving.py [--requests 300] [--concurrency 8] [--seconds 5] [--cog-python PATH]
+    .venv/bin/python bench/serving.py [--requests 600] [--rounds 3] [--concurrency 8] [--seconds 5] [--cog-python PATH]
 
 `--cog-python` also measures the baseline the service issue names, cog 0.16's Python HTTP server serving a no-op
 predictor, on the same machine and in the same run (both see the same load). cog is not a dependency of ours; give

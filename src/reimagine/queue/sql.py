@@ -15,10 +15,9 @@ import json
 import logging
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
 from reimagine.jobs import CANCELLED_MESSAGE, JobStatus
+from reimagine.queue import sqlite
 from reimagine.queue.models import (
     ApiKey,
     CancelOutcome,
@@ -134,17 +134,12 @@ class SqlStore:
             self.engine: Engine = sa.create_engine(
                 database_url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=16
             )
-            sa_event.listen(self.engine, "connect", _sqlite_on_connect)
-            sa_event.listen(self.engine, "begin", _sqlite_on_begin)
+            sa_event.listen(self.engine, "connect", sqlite.on_connect)
+            sa_event.listen(self.engine, "begin", sqlite.on_begin)
+            self._sqlite: sqlite.SqliteFile | None = sqlite.SqliteFile(path)
         else:
             self.engine = sa.create_engine(_engine_url(database_url), pool_size=8, max_overflow=16, pool_pre_ping=True)
-        self._readers = threading.local()
-        self._writer_mutex = threading.Lock()
-        self._writer_file = (
-            open(database_url.removeprefix("sqlite:///") + ".write.lock", "a+") if self.is_sqlite else None
-        )
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._reader_lock = threading.Lock()
+            self._sqlite = None
         #: True when the hot reads are cheap enough to run on an event loop instead of a worker thread (SQLite in
         #: WAL mode: a read takes tens of microseconds and never waits for a writer).
         self.reads_inline = self.is_sqlite
@@ -188,78 +183,30 @@ class SqlStore:
             return conn.execute(sa.text("SELECT 1")).scalar() == 1
 
     def close(self) -> None:
-        with self._reader_lock:
-            conns, self._reader_conns = self._reader_conns, []
-        for raw in conns:
-            raw.close()
+        if self._sqlite is not None:
+            self._sqlite.close()
         self.engine.dispose()
-        if self._writer_file is not None:
-            self._writer_file.close()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._writer_turn(), self.engine.begin() as conn:
+        with self._sqlite.writer_turn() if self._sqlite is not None else nullcontext(), self.engine.begin() as conn:
             yield conn
-
-    @contextmanager
-    def _writer_turn(self) -> Iterator[None]:
-        """SQLite: wait for the single write lock in the kernel, not in SQLite's busy handler.
-
-        A SQLite writer that finds the lock taken sleeps 1, 2, 5, 10... ms between retries; with the API and the
-        workers writing hundreds of times a second, that made half of all submits wait a millisecond or more (p99
-        36 ms) for a lock held for a tenth of that. Every writer of this database on this machine first takes an
-        exclusive `flock` on a file next to it (threads of one process queue on a mutex first: a `flock` is held by
-        the open file, not the thread), and is woken the moment the previous writer lets go. The lock goes with
-        its holder's death, and SQLite's own locking still protects against writers that do not take it.
-        """
-        lock_file = self._writer_file
-        if lock_file is None:
-            yield
-            return
-        with self._writer_mutex:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self.engine.connect().execution_options(reimagine_read=True) as conn:
-            if self.is_sqlite:
-                # Begun at once (not on the first `execute`): `_x` runs statements on the driver connection, which
-                # SQLAlchemy's auto-begin does not see, and a read of several statements must be one snapshot.
-                conn.begin()
             yield conn
             conn.rollback()
 
     @contextmanager
     def _fast_read(self) -> Iterator[Connection | sqlite3.Connection]:
-        """A read snapshot for the hot single-row reads (`_x` statements only).
-
-        On SQLite this is a plain driver connection per thread: SQLAlchemy's pool checkout and begin/rollback events
-        cost three times the read itself, and these reads run for every status poll and every job event.
-        """
-        if not self.is_sqlite:
+        """A read snapshot for the hot single-row reads (`_x` statements only); a driver connection on SQLite."""
+        if self._sqlite is None:
             with self._read() as conn:
                 yield conn
             return
-        raw: sqlite3.Connection | None = getattr(self._readers, "conn", None)
-        if raw is None:
-            raw = sqlite3.connect(
-                self.database_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
-            )
-            # A WAL reader waits only while a crashed writer's log is recovered; these reads may run on an event
-            # loop, so that wait is bounded well below the writers' 30 s.
-            raw.execute("PRAGMA busy_timeout=5000")
-            self._readers.conn = raw
-            with self._reader_lock:
-                self._reader_conns.append(raw)
-        raw.execute("BEGIN")
-        try:
+        with self._sqlite.reader() as raw:
             yield raw
-        finally:
-            raw.execute("ROLLBACK")
 
     def _x(
         self, conn: Connection | sqlite3.Connection, statement: sa.TextClause, params: dict[str, Any] | None = None
@@ -818,24 +765,3 @@ def _event(row: Any) -> Event:
     return Event(
         id=int(m["id"]), job_id=m["job_id"], kind=m["kind"], data=json.loads(m["data"]), created_at=m["created_at"]
     )
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Driver-level autocommit so that the "begin" hook below decides how each transaction starts.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode survives kill -9 of any process (only an OS crash or power loss can drop the last commits).
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _sqlite_on_begin(conn: Connection) -> None:
-    # Writers take the lock up front: a deferred transaction that upgrades to a writer fails at once with
-    # SQLITE_BUSY under contention instead of waiting on busy_timeout.
-    if conn.get_execution_options().get("reimagine_read"):
-        conn.exec_driver_sql("BEGIN")
-    else:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -94,7 +94,7 @@ async def get_status(request: Request, request_id: str) -> JSONResponse:
     settings, key_id = request.app.state.settings, await require_key(request)
     if not _is_possible_id(request_id):
         return _not_found(request_id)
-    # One read (and one thread hop) for the job, its position and its events.
+    # One read for the job, its position and its events.
     found = await read(request.app.state.store, request.app.state.store.status_snapshot, request_id)
     if found is None or found[0].key_id != key_id:
         return _not_found(request_id)
