@@ -176,6 +176,32 @@ def test_trailing_slash_and_subpath_variants(client: httpx.Client) -> None:
     assert client.post(ENDPOINT + "/", json={"prompt": "x"}).status_code == 200
 
 
+def test_fast_lane_and_fastapi_router_answer_alike(client: httpx.Client, server: ServeProcess) -> None:
+    """Submit, status and sync run are served before FastAPI's router (api/fastlane.py); their variants with a
+    trailing slash go through the router. Both must give the same answers, errors included."""
+
+    def same(method: str, path: str, **kwargs: object) -> httpx.Response:
+        fast, routed = (client.request(method, p, **kwargs) for p in (path, path + "/"))  # type: ignore[arg-type]
+        assert fast.status_code == routed.status_code, (path, fast.text, routed.text)
+        assert fast.headers["content-type"] == routed.headers["content-type"]
+        assert ("x-fal-request-id" in fast.headers) == ("x-fal-request-id" in routed.headers)
+        if fast.status_code != 200 or method == "GET":
+            assert fast.json() == routed.json(), path
+        return fast
+
+    for path in (ENDPOINT, "/run" + ENDPOINT):
+        assert same("POST", path, json={"prompt": "x"}).status_code == 200
+        assert same("POST", path, json={"prompt": "x", "depth_scale": 3}).status_code == 422
+        assert same("POST", path, content=b"{not json").status_code == 422
+        assert same("POST", path, json={"prompt": "x"}, headers={"Authorization": "Key a:b"}).status_code == 401
+        assert same("POST", path, json={"prompt": "x"}, headers={"Authorization": ""}).status_code == 401
+    request_id = submit(client, {"prompt": "x"})["request_id"]
+    wait_completed(client, request_id)
+    assert same("GET", f"{REQUESTS}/{request_id}/status", params={"logs": "1"}).status_code == 200
+    assert same("GET", f"{REQUESTS}/nope/status").status_code == 404
+    assert same("GET", f"{REQUESTS}/{request_id}/status", headers={"Authorization": "Key a:b"}).status_code == 401
+
+
 def test_sse_stream_closes_after_completed_and_resumes(client: httpx.Client) -> None:
     request_id = submit(client, {"prompt": "sleep=0.01", "num_inference_steps": 20})["request_id"]
     events: list[tuple[int, dict[str, object]]] = []

@@ -120,6 +120,10 @@ def create_app(
     app.state.check_prompt = _prompt_checker(settings)
     app.state.notify_workers = supervisor.wake if supervisor is not None else (lambda: None)
 
+    from reimagine.api.fastlane import FastLane
+
+    # Added first, so that it runs inside the CORS layer below (middleware added later wraps what came before).
+    app.add_middleware(FastLane)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -193,6 +193,17 @@ class SqlStore:
             yield conn
 
     @contextmanager
+    def _fast_write(self) -> Iterator[Connection | sqlite3.Connection]:
+        """A write transaction for hot writes (`_x` and `_changed` statements only): on SQLite, a driver connection."""
+        if self._sqlite is None:
+            with self._write() as conn:
+                yield conn
+            return
+        with self._sqlite.writer() as raw:
+            assert raw is not None
+            yield raw
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self.engine.connect().execution_options(reimagine_read=True) as conn:
             yield conn
@@ -231,11 +242,14 @@ class SqlStore:
         finally:
             cursor.close()
 
-    def _changed(self, conn: Connection, statement: sa.TextClause, params: dict[str, Any]) -> int:
+    def _changed(self, conn: Connection | sqlite3.Connection, statement: sa.TextClause, params: dict[str, Any]) -> int:
         """Run a statement that returns no rows; the number of rows it changed."""
-        if not self.is_sqlite:
+        if isinstance(conn, sqlite3.Connection):
+            cursor = conn.execute(statement.text, params)
+        elif not self.is_sqlite:
             return int(conn.execute(statement, params).rowcount)
-        cursor = conn.connection.driver_connection.execute(statement.text, params)  # type: ignore[union-attr]
+        else:
+            cursor = conn.connection.driver_connection.execute(statement.text, params)  # type: ignore[union-attr]
         try:
             return int(cursor.rowcount)
         finally:
@@ -261,7 +275,7 @@ class SqlStore:
         """
         now = time.time()
         results: list[tuple[Job, int] | QueueFull] = []
-        with self._write() as conn:
+        with self._fast_write() as conn:
             queued = int(self._x(conn, _COUNT_QUEUED)[0][0]) if max_queued is not None else 0
             for new in news:
                 if max_queued is not None and queued >= max_queued:
@@ -336,7 +350,7 @@ class SqlStore:
                 if not self._x(conn, _ANY_QUEUED):
                     return None
         now = time.time()
-        with self._write() as conn:
+        with self._fast_write() as conn:
             self._expire_start_deadlines(conn, now)
             row = _first(
                 self._x(
@@ -356,7 +370,7 @@ class SqlStore:
         with self._write() as conn:
             self._expire_start_deadlines(conn, time.time())
 
-    def _expire_start_deadlines(self, conn: Connection, now: float) -> None:
+    def _expire_start_deadlines(self, conn: Connection | sqlite3.Connection, now: float) -> None:
         rows = self._x(conn, _EXPIRED_STARTS, {"now": now})
         for job_id, webhook_url in rows:
             outcome = Outcome(
@@ -370,7 +384,7 @@ class SqlStore:
 
     def heartbeat(self, job_id: str, fence: int, lease_s: float) -> LeaseState:
         """Renew a lease; tells the worker whether it still holds it and whether cancel was asked."""
-        with self._write() as conn:
+        with self._fast_write() as conn:
             row = _first(self._x(conn, _HEARTBEAT, {"exp": time.time() + lease_s, "id": job_id, "fence": fence}))
         if row is None:
             return LeaseState.LOST
@@ -390,7 +404,7 @@ class SqlStore:
         `files` are the job's output files, recorded in the same transaction as the outcome.
         """
         now = time.time()
-        with self._write() as conn:
+        with self._fast_write() as conn:
             row = _first(self._x(conn, _RUNNING_WEBHOOK, {"id": job_id, "fence": fence}))
             if row is None:
                 return False
@@ -403,7 +417,7 @@ class SqlStore:
 
     def _finish(
         self,
-        conn: Connection,
+        conn: Connection | sqlite3.Connection,
         job_id: str,
         webhook_url: str | None,
         outcome: Outcome,
@@ -564,15 +578,17 @@ class SqlStore:
     # -- events ------------------------------------------------------------------------------------------------
 
     def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> int:
-        with self._write() as conn:
+        with self._fast_write() as conn:
             return self._add_event(conn, job_id, kind, data, time.time())
 
     def add_log(self, job_id: str, message: str, level: str = "INFO") -> int:
         now = time.time()
-        with self._write() as conn:
+        with self._fast_write() as conn:
             return self._add_event(conn, job_id, "log", _log_data(message, level, now), now)
 
-    def _add_event(self, conn: Connection, job_id: str, kind: str, data: dict[str, Any], now: float) -> int:
+    def _add_event(
+        self, conn: Connection | sqlite3.Connection, job_id: str, kind: str, data: dict[str, Any], now: float
+    ) -> int:
         row = self._x(conn, _INSERT_EVENT, {"job_id": job_id, "kind": kind, "data": json.dumps(data), "now": now})[0]
         if not self.is_sqlite:
             # Every write path (enqueue, progress, cancel, finish, re-queue) adds an event, so this one hook wakes
@@ -600,10 +616,10 @@ class SqlStore:
     # -- files ---------------------------------------------------------------------------------------------------
 
     def add_file(self, key: str, *, job_id: str | None, kind: str, content_type: str, size: int) -> None:
-        with self._write() as conn:
+        with self._fast_write() as conn:
             self._add_file(conn, FileRow(key, kind, content_type, size), job_id, time.time())
 
-    def _add_file(self, conn: Connection, file: FileRow, job_id: str | None, now: float) -> None:
+    def _add_file(self, conn: Connection | sqlite3.Connection, file: FileRow, job_id: str | None, now: float) -> None:
         exists = _first(self._x(conn, _FILE_EXISTS, {"key": file.key}))
         if exists is None:
             self._changed(

@@ -7,8 +7,9 @@ first takes an exclusive `flock` on a file next to it and is woken the moment th
 of one process queue on a mutex first, because a `flock` belongs to the open file, not to the thread. The lock goes
 with its holder's death, and SQLite's own locking still guards against writers that do not take it.
 
-The hot single-row reads (every status poll, every job event) use one plain driver connection per thread:
-SQLAlchemy's pool checkout and begin/rollback events cost three times the read itself.
+The hot statements (every status poll and job event; each submit, claim, progress step and completion) use plain
+driver connections, one per thread for reading and one for writing: SQLAlchemy's pool checkout and begin/commit
+events cost two to three times these single-row statements themselves.
 """
 
 from __future__ import annotations
@@ -28,60 +29,97 @@ class SqliteFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._readers = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._reader_lock = threading.Lock()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
         self._writer_mutex = threading.Lock()
         # Held open for the store's lifetime: the flock lives on this open file.
         self._writer_file = open(path + ".write.lock", "a+")
 
     @contextmanager
-    def writer_turn(self) -> Iterator[None]:
-        """This process's and thread's turn at the write lock (see the module docstring)."""
-        with self._writer_mutex:
-            fcntl.flock(self._writer_file, fcntl.LOCK_EX)
+    def writer_turn(self, *, wait: bool = True) -> Iterator[bool]:
+        """This process's and thread's turn at the write lock (see the module docstring).
+
+        Yields True once it is ours; with `wait=False`, False at once when another writer has it.
+        """
+        if not self._writer_mutex.acquire(blocking=wait):
+            yield False
+            return
+        try:
             try:
-                yield
+                fcntl.flock(self._writer_file, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(self._writer_file, fcntl.LOCK_UN)
+        finally:
+            self._writer_mutex.release()
 
     @contextmanager
     def reader(self) -> Iterator[sqlite3.Connection]:
         """This thread's driver connection, inside a read snapshot."""
-        raw: sqlite3.Connection | None = getattr(self._readers, "conn", None)
-        if raw is None:
-            raw = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            # A WAL reader waits only while a crashed writer's log is recovered; these reads may run on an event
-            # loop, so that wait is bounded well below the writers' 30 s.
-            raw.execute("PRAGMA busy_timeout=5000")
-            self._readers.conn = raw
-            with self._reader_lock:
-                self._reader_conns.append(raw)
+        raw = self._connection("reader")
         raw.execute("BEGIN")
         try:
             yield raw
         finally:
             raw.execute("ROLLBACK")
 
+    @contextmanager
+    def writer(self, *, wait: bool = True) -> Iterator[sqlite3.Connection | None]:
+        """This thread's driver connection, inside a write transaction that commits unless the block raises.
+
+        With `wait=False` it yields None at once instead of waiting when another writer holds the lock.
+        """
+        with self.writer_turn(wait=wait) as turn:
+            if not turn:
+                yield None
+                return
+            raw = self._connection("writer")
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                yield raw
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+            raw.execute("COMMIT")
+
+    def _connection(self, role: str) -> sqlite3.Connection:
+        raw: sqlite3.Connection | None = getattr(self._local, role, None)
+        if raw is None:
+            raw = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # A reader waits only while a crashed writer's log is recovered; these reads may run on an event loop,
+            # so that wait is bounded well below the writers' 30 s.
+            _configure(raw, busy_timeout_ms=5000 if role == "reader" else 30000)
+            setattr(self._local, role, raw)
+            with self._conns_lock:
+                self._conns.append(raw)
+        return raw
+
     def close(self) -> None:
-        with self._reader_lock:
-            conns, self._reader_conns = self._reader_conns, []
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
         for raw in conns:
             raw.close()
         self._writer_file.close()
+
+
+def _configure(raw: sqlite3.Connection, *, busy_timeout_ms: int = 30000) -> None:
+    raw.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode survives kill -9 of any process (only an OS crash or power loss can drop the last commits).
+    raw.execute("PRAGMA synchronous=NORMAL")
+    raw.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    raw.execute("PRAGMA foreign_keys=ON")
 
 
 def on_connect(dbapi_connection: Any, _record: Any) -> None:
     """SQLAlchemy "connect" hook of the store's engine."""
     # Driver-level autocommit so that the "begin" hook below decides how each transaction starts.
     dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode survives kill -9 of any process (only an OS crash or power loss can drop the last commits).
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+    _configure(dbapi_connection)
 
 
 def on_begin(conn: Connection) -> None:
