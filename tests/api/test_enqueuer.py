@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,12 +39,24 @@ class _Recorded:
         self.store = store
         self.batches: list[int] = []
         self.fail = False
+        #: batches written on the event loop (`try_enqueue_many`), not in a thread
+        self.inline = 0
 
     def enqueue_many(self, news: list[NewJob], *, max_queued: int | None) -> Any:
         self.batches.append(len(news))
         if self.fail:
             raise RuntimeError("store down")
         return self.store.enqueue_many(news, max_queued=max_queued)
+
+    def try_enqueue_many(self, news: list[NewJob], *, max_queued: int | None) -> Any:
+        if self.fail:
+            self.batches.append(len(news))
+            raise RuntimeError("store down")
+        result = self.store.try_enqueue_many(news, max_queued=max_queued)
+        if result is not None:
+            self.batches.append(len(news))
+            self.inline += 1
+        return result
 
 
 @pytest.fixture
@@ -95,3 +108,59 @@ def test_a_store_error_reaches_every_caller_of_the_batch_and_the_next_batch_work
     failed, (job, _) = asyncio.run(run())
     assert all(isinstance(r, RuntimeError) for r in failed)
     assert store.store.get(job.id) is not None and store.store.count_queued() == 1
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[_Recorded]:
+    """Only SQLite writes on the event loop (PostgreSQL always waits on the network, in a thread)."""
+    recorded = _Recorded(open_store(f"sqlite:///{tmp_path / 'loop.db'}"))
+    yield recorded
+    recorded.store.close()
+
+
+def test_a_busy_write_lock_is_waited_for_in_a_thread_not_on_the_event_loop(sqlite_store: _Recorded) -> None:
+    store = sqlite_store
+    sqlite_file = store.store._sqlite
+    assert sqlite_file is not None
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with sqlite_file.writer():
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait(5)
+
+    async def run() -> tuple[tuple[Any, int], int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        asyncio.get_running_loop().call_later(0.4, release.set)
+        result = await Enqueuer(store, max_queued=None).enqueue(_new())
+        ticker.cancel()
+        return result, ticks
+
+    (job, _), ticks = asyncio.run(run())
+    holder.join()
+    # The loop kept running while the submission waited (about 40 ticks), and the job was written afterwards.
+    assert ticks >= 10, ticks
+    assert store.inline == 0 and store.batches == [1]
+    assert store.store.get(job.id) is not None
+
+
+def test_a_free_write_lock_is_taken_on_the_event_loop(sqlite_store: _Recorded) -> None:
+    store = sqlite_store
+
+    async def one() -> tuple[Any, int]:
+        return await Enqueuer(store, max_queued=None).enqueue(_new())
+
+    job, _ = asyncio.run(one())
+    assert store.inline == 1 and store.store.get(job.id) is not None

@@ -137,6 +137,25 @@ def test_store_fencing_stops_a_stale_worker_from_committing(store: SqlStore) -> 
     assert store.complete(job.id, fresh.fence, _ok()) is False, "a job completes once"
 
 
+def test_store_complete_and_claim_finishes_one_job_and_takes_the_next_in_one_write(store: SqlStore) -> None:
+    first, _ = store.enqueue(_new())
+    second, _ = store.enqueue(_new())
+    claimed = store.claim("w", 30)
+    assert claimed is not None and claimed.id == first.id
+    finished, following = store.complete_and_claim(first.id, claimed.fence, _ok(), owner="w", lease_s=30)
+    assert finished is True and following is not None and following.id == second.id
+    assert following.status == JobStatus.RUNNING and following.lease_owner == "w" and following.attempts == 1
+    assert _statuses(store, first.id) == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    assert _statuses(store, second.id) == ["QUEUED", "RUNNING"]
+    # The first job's completion is written before the next job's start.
+    assert store.events(first.id)[-1].id < store.events(second.id)[-1].id
+    # With nothing left to take, it only completes; a stale fence completes nothing but may still claim.
+    assert store.complete_and_claim(second.id, following.fence, _ok(), owner="w", lease_s=30) == (True, None)
+    third, _ = store.enqueue(_new())
+    stale, taken = store.complete_and_claim(second.id, following.fence, _ok(), owner="w", lease_s=30)
+    assert stale is False and taken is not None and taken.id == third.id
+
+
 def test_store_requeue_gives_a_claimed_job_back(store: SqlStore) -> None:
     job, _ = store.enqueue(_new())
     claimed = store.claim("w", 30)

@@ -273,36 +273,58 @@ class SqlStore:
 
         Each job gets its own answer, in order: itself and its position, or `QueueFull` once the queue is full.
         """
+        with self._fast_write() as conn:
+            return self._enqueue_many(conn, news, max_queued)
+
+    def try_enqueue_many(
+        self, news: list[NewJob], *, max_queued: int | None = None
+    ) -> list[tuple[Job, int] | QueueFull] | None:
+        """`enqueue_many` if it can be done without waiting, else None: for callers on an event loop.
+
+        Only SQLite can: when no other writer holds its lock, the transaction takes a fraction of a millisecond.
+        """
+        if self._sqlite is None:
+            return None
+        with self._sqlite.writer(wait=False) as raw:
+            return None if raw is None else self._enqueue_many(raw, news, max_queued)
+
+    def _enqueue_many(
+        self, conn: Connection | sqlite3.Connection, news: list[NewJob], max_queued: int | None
+    ) -> list[tuple[Job, int] | QueueFull]:
         now = time.time()
         results: list[tuple[Job, int] | QueueFull] = []
-        with self._fast_write() as conn:
-            queued = int(self._x(conn, _COUNT_QUEUED)[0][0]) if max_queued is not None else 0
-            for new in news:
-                if max_queued is not None and queued >= max_queued:
-                    results.append(QueueFull(queued))
-                    continue
-                row = self._x(
-                    conn,
-                    _INSERT_JOB,
-                    {
-                        "id": new.id,
-                        "key_id": new.key_id,
-                        "endpoint": new.endpoint,
-                        "priority": new.priority,
-                        "input": json.dumps(new.input),
-                        "is_sync": new.is_sync,
-                        "webhook_url": new.webhook_url,
-                        "base_url": new.base_url,
-                        "deadline": new.start_deadline_at,
-                        "now": now,
-                        "false": False,
-                    },
-                )[0]
-                job = Job.from_row(row)
-                self._add_event(conn, job.id, "status", {"status": JobStatus.QUEUED.value}, now)
-                results.append((job, self._position(conn, job)))
-                queued += 1
+        queued = int(self._x(conn, _COUNT_QUEUED)[0][0]) if max_queued is not None else 0
+        for new in news:
+            if max_queued is not None and queued >= max_queued:
+                results.append(QueueFull(queued))
+                continue
+            row = self._x(
+                conn,
+                _INSERT_JOB,
+                {
+                    "id": new.id,
+                    "key_id": new.key_id,
+                    "endpoint": new.endpoint,
+                    "priority": new.priority,
+                    "input": json.dumps(new.input),
+                    "is_sync": new.is_sync,
+                    "webhook_url": new.webhook_url,
+                    "base_url": new.base_url,
+                    "deadline": new.start_deadline_at,
+                    "now": now,
+                    "false": False,
+                },
+            )[0]
+            job = Job.from_row(row)
+            self._add_event(conn, job.id, "status", {"status": JobStatus.QUEUED.value}, now)
+            results.append((job, self._position(conn, job)))
+            queued += 1
         return results
+
+    def checkpoint(self) -> None:
+        """SQLite: fold the write-ahead log into the database file (writers on an event loop never do)."""
+        if self._sqlite is not None:
+            self._sqlite.checkpoint()
 
     def get(self, job_id: str) -> Job | None:
         with self._fast_read() as conn:
@@ -349,20 +371,20 @@ class SqlStore:
             with self._fast_read() as conn:
                 if not self._x(conn, _ANY_QUEUED):
                     return None
-        now = time.time()
         with self._fast_write() as conn:
-            self._expire_start_deadlines(conn, now)
-            row = _first(
-                self._x(
-                    conn,
-                    _CLAIM_SQLITE if self.is_sqlite else _CLAIM_PG,
-                    {"owner": owner, "exp": now + lease_s, "now": now},
-                )
+            return self._claim(conn, owner, lease_s, time.time())
+
+    def _claim(self, conn: Connection | sqlite3.Connection, owner: str, lease_s: float, now: float) -> Job | None:
+        self._expire_start_deadlines(conn, now)
+        row = _first(
+            self._x(
+                conn, _CLAIM_SQLITE if self.is_sqlite else _CLAIM_PG, {"owner": owner, "exp": now + lease_s, "now": now}
             )
-            if row is None:
-                return None
-            job = Job.from_row(row)
-            self._add_event(conn, job.id, "status", {"status": JobStatus.RUNNING.value, "attempt": job.attempts}, now)
+        )
+        if row is None:
+            return None
+        job = Job.from_row(row)
+        self._add_event(conn, job.id, "status", {"status": JobStatus.RUNNING.value, "attempt": job.attempts}, now)
         return job
 
     def expire_start_deadlines(self) -> None:
@@ -403,17 +425,42 @@ class SqlStore:
 
         `files` are the job's output files, recorded in the same transaction as the outcome.
         """
+        with self._fast_write() as conn:
+            return self._complete(conn, job_id, fence, outcome, files, time.time())
+
+    def complete_and_claim(
+        self,
+        job_id: str,
+        fence: int,
+        outcome: Outcome,
+        *,
+        files: list[FileRow] | None = None,
+        owner: str,
+        lease_s: float,
+    ) -> tuple[bool, Job | None]:
+        """`complete`, then `claim` for `owner` in the same transaction: a busy worker's one write per job."""
         now = time.time()
         with self._fast_write() as conn:
-            row = _first(self._x(conn, _RUNNING_WEBHOOK, {"id": job_id, "fence": fence}))
-            if row is None:
-                return False
-            finished = self._finish(
-                conn, job_id, row[0], outcome, now, where="status = 'RUNNING' AND fence = :fence", fence=fence
-            )
-            for file in files or ():
-                self._add_file(conn, file, job_id, now)
-            return finished
+            return self._complete(conn, job_id, fence, outcome, files, now), self._claim(conn, owner, lease_s, now)
+
+    def _complete(
+        self,
+        conn: Connection | sqlite3.Connection,
+        job_id: str,
+        fence: int,
+        outcome: Outcome,
+        files: list[FileRow] | None,
+        now: float,
+    ) -> bool:
+        row = _first(self._x(conn, _RUNNING_WEBHOOK, {"id": job_id, "fence": fence}))
+        if row is None:
+            return False
+        finished = self._finish(
+            conn, job_id, row[0], outcome, now, where="status = 'RUNNING' AND fence = :fence", fence=fence
+        )
+        for file in files or ():
+            self._add_file(conn, file, job_id, now)
+        return finished
 
     def _finish(
         self,

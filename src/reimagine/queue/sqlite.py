@@ -23,6 +23,10 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+#: Pages of write-ahead log after which a committing writer folds the log back into the database itself (SQLite's
+#: default is 1000, about forty no-op jobs).
+_AUTOCHECKPOINT_PAGES = 10_000
+
 
 class SqliteFile:
     """The per-file state behind `SqlStore`'s SQLite reads and writes."""
@@ -72,14 +76,23 @@ class SqliteFile:
     def writer(self, *, wait: bool = True) -> Iterator[sqlite3.Connection | None]:
         """This thread's driver connection, inside a write transaction that commits unless the block raises.
 
-        With `wait=False` it yields None at once instead of waiting when another writer holds the lock.
+        With `wait=False` it yields None at once instead of waiting when another writer holds the lock. Such a
+        writer may be an event loop, so its connection never checkpoints the log (a checkpoint syncs the disk);
+        `checkpoint()` does, from a thread.
         """
         with self.writer_turn(wait=wait) as turn:
             if not turn:
                 yield None
                 return
-            raw = self._connection("writer")
-            raw.execute("BEGIN IMMEDIATE")
+            raw = self._connection("writer" if wait else "writer_nowait")
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                if wait:
+                    raise
+                # A writer that does not queue on our lock (another program) holds SQLite's own.
+                yield None
+                return
             try:
                 yield raw
             except BaseException:
@@ -93,11 +106,17 @@ class SqliteFile:
             raw = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             # A reader waits only while a crashed writer's log is recovered; these reads may run on an event loop,
             # so that wait is bounded well below the writers' 30 s.
-            _configure(raw, busy_timeout_ms=5000 if role == "reader" else 30000)
+            _configure(raw, busy_timeout_ms={"reader": 5000, "writer": 30000, "writer_nowait": 0}[role])
+            if role == "writer_nowait":
+                raw.execute("PRAGMA wal_autocheckpoint=0")
             setattr(self._local, role, raw)
             with self._conns_lock:
                 self._conns.append(raw)
         return raw
+
+    def checkpoint(self) -> None:
+        """Copy the log's committed pages into the database file, without waiting for readers or writers."""
+        self._connection("writer").execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         with self._conns_lock:
@@ -113,6 +132,8 @@ def _configure(raw: sqlite3.Connection, *, busy_timeout_ms: int = 30000) -> None
     raw.execute("PRAGMA synchronous=NORMAL")
     raw.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     raw.execute("PRAGMA foreign_keys=ON")
+    # A safety net: `serve` checkpoints from a thread of its own well before this (api/app.py, `_checkpoint`).
+    raw.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
 
 
 def on_connect(dbapi_connection: Any, _record: Any) -> None:

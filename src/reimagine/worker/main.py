@@ -62,16 +62,22 @@ class Worker:
 
     def run(self, stop: threading.Event, wait: Callable[[float], None]) -> None:
         """Run jobs until `stop` is set; between jobs, `wait(timeout)` returns early when woken."""
+        job: Job | None = None
         while not stop.is_set():
-            if not self.run_once():
-                wait(1.0)
+            if job is None:
+                job = self.store.claim(self.owner, self.settings.lease_s)
+                if job is None:
+                    wait(1.0)
+                    continue
+                self._notify("event")
+            job = self._run(job, then_claim=not stop.is_set())
+        if job is not None:
+            # Claimed with the previous job's completion just as a drain began, and not started: given back.
+            self.store.requeue(job.id, job.fence)
+            self._notify("event")
 
-    def run_once(self) -> bool:
-        """Claim and run one job; False when the queue was empty."""
-        job = self.store.claim(self.owner, self.settings.lease_s)
-        if job is None:
-            return False
-        self._notify("event")
+    def _run(self, job: Job, *, then_claim: bool) -> Job | None:
+        """Run a claimed job and record its outcome; with `then_claim`, the next job, claimed in the same write."""
         logger.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         self._beat.hold(job)
         self._files = []
@@ -79,16 +85,24 @@ class Worker:
             outcome = self._execute(job, self._beat)
         except LeaseLost:
             logger.warning("lease lost; dropping job", extra={"request_id": job.id})
-            return True
+            return None
         finally:
             self._beat.release()
-        if self.store.complete(job.id, job.fence, outcome, files=self._files):
+        claimed = None
+        if then_claim:
+            finished, claimed = self.store.complete_and_claim(
+                job.id, job.fence, outcome, files=self._files, owner=self.owner, lease_s=self.settings.lease_s
+            )
+        else:
+            finished = self.store.complete(job.id, job.fence, outcome, files=self._files)
+        if finished:
             logger.info("job finished", extra={"request_id": job.id, "status": outcome.status.value})
         else:
             logger.warning("lease lost before completion; result dropped", extra={"request_id": job.id})
-        # Only a job with a webhook has an outbox row for serve to deliver now; the rest need no outbox read.
+        # Only a job with a webhook has an outbox row for serve to deliver now; the rest need no outbox read. The
+        # message also covers the next job's start, written in the same transaction.
         self._notify("done_webhook" if job.webhook_url else "done")
-        return True
+        return claimed
 
     def _execute(self, job: Job, beat: _Heartbeat) -> Outcome:
         hooks = _JobHooks(self, job, beat)

@@ -1,0 +1,116 @@
+"""The worker's loop on a real SQLite store: back-to-back jobs, and what a drain leaves behind."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from reimagine.config import Settings
+from reimagine.generation import Controls, Generated, Hooks
+from reimagine.jobs import JobStatus
+from reimagine.queue import NewJob, SqlStore, open_store
+from reimagine.schemas import ReimagineInput
+from reimagine.storage.local import LocalStorage
+from reimagine.worker.main import Worker
+
+
+def _new() -> NewJob:
+    return NewJob(
+        id=str(uuid.uuid4()),
+        key_id="k",
+        endpoint="bria/reimagine/3.2",
+        input={"prompt": "a cat"},
+        priority=0,
+        base_url="http://127.0.0.1:1",
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[SqlStore]:
+    opened = open_store(settings.resolved_database_url)
+    yield opened
+    opened.close()
+
+
+def _worker(settings: Settings, store: Any, generate: Any) -> Worker:
+    return Worker(settings, store, LocalStorage(settings.files_dir), generate)
+
+
+def _image(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated:
+    return Generated(image=Image.new("RGB", (8, 8)), prompt=inputs.prompt)
+
+
+def _statuses(store: SqlStore, job_id: str) -> list[str]:
+    return [e.data["status"] for e in store.events(job_id) if e.kind == "status"]
+
+
+def test_a_busy_worker_runs_the_queue_back_to_back_and_stops_when_told(settings: Settings, store: SqlStore) -> None:
+    ids = [store.enqueue(_new())[0].id for _ in range(4)]
+    stop = threading.Event()
+    waits: list[float] = []
+
+    def wait(timeout: float) -> None:
+        # Asked only once the queue is empty.
+        waits.append(timeout)
+        stop.set()
+
+    _worker(settings, store, _image).run(stop, wait)
+    for job_id in ids:
+        job = store.get(job_id)
+        assert job is not None and job.status == JobStatus.SUCCEEDED and job.attempts == 1
+        assert _statuses(store, job_id) == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    assert len(waits) == 1
+
+
+def test_a_drain_during_a_job_finishes_it_and_takes_no_other(settings: Settings, store: SqlStore) -> None:
+    first, second = (store.enqueue(_new())[0].id for _ in range(2))
+    stop = threading.Event()
+
+    def generate(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated:
+        stop.set()  # SIGTERM while the first job runs
+        return _image(inputs, controls, hooks)
+
+    _worker(settings, store, generate).run(stop, lambda _timeout: None)
+    done, waiting = store.get(first), store.get(second)
+    assert done is not None and done.status == JobStatus.SUCCEEDED
+    assert waiting is not None and waiting.status == JobStatus.QUEUED and waiting.attempts == 0
+
+
+def test_a_job_claimed_as_a_drain_began_is_given_back_unstarted(settings: Settings, store: SqlStore) -> None:
+    first, second = (store.enqueue(_new())[0].id for _ in range(2))
+    stop = threading.Event()
+    started: list[str] = []
+
+    class DrainAfterCompletion:
+        """The real store; the drain signal lands between the completing write and the next job's start."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def complete_and_claim(self, *args: Any, **kwargs: Any) -> Any:
+            result = store.complete_and_claim(*args, **kwargs)
+            stop.set()
+            return result
+
+    def generate(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated:
+        started.append(inputs.prompt)
+        return _image(inputs, controls, hooks)
+
+    _worker(settings, DrainAfterCompletion(), generate).run(stop, lambda _timeout: None)
+    assert len(started) == 1
+    done, returned = store.get(first), store.get(second)
+    assert done is not None and done.status == JobStatus.SUCCEEDED
+    assert returned is not None and returned.status == JobStatus.QUEUED and returned.lease_owner is None
+    assert returned.attempts == 0, "an attempt that never started does not count towards poisoning"
+    assert _statuses(store, second) == ["QUEUED", "RUNNING", "QUEUED"]
