@@ -1,19 +1,19 @@
 """Serving overhead with a no-op `generate`: sync-run and queue latency, jobs/s, status requests/s.
 
 Starts a real `reimagine serve` (SQLite in a temp dir, one worker process running `tests.fakes:make_noop_generate`)
-on loopback, drives it with httpx for a bounded number of requests, prints a table and writes bench/SERVING.md.
+on loopback, drives it with a load generator that costs almost nothing (bench/loadgen.py: keep-alive HTTP over a
+plain socket), prints a table and writes bench/SERVING.md.
 
-    .venv/bin/python bench/serving.py [--requests 600] [--rounds 3] [--concurrency 8] [--seconds 5] [--cog-python PATH]
+    .venv/bin/python bench/serving.py [--requests 3000] [--rounds 3] [--concurrency 8] [--seconds 3] [--cog-python PATH]
 
 `--cog-python` also measures the baseline the service issue names, cog 0.16's Python HTTP server serving a no-op
-predictor, on the same machine and in the same run (both see the same load). cog is not a dependency of ours; give
-it its own environment: `python3 -m venv /tmp/cog && /tmp/cog/bin/pip install cog==0.16.12`.
+predictor, on the same machine, with the same client and in alternating rounds (both see the same load). cog is not
+a dependency of ours; give it its own environment: `python3 -m venv /tmp/cog && /tmp/cog/bin/pip install cog==0.16.12`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -33,7 +33,9 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import ServeProcess  # noqa: E402
+from bench.loadgen import Connection, drive  # noqa: E402
+
+from tests.conftest import ServeProcess, free_port  # noqa: E402
 
 ENDPOINT = "/bria/reimagine/3.2"
 BODY = {"prompt": "noop"}
@@ -46,22 +48,19 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def sync_runs(client: httpx.Client, n: int, body: dict[str, object] = BODY) -> list[float]:
-    latencies = []
-    for _ in range(n):
-        started = time.perf_counter()
-        response = client.post("/run" + ENDPOINT, json=body)
-        latencies.append(time.perf_counter() - started)
-        assert response.status_code == 200, response.text
-    return latencies
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def queued_runs(client: httpx.Client, n: int) -> list[float]:
+def queued_runs(client: httpx.Client, n: int, ids: list[str]) -> list[float]:
     """Submit, then follow the status stream until COMPLETED: what a streaming client waits."""
     latencies = []
     for _ in range(n):
         started = time.perf_counter()
         request_id = client.post(ENDPOINT, json=BODY).json()["request_id"]
+        ids.append(request_id)
         with client.stream("GET", f"/bria/reimagine/requests/{request_id}/status/stream") as response:
             for line in response.iter_lines():
                 if line.startswith("data: ") and json.loads(line[6:])["status"] == "COMPLETED":
@@ -70,39 +69,19 @@ def queued_runs(client: httpx.Client, n: int) -> list[float]:
     return latencies
 
 
-async def concurrent_sync(
-    url: str, headers: dict[str, str], n: int, concurrency: int, body: dict[str, object] = BODY
-) -> float:
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
-        remaining = n
-
-        async def one() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                response = await client.post("/run" + ENDPOINT, json=body)
-                assert response.status_code == 200
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-        return n / (time.perf_counter() - started)
-
-
-async def status_rate(url: str, headers: dict[str, str], request_id: str, seconds: float, concurrency: int) -> float:
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
-        count = 0
-        deadline = time.perf_counter() + seconds
-
-        async def one() -> None:
-            nonlocal count
-            while time.perf_counter() < deadline:
-                response = await client.get(f"/bria/reimagine/requests/{request_id}/status")
-                assert response.status_code == 200
-                count += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-        return count / (time.perf_counter() - started)
+def queue_throughput(url: str, headers: dict[str, str], n: int, concurrency: int) -> float:
+    """Jobs/s through the queue: `n` submits over `concurrency` connections, until the last one has COMPLETED."""
+    started = time.perf_counter()
+    drive(url, "POST", ENDPOINT, BODY, headers=headers, requests=n - 1, concurrency=concurrency)
+    poll = Connection(url, headers)
+    status, body = poll.request("POST", ENDPOINT, BODY)
+    assert status == 200, body
+    # One priority, so jobs finish in submission order: the last submitted is the last to complete.
+    last = json.loads(body)["request_id"]
+    while poll.request("GET", f"/bria/reimagine/requests/{last}/status")[0] != 200:
+        time.sleep(0.002)
+    poll.close()
+    return n / (time.perf_counter() - started)
 
 
 _COG_PREDICTOR = """
@@ -116,11 +95,12 @@ class Predictor(BasePredictor):
 
 
 @contextlib.contextmanager
-def cog_server(python: str, port: int = 5055) -> Iterator[str]:
+def cog_server(python: str) -> Iterator[str]:
     """`python -m cog.server.http` (cog 0.16, its last Python server) with a no-op predictor; yields its URL."""
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "predict.py").write_text(_COG_PREDICTOR)
         Path(tmp, "cog.yaml").write_text('build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n')
+        port = free_port()
         env = {**os.environ, "PORT": str(port)}
         proc = subprocess.Popen(
             [python, "-m", "cog.server.http"], cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -143,42 +123,32 @@ def cog_server(python: str, port: int = 5055) -> Iterator[str]:
             proc.wait(10)
 
 
-def cog_predictions(client: httpx.Client, n: int) -> list[float]:
-    """Sequential no-op predictions (cog runs one at a time: a second concurrent one is refused with 409)."""
-    latencies = []
-    for _ in range(n):
-        started = time.perf_counter()
-        response = client.post("/predictions", json={"input": {"prompt": "noop"}})
-        latencies.append(time.perf_counter() - started)
-        assert response.status_code == 200, response.text
-    return latencies
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per row, over all rounds")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of the status-polling run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "SERVING.md")
     parser.add_argument("--cog-python", default="", help="a Python with cog==0.16.x installed: measure cog too")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each measuring everything once, interleaved")
     args = parser.parse_args()
     n = max(1, args.requests // args.rounds)
+    k = args.concurrency
 
     # cog and reimagine run side by side, measured in alternating rounds, so a change in the machine's load (these
     # are shared 2-vCPU machines) hits both alike; throughputs are the median round, latencies pooled.
-    cog: list[float] | None = [] if args.cog_python else None
-    sync: list[float] = []
-    inline: list[float] = []
-    queued: list[float] = []
-    jobs_rates: list[float] = []
-    inline_rates: list[float] = []
+    rates: dict[str, list[float]] = {}
+    latencies: dict[str, list[float]] = {}
+
+    def record(name: str, run_rate: float, run_latencies: list[float] | None = None) -> None:
+        rates.setdefault(name, []).append(run_rate)
+        latencies.setdefault(name, []).extend(run_latencies or [])
+
+    cpu_api: list[float] = []
+    streamed: list[str] = []
+    cpu_worker: list[float] = []
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
-        cog_client = (
-            stack.enter_context(httpx.Client(base_url=stack.enter_context(cog_server(args.cog_python)), timeout=60))
-            if cog is not None
-            else None
-        )
+        cog_url = stack.enter_context(cog_server(args.cog_python)) if args.cog_python else None
         serve = ServeProcess(
             Path(tmp),
             "--generate",
@@ -186,62 +156,87 @@ def main() -> None:
             "--submit-rate-per-min",
             "0",
             "--max-queue-depth",
-            "100000",
+            "1000000",
             "--log-level",
             "WARNING",
         )
         serve.start()
         try:
-            with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=60) as client:
-                sync_runs(client, 20)  # warm-up
-                if cog_client is not None:
-                    cog_predictions(cog_client, 20)
+            url, headers = serve.url, serve.headers()
+            assert serve.proc is not None
+            worker_pid = httpx.get(url + "/health/ready").json()["workers"]["pids"][0]
+            run = "/run" + ENDPOINT
+            drive(url, "POST", run, BODY, headers=headers, requests=50)  # warm-up
+            if cog_url is not None:
+                drive(cog_url, "POST", "/predictions", {"input": {"prompt": "noop"}}, requests=50)
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
                 for _ in range(args.rounds):
-                    if cog is not None and cog_client is not None:
-                        cog += cog_predictions(cog_client, n)
-                    sync += sync_runs(client, n)
-                    inline += sync_runs(client, n, INLINE)
-                    queued += queued_runs(client, n)
-                    jobs_rates.append(asyncio.run(concurrent_sync(serve.url, serve.headers(), n, args.concurrency)))
-                    inline_rates.append(
-                        asyncio.run(concurrent_sync(serve.url, serve.headers(), n, args.concurrency, INLINE))
+                    if cog_url is not None:
+                        cog = drive(cog_url, "POST", "/predictions", {"input": {"prompt": "noop"}}, requests=n)
+                        record("cog", cog.rate, cog.latencies)
+                    sync = drive(url, "POST", run, BODY, headers=headers, requests=n)
+                    record("sync", sync.rate, sync.latencies)
+                    inline = drive(url, "POST", run, INLINE, headers=headers, requests=n)
+                    record("inline", inline.rate, inline.latencies)
+                    latencies.setdefault("queued", []).extend(queued_runs(client, max(1, n // 10), streamed))
+                    before = _cpu_s(serve.proc.pid), _cpu_s(worker_pid)
+                    many = drive(url, "POST", run, BODY, headers=headers, requests=n, concurrency=k)
+                    cpu_api.append((_cpu_s(serve.proc.pid) - before[0]) / n)
+                    cpu_worker.append((_cpu_s(worker_pid) - before[1]) / n)
+                    record("many", many.rate)
+                    record(
+                        "many_inline", drive(url, "POST", run, INLINE, headers=headers, requests=n, concurrency=k).rate
                     )
+                    record("queue", queue_throughput(url, headers, n, k))
                 last_id = client.post(ENDPOINT, json=BODY).json()["request_id"]
                 time.sleep(0.2)
-            jobs_per_s = statistics.median(jobs_rates)
-            inline_per_s = statistics.median(inline_rates)
-            status_per_s = asyncio.run(status_rate(serve.url, serve.headers(), last_id, args.seconds, args.concurrency))
+            status = drive(
+                url, "GET", f"/bria/reimagine/requests/{last_id}/status", headers=headers, seconds=args.seconds,
+                concurrency=k,
+            )  # fmt: skip
         finally:
             serve.stop()
         db = sqlite3.connect(Path(tmp) / "reimagine.db")
+        # The jobs followed through the status stream, one at a time: the service's own time, without queueing.
         server_side = [row[0] for row in db.execute(
-            "SELECT completed_at - created_at FROM jobs WHERE status = 'SUCCEEDED' ORDER BY seq"
-        )][20:]  # fmt: skip
+            f"SELECT completed_at - created_at FROM jobs WHERE id IN ({', '.join('?' * len(streamed))})", streamed
+        )]  # fmt: skip
+
+    def lat(name: str) -> str:
+        values = latencies[name]
+        return f"{_pct(values, 0.5) * 1e3:.2f} / {_pct(values, 0.99) * 1e3:.2f}"
+
+    def rate(name: str) -> str:
+        return f"{statistics.median(rates[name]):.0f}"
 
     rows = [
-        ("sync run latency p50 / p99 (ms)", f"{_pct(sync, 0.5) * 1e3:.2f} / {_pct(sync, 0.99) * 1e3:.2f}"),
-        ("sync runs/s, sequential", f"{1 / statistics.mean(sync):.0f}"),
+        ("sync run latency p50 / p99 (ms)", lat("sync")),
+        ("sync runs/s, one connection", rate("sync")),
+        ("sync run, sync_mode (inline image) p50 / p99 (ms)", lat("inline")),
+        ("sync runs/s, sync_mode, one connection", rate("inline")),
+        ("queue submit->COMPLETED via SSE p50 / p99 (ms)", lat("queued")),
         (
-            "sync run, sync_mode (inline image) p50 / p99 (ms)",
-            f"{_pct(inline, 0.5) * 1e3:.2f} / {_pct(inline, 0.99) * 1e3:.2f}",
-        ),
-        ("sync runs/s, sync_mode, sequential", f"{1 / statistics.mean(inline):.0f}"),
-        (
-            "queue submit->COMPLETED via SSE p50 / p99 (ms)",
-            f"{_pct(queued, 0.5) * 1e3:.2f} / {_pct(queued, 0.99) * 1e3:.2f}",
-        ),
-        (
-            "server-side created->completed p50 / p99 (ms)",
+            "server-side created->completed of those p50 / p99 (ms)",
             f"{_pct(server_side, 0.5) * 1e3:.2f} / {_pct(server_side, 0.99) * 1e3:.2f}",
         ),
-        (f"jobs/s, sync runs, {args.concurrency} concurrent clients", f"{jobs_per_s:.0f}"),
-        (f"jobs/s, sync runs, sync_mode, {args.concurrency} concurrent clients", f"{inline_per_s:.0f}"),
-        (f"status requests/s, {args.concurrency} concurrent clients", f"{status_per_s:.0f}"),
+        (f"jobs/s, sync runs, {k} connections", rate("many")),
+        (f"jobs/s, sync runs, sync_mode, {k} connections", rate("many_inline")),
+        (f"jobs/s, queue submits, {k} connections (until the last COMPLETED)", rate("queue")),
+        (f"status requests/s, {k} connections", f"{status.rate:.0f}"),
+        (
+            f"server CPU per job, API / worker process (ms; sync runs, {k} connections)",
+            f"{statistics.median(cpu_api) * 1e3:.2f} / {statistics.median(cpu_worker) * 1e3:.2f}",
+        ),
     ]
-    if cog is not None:
+    if "cog" in rates:
+        cog_rate = statistics.median(rates["cog"])
         rows += [
-            ("cog 0.16 no-op prediction p50 / p99 (ms)", f"{_pct(cog, 0.5) * 1e3:.2f} / {_pct(cog, 0.99) * 1e3:.2f}"),
-            ("cog 0.16 predictions/s, sequential", f"{1 / statistics.mean(cog):.0f}"),
+            ("cog 0.16 no-op prediction p50 / p99 (ms)", lat("cog")),
+            ("cog 0.16 predictions/s, one connection", f"{cog_rate:.0f}"),
+            (
+                f"reimagine jobs/s ({k} connections) / cog predictions/s",
+                f"{statistics.median(rates['many']) / cog_rate:.2f}x",
+            ),
         ]
     width = max(len(name) for name, _ in rows)
     table = "\n".join(f"| {name.ljust(width)} | {value} |" for name, value in rows)
@@ -255,8 +250,8 @@ def main() -> None:
         "# Serving overhead (no-op generate)\n\n"
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}, Python {platform.python_version()}, SQLite store, "
         f"one worker process, {args.requests} requests per row in {args.rounds} interleaved rounds (throughputs: the "
-        "median round). Command: `.venv/bin/python bench/serving.py"
-        + (" --cog-python <venv with cog 0.16.12>/bin/python" if cog is not None else "")
+        "median round), client: bench/loadgen.py. Command: `.venv/bin/python bench/serving.py"
+        + (" --cog-python <venv with cog 0.16.12>/bin/python" if "cog" in rates else "")
         + "`.\n\n"
         + header
         + "\n"

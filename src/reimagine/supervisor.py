@@ -1,12 +1,16 @@
 """Worker processes of `reimagine serve`: spawn, watch, restart, and give back the jobs of the ones that die.
 
 Workers are spawned (never forked: a forked CUDA context is unusable, and a fork would inherit the listening
-socket). Each worker slot has a thread that spawns the process, reads its pipe, and outlives it: the kernel's
+socket). Each worker slot has a thread that spawns the process, watches it, and outlives it: the kernel's
 parent-death signal is tied to the spawning thread, so that thread must not exit before its child.
+
+A worker's pipe is read by `serve`'s event loop when one is given (a worker sends two messages per job, and a
+thread reading them would wake, take the GIL and then wake the loop for each); otherwise by the slot's thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -14,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,8 @@ class _Slot:
         self.pending = False
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
+        #: set by the event loop when the pipe reached its end (the worker is exiting)
+        self.hung_up = threading.Event()
 
 
 class Supervisor:
@@ -78,6 +84,7 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._on_event: Callable[[], None] = lambda: None
         self._on_webhook_due: Callable[[], None] = lambda: None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _env_for(self, index: int, gpus: int) -> dict[str, str]:
         # One worker per GPU: each sees only its own device, as cuda:0.
@@ -87,9 +94,17 @@ class Supervisor:
             return {"CUDA_VISIBLE_DEVICES": devices[index % len(devices)]}
         return {}
 
-    def start(self, *, on_event: Callable[[], None], on_webhook_due: Callable[[], None]) -> None:
+    def start(
+        self,
+        *,
+        on_event: Callable[[], None],
+        on_webhook_due: Callable[[], None],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Spawn the workers; their messages call `on_event` and `on_webhook_due` on `loop` (or a slot thread)."""
         self._on_event = on_event
         self._on_webhook_due = on_webhook_due
+        self._loop = loop
         self._reconcile()
         for slot in self._slots:
             slot.thread = threading.Thread(target=self._watch, args=(slot,), name=f"worker-slot-{slot.index}")
@@ -112,7 +127,10 @@ class Supervisor:
         while not self._stopping.is_set():
             started = time.monotonic()
             self._spawn(slot)
-            self._pump(slot)
+            if self._loop is None:
+                self._pump(slot)
+            else:
+                self._watch_on_loop(slot)
             exit_code = self._reap(slot)
             if self._stopping.is_set():
                 return
@@ -142,34 +160,76 @@ class Supervisor:
                 message = slot.conn.recv()
             except (EOFError, OSError):
                 return
-            kind = message[0]
-            if kind == "event":
-                self._on_event()
-            elif kind == "done":
-                self._on_event()
-            elif kind == "done_webhook":
-                self._on_event()
-                self._on_webhook_due()
-            elif kind == "idle":
-                with slot.lock:
-                    if slot.pending:
-                        slot.pending = False
-                        try:
-                            slot.conn.send(("wake",))
-                        except (BrokenPipeError, OSError):
-                            pass  # the worker is gone; recv ends this loop
-                    else:
-                        slot.idle = True
-            elif kind == "hello":
-                slot.owner = message[1]
-            elif kind == "ready":
-                slot.ready, slot.error = True, None
-                logger.info("worker %d ready", slot.index)
-            elif kind == "log":
-                logger.info("worker %d: %s", slot.index, message[1])
-            elif kind == "error":
-                slot.error = message[1]
-                logger.error("worker %d cannot start: %s", slot.index, message[1])
+            self._handle(slot, message)
+
+    def _watch_on_loop(self, slot: _Slot) -> None:
+        """Have the event loop read the worker's pipe; return once the worker hangs up or exits."""
+        loop, conn, process = self._loop, slot.conn, slot.process
+        assert loop is not None and conn is not None
+        slot.hung_up.clear()
+
+        def readable() -> None:
+            try:
+                # Small messages arrive whole (one write each), so a readable pipe never blocks `recv`.
+                while conn.poll():
+                    self._handle(slot, conn.recv())
+            except (EOFError, OSError):
+                loop.remove_reader(conn.fileno())
+                slot.hung_up.set()
+
+        if not self._on_loop(lambda: loop.add_reader(conn.fileno(), readable)):
+            self._pump(slot)  # the loop is gone (shutting down): read here
+            return
+        while not slot.hung_up.is_set() and process.is_alive():
+            wait([process.sentinel], timeout=0.5)
+        self._on_loop(lambda: loop.remove_reader(conn.fileno()))
+
+    def _on_loop(self, call: Callable[[], object]) -> bool:
+        """Run `call` on the event loop and wait for it; False if the loop no longer runs callbacks."""
+        loop = self._loop
+        assert loop is not None
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                call()
+            finally:
+                done.set()
+
+        try:
+            loop.call_soon_threadsafe(run)
+        except RuntimeError:
+            return False
+        return done.wait(5)
+
+    def _handle(self, slot: _Slot, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind in ("event", "done"):
+            self._on_event()
+        elif kind == "done_webhook":
+            self._on_event()
+            self._on_webhook_due()
+        elif kind == "idle":
+            with slot.lock:
+                if slot.pending:
+                    slot.pending = False
+                    try:
+                        assert slot.conn is not None
+                        slot.conn.send(("wake",))
+                    except (BrokenPipeError, OSError):
+                        pass  # the worker is gone; its watcher sees it
+                else:
+                    slot.idle = True
+        elif kind == "hello":
+            slot.owner = message[1]
+        elif kind == "ready":
+            slot.ready, slot.error = True, None
+            logger.info("worker %d ready", slot.index)
+        elif kind == "log":
+            logger.info("worker %d: %s", slot.index, message[1])
+        elif kind == "error":
+            slot.error = message[1]
+            logger.error("worker %d cannot start: %s", slot.index, message[1])
 
     def _reap(self, slot: _Slot) -> int | None:
         process = slot.process

@@ -23,6 +23,7 @@ import os
 import random
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -236,12 +237,16 @@ class WebhookDispatcher:
         self._metrics = metrics
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def kick(self) -> None:
         """Look for due deliveries now (a job just finished). Safe to call from any thread."""
         loop, wake = self._loop, self._wake
         if loop is None or wake is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            wake.set()
             return
         with contextlib.suppress(RuntimeError):  # loop already closed: the app is shutting down
             loop.call_soon_threadsafe(wake.set)
@@ -250,6 +255,7 @@ class WebhookDispatcher:
         """Deliver until cancelled; never raises otherwise (errors are logged and retried next round)."""
         wake = self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         # A lock long enough that an attempt (bounded by the timeout) ends before another replica may take the row.
         lock_s = self._settings.webhook_timeout_s * 2 + 30
         try:

@@ -77,7 +77,9 @@ def create_app(
         if getattr(store, "is_sqlite", False):
             tasks.append(asyncio.create_task(_checkpoint(store), name="checkpoint"))
         if supervisor is not None:
-            await asyncio.to_thread(supervisor.start, on_event=hub.kick, on_webhook_due=dispatcher.kick)
+            await asyncio.to_thread(
+                supervisor.start, on_event=hub.kick, on_webhook_due=dispatcher.kick, loop=asyncio.get_running_loop()
+            )
         # --- scale-out: PostgreSQL NOTIFY from other replicas and remote workers (no-op on SQLite) -------------
         from reimagine.queue.notify import QUEUED, open_listener
 

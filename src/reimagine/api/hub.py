@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -41,14 +42,18 @@ class EventHub:
         self._last_id = 0
         self._gaps: dict[int, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self._finished: OrderedDict[str, Job] = OrderedDict()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._last_id = await asyncio.to_thread(self._store.last_event_id)
         while True:
             try:
-                await asyncio.wait_for(self._kicked.wait(), timeout=self._poll_s)
+                # A timeout scope, not `wait_for`: that wraps the wait in a task of its own on every round.
+                async with asyncio.timeout(self._poll_s):
+                    await self._kicked.wait()
             except TimeoutError:
                 pass
             self._kicked.clear()
@@ -107,6 +112,9 @@ class EventHub:
         """Tail now; safe to call from any thread."""
         loop = self._loop
         if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._kicked.set()
             return
         try:
             loop.call_soon_threadsafe(self._kicked.set)

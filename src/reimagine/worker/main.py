@@ -63,21 +63,28 @@ class Worker:
     def run(self, stop: threading.Event, wait: Callable[[float], None]) -> None:
         """Run jobs until `stop` is set; between jobs, `wait(timeout)` returns early when woken."""
         job: Job | None = None
+        #: the completing write of the last job just found the queue empty: no need to look again before waiting
+        #: (work queued since then wakes the wait at once)
+        looked = False
         while not stop.is_set():
             if job is None:
-                job = self.store.claim(self.owner, self.settings.lease_s)
+                job = None if looked else self.store.claim(self.owner, self.settings.lease_s)
                 if job is None:
+                    looked = False
                     wait(1.0)
                     continue
                 self._notify("event")
-            job = self._run(job, then_claim=not stop.is_set())
+            job, looked = self._run(job, then_claim=not stop.is_set())
         if job is not None:
             # Claimed with the previous job's completion just as a drain began, and not started: given back.
             self.store.requeue(job.id, job.fence)
             self._notify("event")
 
-    def _run(self, job: Job, *, then_claim: bool) -> Job | None:
-        """Run a claimed job and record its outcome; with `then_claim`, the next job, claimed in the same write."""
+    def _run(self, job: Job, *, then_claim: bool) -> tuple[Job | None, bool]:
+        """Run a claimed job and record its outcome; with `then_claim`, claim the next job in the same write.
+
+        Returns the next job, if one was claimed, and whether the queue was looked at.
+        """
         logger.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         self._beat.hold(job)
         self._files = []
@@ -85,7 +92,7 @@ class Worker:
             outcome = self._execute(job, self._beat)
         except LeaseLost:
             logger.warning("lease lost; dropping job", extra={"request_id": job.id})
-            return None
+            return None, False
         finally:
             self._beat.release()
         claimed = None
@@ -102,7 +109,7 @@ class Worker:
         # Only a job with a webhook has an outbox row for serve to deliver now; the rest need no outbox read. The
         # message also covers the next job's start, written in the same transaction.
         self._notify("done_webhook" if job.webhook_url else "done")
-        return claimed
+        return claimed, then_claim
 
     def _execute(self, job: Job, beat: _Heartbeat) -> Outcome:
         hooks = _JobHooks(self, job, beat)

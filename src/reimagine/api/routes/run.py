@@ -57,7 +57,8 @@ async def _wait_terminal(
         if remaining <= 0:
             return None
         try:
-            event = await asyncio.wait_for(queue.get(), timeout=min(remaining, 1.0))
+            async with asyncio.timeout(min(remaining, 1.0)):  # no task per wait, unlike `wait_for`
+                event = await queue.get()
         except TimeoutError:
             # Looked for only when nothing happened for a second: the check costs as much as the rest of a
             # no-op run, and a caller gone for a second more costs nothing.
