@@ -284,6 +284,21 @@ def test_store_files_and_delete_expired(store: SqlStore) -> None:
     assert store.get(keep.id) is not None
 
 
+def test_store_delete_expired_works_through_a_backlog_in_batches(store: SqlStore) -> None:
+    expired = [store.enqueue(_new())[0] for _ in range(7)]
+    for n, job in enumerate(expired):
+        store.add_file(f"cc/{n}.png", job_id=job.id, kind="image", content_type="image/png", size=1)
+        store.request_cancel(job.id, None)
+    time.sleep(0.01)
+    cutoff = time.time()
+    fresh, _ = store.enqueue(_new())
+    store.request_cancel(fresh.id, None)
+    keys = store.delete_expired(cutoff, batch=3)
+    assert sorted(keys) == sorted(f"cc/{n}.png" for n in range(7))
+    assert all(store.get(job.id) is None and store.events(job.id) == [] for job in expired)
+    assert store.get(fresh.id) is not None, "finished after the cut-off: kept"
+
+
 # -- migrations ------------------------------------------------------------------------------------------------
 
 

@@ -603,24 +603,38 @@ class SqlStore:
             rows = conn.execute(sa.text("SELECT DISTINCT lease_owner FROM jobs WHERE status = 'RUNNING'")).all()
         return [row[0] for row in rows if row[0]]
 
-    def delete_expired(self, completed_before: float) -> list[str]:
-        """Drop finished jobs (and their events) older than the retention; returns their file keys."""
-        with self._write() as conn:
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    sa.text("SELECT id FROM jobs WHERE completed_at IS NOT NULL AND completed_at < :t"),
-                    {"t": completed_before},
-                ).all()
-            ]
-            keys: list[str] = []
-            for job_id in ids:
-                keys += [
-                    r[0] for r in conn.execute(sa.text("SELECT key FROM files WHERE job_id = :id"), {"id": job_id})
+    def delete_expired(self, completed_before: float, *, batch: int = 200) -> list[str]:
+        """Drop finished jobs (and their events) older than the retention; returns their file keys.
+
+        In transactions of `batch` jobs: a sweep after a long downtime may find a hundred thousand, and one
+        transaction for all would hold the write lock (every submit, claim and completion) for many seconds.
+        """
+        keys: list[str] = []
+        while True:
+            with self._write() as conn:
+                ids = [
+                    row[0]
+                    for row in conn.execute(
+                        sa.text(
+                            "SELECT id FROM jobs WHERE completed_at IS NOT NULL AND completed_at < :t"
+                            " ORDER BY completed_at LIMIT :n"
+                        ),
+                        {"t": completed_before, "n": batch},
+                    ).all()
                 ]
+                if not ids:
+                    return keys
+                chosen = {f"i{n}": job_id for n, job_id in enumerate(ids)}
+                among = ", ".join(f":{name}" for name in chosen)
+                files = conn.execute(sa.text(f"SELECT key FROM files WHERE job_id IN ({among})"), chosen)
+                keys += [row[0] for row in files]
                 for table, column in (("events", "job_id"), ("files", "job_id"), ("jobs", "id")):
-                    conn.execute(sa.text(f"DELETE FROM {table} WHERE {column} = :id"), {"id": job_id})
-        return keys
+                    conn.execute(sa.text(f"DELETE FROM {table} WHERE {column} IN ({among})"), chosen)
+            if len(ids) < batch:
+                return keys
+            # The writers that queued for the lock meanwhile go first (the lock is not fair: without a pause this
+            # loop would take it straight back).
+            time.sleep(0.005)
 
     # -- events ------------------------------------------------------------------------------------------------
 
