@@ -59,10 +59,7 @@ _INSERT_JOB = sa.text(
     " VALUES (:id, :key_id, :endpoint, 'QUEUED', :priority, :input, :is_sync, :webhook_url, :base_url,"
     " :deadline, :now, 0, 0, :false) RETURNING *"
 )
-_EXPIRED_STARTS = sa.text(
-    "SELECT id, webhook_url FROM jobs WHERE status = 'QUEUED'"
-    " AND start_deadline_at IS NOT NULL AND start_deadline_at < :now"
-)
+_EXPIRED_STARTS = sa.text("SELECT id, webhook_url FROM jobs WHERE status = 'QUEUED' AND start_deadline_at < :now")
 _CLAIM_PICK = "SELECT seq FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, seq LIMIT 1"
 _CLAIM = (
     "UPDATE jobs SET status = 'RUNNING', lease_owner = :owner, lease_expires_at = :exp,"
