@@ -170,7 +170,7 @@ class Supervisor:
 
         def readable() -> None:
             try:
-                # Small messages arrive whole (one write each), so a readable pipe never blocks `recv`.
+                # A readable pipe holds at least the start of a message; `recv` waits at most for its rest.
                 while conn.poll():
                     self._handle(slot, conn.recv())
             except (EOFError, OSError):
@@ -182,10 +182,12 @@ class Supervisor:
             return
         while not slot.hung_up.is_set() and process.is_alive():
             wait([process.sentinel], timeout=0.5)
-        self._on_loop(lambda: loop.remove_reader(conn.fileno()))
+        # What it sent before exiting (its last event, or why it could not start) is read before the pipe closes.
+        if not self._on_loop(readable):
+            self._pump(slot)
 
     def _on_loop(self, call: Callable[[], object]) -> bool:
-        """Run `call` on the event loop and wait for it; False if the loop no longer runs callbacks."""
+        """Run `call` on the event loop and wait for it; False if the loop closed first (then it never runs)."""
         loop = self._loop
         assert loop is not None
         done = threading.Event()
@@ -200,7 +202,10 @@ class Supervisor:
             loop.call_soon_threadsafe(run)
         except RuntimeError:
             return False
-        return done.wait(5)
+        while not done.wait(0.5):
+            if loop.is_closed():
+                return False
+        return True
 
     def _handle(self, slot: _Slot, message: tuple[Any, ...]) -> None:
         kind = message[0]

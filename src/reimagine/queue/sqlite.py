@@ -95,10 +95,12 @@ class SqliteFile:
                 return
             try:
                 yield raw
+                raw.execute("COMMIT")
             except BaseException:
-                raw.execute("ROLLBACK")
+                # Also when COMMIT itself failed (a full disk): the connection must not stay inside a transaction.
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
                 raise
-            raw.execute("COMMIT")
 
     def _connection(self, role: str) -> sqlite3.Connection:
         raw: sqlite3.Connection | None = getattr(self._local, role, None)
