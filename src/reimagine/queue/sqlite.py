@@ -129,10 +129,11 @@ class SqliteFile:
 
 
 def _configure(raw: sqlite3.Connection, *, busy_timeout_ms: int = 30000) -> None:
+    # First, so that switching the journal mode (the first open of a new file) waits for a lock like anything else.
+    raw.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     raw.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode survives kill -9 of any process (only an OS crash or power loss can drop the last commits).
     raw.execute("PRAGMA synchronous=NORMAL")
-    raw.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     raw.execute("PRAGMA foreign_keys=ON")
     # A safety net: `serve` checkpoints from a thread of its own well before this (api/app.py, `_checkpoint`).
     raw.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
