@@ -84,8 +84,8 @@ class SqliteFile:
             if not turn:
                 yield None
                 return
-            raw = self._connection("writer" if wait else "writer_nowait")
             try:
+                raw = self._connection("writer" if wait else "writer_nowait")
                 raw.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:
                 if wait:
