@@ -179,6 +179,11 @@ class SqlStore:
         with self._read() as conn:
             return conn.execute(sa.text("SELECT 1")).scalar() == 1
 
+    def checkpoint(self) -> None:
+        """SQLite: fold the write-ahead log into the database file (writers on an event loop never do)."""
+        if self._sqlite is not None:
+            self._sqlite.checkpoint()
+
     def close(self) -> None:
         if self._sqlite is not None:
             self._sqlite.close()
@@ -317,11 +322,6 @@ class SqlStore:
             results.append((job, self._position(conn, job)))
             queued += 1
         return results
-
-    def checkpoint(self) -> None:
-        """SQLite: fold the write-ahead log into the database file (writers on an event loop never do)."""
-        if self._sqlite is not None:
-            self._sqlite.checkpoint()
 
     def get(self, job_id: str) -> Job | None:
         with self._fast_read() as conn:
