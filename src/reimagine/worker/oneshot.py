@@ -15,6 +15,7 @@ from tqdm import tqdm
 from reimagine.config import Settings
 from reimagine.errors import InputError, ModelMissing
 from reimagine.generation import Controls
+from reimagine.images import encode_png
 from reimagine.schemas import ReimagineInput
 
 __all__ = ["pull_models", "run_generate"]
@@ -63,7 +64,7 @@ def run_generate(
     finally:
         hooks.bar.close()
     output.parent.mkdir(parents=True, exist_ok=True)
-    generated.image.save(output, format="PNG")
+    output.write_bytes(encode_png(generated.image))
     return output
 
 
