@@ -26,3 +26,4 @@ check: lint typecheck test
 
 bench:
 	$(PY) bench/serving.py
+	$(PY) bench/png.py
