@@ -78,11 +78,10 @@ async def submit_request(request: Request) -> JSONResponse:
     if isinstance(submitted, JSONResponse):
         return submitted
     job, position = submitted
-    base = base_url(request, settings)
     body = {
         "status": "IN_QUEUE",
         "request_id": job.id,
-        **request_urls(base, job.id),
+        **request_urls(admitted.base_url, job.id),
         "queue_position": position,
         "gateway_request_id": job.id,
     }
