@@ -4,8 +4,9 @@ Workers are spawned (never forked: a forked CUDA context is unusable, and a fork
 socket). Each worker slot has a thread that spawns the process, watches it, and outlives it: the kernel's
 parent-death signal is tied to the spawning thread, so that thread must not exit before its child.
 
-A worker's pipe is read by `serve`'s event loop when one is given (a worker sends two messages per job, and a
-thread reading them would wake, take the GIL and then wake the loop for each); otherwise by the slot's thread.
+A worker's pipe is read by `serve`'s event loop: a worker sends two messages per job, and a thread reading them
+would wake, take the GIL and then wake the loop for each. Only once the loop has closed (shutting down) does the
+slot's thread read what is left.
 """
 
 from __future__ import annotations
@@ -99,9 +100,9 @@ class Supervisor:
         *,
         on_event: Callable[[], None],
         on_webhook_due: Callable[[], None],
-        loop: asyncio.AbstractEventLoop | None = None,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
-        """Spawn the workers; their messages call `on_event` and `on_webhook_due` on `loop` (or a slot thread)."""
+        """Spawn the workers; their messages call `on_event` and `on_webhook_due` on `loop`."""
         self._on_event = on_event
         self._on_webhook_due = on_webhook_due
         self._loop = loop
@@ -127,10 +128,7 @@ class Supervisor:
         while not self._stopping.is_set():
             started = time.monotonic()
             self._spawn(slot)
-            if self._loop is None:
-                self._pump(slot)
-            else:
-                self._watch_on_loop(slot)
+            self._watch_on_loop(slot)
             exit_code = self._reap(slot)
             if self._stopping.is_set():
                 return
