@@ -1,4 +1,4 @@
-"""Shared test infrastructure: a real `reimagine serve` process on a free loopback port."""
+"""Shared test infrastructure: a real `reimagine serve` process on a free loopback port, and a job to enqueue."""
 
 from __future__ import annotations
 
@@ -9,13 +9,28 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from reimagine.queue.models import NewJob
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+def new_job() -> NewJob:
+    """A queued job as the API would submit it, for tests that drive the store or a worker directly."""
+    return NewJob(
+        id=str(uuid.uuid4()),
+        key_id="k",
+        endpoint="bria/reimagine/3.2",
+        input={"prompt": "a cat"},
+        priority=0,
+        base_url="http://127.0.0.1:1",
+    )
 
 
 def free_port() -> int:

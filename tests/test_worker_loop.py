@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,21 +13,11 @@ from PIL import Image
 from reimagine.config import Settings
 from reimagine.generation import Controls, Generated, Hooks
 from reimagine.jobs import JobStatus
-from reimagine.queue import NewJob, SqlStore, open_store
+from reimagine.queue import SqlStore, open_store
 from reimagine.schemas import ReimagineInput
 from reimagine.storage.local import LocalStorage
 from reimagine.worker.main import Worker
-
-
-def _new() -> NewJob:
-    return NewJob(
-        id=str(uuid.uuid4()),
-        key_id="k",
-        endpoint="bria/reimagine/3.2",
-        input={"prompt": "a cat"},
-        priority=0,
-        base_url="http://127.0.0.1:1",
-    )
+from tests.conftest import new_job
 
 
 @pytest.fixture
@@ -56,7 +45,7 @@ def _statuses(store: SqlStore, job_id: str) -> list[str]:
 
 
 def test_a_busy_worker_runs_the_queue_back_to_back_and_stops_when_told(settings: Settings, store: SqlStore) -> None:
-    ids = [store.enqueue(_new())[0].id for _ in range(4)]
+    ids = [store.enqueue(new_job())[0].id for _ in range(4)]
     stop = threading.Event()
     waits: list[float] = []
 
@@ -74,7 +63,7 @@ def test_a_busy_worker_runs_the_queue_back_to_back_and_stops_when_told(settings:
 
 
 def test_a_drain_during_a_job_finishes_it_and_takes_no_other(settings: Settings, store: SqlStore) -> None:
-    first, second = (store.enqueue(_new())[0].id for _ in range(2))
+    first, second = (store.enqueue(new_job())[0].id for _ in range(2))
     stop = threading.Event()
 
     def generate(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated:
@@ -88,7 +77,7 @@ def test_a_drain_during_a_job_finishes_it_and_takes_no_other(settings: Settings,
 
 
 def test_a_job_claimed_as_a_drain_began_is_given_back_unstarted(settings: Settings, store: SqlStore) -> None:
-    first, second = (store.enqueue(_new())[0].id for _ in range(2))
+    first, second = (store.enqueue(new_job())[0].id for _ in range(2))
     stop = threading.Event()
     started: list[str] = []
 

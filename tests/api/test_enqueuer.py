@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,7 @@ from reimagine.queue import open_store
 from reimagine.queue.models import NewJob, QueueFull
 from reimagine.queue.sql import SqlStore
 from tests.api.conftest import database_url
-
-
-def _new() -> NewJob:
-    return NewJob(
-        id=str(uuid.uuid4()),
-        key_id="k",
-        endpoint="bria/reimagine/3.2",
-        input={"prompt": "a"},
-        priority=0,
-        webhook_url=None,
-        start_deadline_at=None,
-        is_sync=False,
-        base_url="http://127.0.0.1",
-    )
+from tests.conftest import new_job
 
 
 class _Recorded:
@@ -69,7 +55,7 @@ def store(tmp_path: Path, store_flags: list[str]) -> Iterator[_Recorded]:
 def test_a_burst_shares_transactions_and_keeps_its_order(store: _Recorded) -> None:
     async def burst() -> list[tuple[Any, int]]:
         enqueuer = Enqueuer(store, max_queued=None)
-        return await asyncio.gather(*(enqueuer.enqueue(_new()) for _ in range(20)))
+        return await asyncio.gather(*(enqueuer.enqueue(new_job()) for _ in range(20)))
 
     results = asyncio.run(burst())
     assert [position for _, position in results] == list(range(20))
@@ -80,7 +66,7 @@ def test_a_burst_shares_transactions_and_keeps_its_order(store: _Recorded) -> No
 
 def test_a_lone_submission_is_written_at_once(store: _Recorded) -> None:
     async def one() -> tuple[Any, int]:
-        return await Enqueuer(store, max_queued=None).enqueue(_new())
+        return await Enqueuer(store, max_queued=None).enqueue(new_job())
 
     job, position = asyncio.run(one())
     assert position == 0 and store.batches == [1]
@@ -90,7 +76,7 @@ def test_a_lone_submission_is_written_at_once(store: _Recorded) -> None:
 def test_a_full_queue_refuses_only_the_jobs_past_its_depth(store: _Recorded) -> None:
     async def burst() -> list[Any]:
         enqueuer = Enqueuer(store, max_queued=5)
-        return await asyncio.gather(*(enqueuer.enqueue(_new()) for _ in range(8)), return_exceptions=True)
+        return await asyncio.gather(*(enqueuer.enqueue(new_job()) for _ in range(8)), return_exceptions=True)
 
     results = asyncio.run(burst())
     assert [isinstance(r, QueueFull) for r in results] == [False] * 5 + [True] * 3
@@ -101,9 +87,9 @@ def test_a_store_error_reaches_every_caller_of_the_batch_and_the_next_batch_work
     async def run() -> tuple[list[Any], tuple[Any, int]]:
         enqueuer = Enqueuer(store, max_queued=None)
         store.fail = True
-        failed = await asyncio.gather(*(enqueuer.enqueue(_new()) for _ in range(3)), return_exceptions=True)
+        failed = await asyncio.gather(*(enqueuer.enqueue(new_job()) for _ in range(3)), return_exceptions=True)
         store.fail = False
-        return failed, await enqueuer.enqueue(_new())
+        return failed, await enqueuer.enqueue(new_job())
 
     failed, (job, _) = asyncio.run(run())
     assert all(isinstance(r, RuntimeError) for r in failed)
@@ -144,7 +130,7 @@ def test_a_busy_write_lock_is_waited_for_in_a_thread_not_on_the_event_loop(sqlit
 
         ticker = asyncio.create_task(tick())
         asyncio.get_running_loop().call_later(0.4, release.set)
-        result = await Enqueuer(store, max_queued=None).enqueue(_new())
+        result = await Enqueuer(store, max_queued=None).enqueue(new_job())
         ticker.cancel()
         return result, ticks
 
@@ -160,7 +146,7 @@ def test_a_free_write_lock_is_taken_on_the_event_loop(sqlite_store: _Recorded) -
     store = sqlite_store
 
     async def one() -> tuple[Any, int]:
-        return await Enqueuer(store, max_queued=None).enqueue(_new())
+        return await Enqueuer(store, max_queued=None).enqueue(new_job())
 
     job, _ = asyncio.run(one())
     assert store.inline == 1 and store.store.get(job.id) is not None
