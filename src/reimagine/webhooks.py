@@ -23,7 +23,6 @@ import os
 import random
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ from reimagine.config import Settings
 from reimagine.errors import InputError
 from reimagine.fetcher import IPAddress, pinned_async_client
 from reimagine.queue.models import WebhookDelivery
+from reimagine.wakeup import Wakeup
 
 __all__ = ["WebhookDispatcher", "WebhookKey", "next_attempt_delay", "verify_signature"]
 
@@ -235,27 +235,16 @@ class WebhookDispatcher:
         self._ssl_context: ssl.SSLContext | None = None  # shared by the per-attempt clients; loads the CAs once
         self._check_target = check_target
         self._metrics = metrics
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
+        self._wake = Wakeup()
         self._in_flight: set[asyncio.Task[None]] = set()
 
     def kick(self) -> None:
         """Look for due deliveries now (a job just finished). Safe to call from any thread."""
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None:
-            return
-        if threading.get_ident() == self._loop_thread:
-            wake.set()
-            return
-        with contextlib.suppress(RuntimeError):  # loop already closed: the app is shutting down
-            loop.call_soon_threadsafe(wake.set)
+        self._wake.set()
 
     async def run(self) -> None:
         """Deliver until cancelled; never raises otherwise (errors are logged and retried next round)."""
-        wake = self._wake = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        wake = self._wake.attach()
         # A lock long enough that an attempt (bounded by the timeout) ends before another replica may take the row.
         lock_s = self._settings.webhook_timeout_s * 2 + 30
         try:
@@ -275,7 +264,7 @@ class WebhookDispatcher:
                     await asyncio.wait_for(wake.wait(), POLL_S)
                 wake.clear()
         finally:
-            self._loop = self._wake = None
+            self._wake.detach()
             for task in list(self._in_flight):
                 task.cancel()
             await asyncio.gather(*self._in_flight, return_exceptions=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from reimagine.api.reads import read
 from reimagine.jobs import TERMINAL
 from reimagine.queue.models import Event, Job
+from reimagine.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -38,25 +38,22 @@ class EventHub:
         self._on_terminal = on_terminal
         self._poll_s = poll_s
         self._subscribers: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
-        self._kicked = asyncio.Event()
+        self._kicked = Wakeup()
         self._last_id = 0
         self._gaps: dict[int, float] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
         self._finished: OrderedDict[str, Job] = OrderedDict()
 
     async def run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        kicked = self._kicked.attach()
         self._last_id = await asyncio.to_thread(self._store.last_event_id)
         while True:
             try:
                 # A timeout scope, not `wait_for`: that wraps the wait in a task of its own on every round.
                 async with asyncio.timeout(self._poll_s):
-                    await self._kicked.wait()
+                    await kicked.wait()
             except TimeoutError:
                 pass
-            self._kicked.clear()
+            kicked.clear()
             try:
                 await self._tail()
             except Exception:
@@ -110,17 +107,7 @@ class EventHub:
 
     def kick(self) -> None:
         """Tail now; safe to call from any thread."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        if threading.get_ident() == self._loop_thread:
-            self._kicked.set()
-            return
-        try:
-            loop.call_soon_threadsafe(self._kicked.set)
-        except RuntimeError:
-            # Loop shutting down.
-            pass
+        self._kicked.set()
 
     def subscribe(self, job_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
