@@ -42,6 +42,16 @@ SIZES: dict[AspectRatio, tuple[int, int]] = {
 }
 
 
+#: Longest `prompt` / `negative_prompt`: the model reads 128 T5 tokens (a few hundred characters); this leaves room
+#: for prompts the enhancer shortens, while a megabyte prompt is refused before anything tokenizes it.
+MAX_PROMPT_CHARS = 10_000
+#: Longest image URL of the http(s) kind (browsers and CDNs stop near 8 KiB).
+MAX_URL_CHARS = 8_192
+#: Longest image field overall: a data URI of an image at the fetcher's default limit (32 MiB, base64 is 4/3).
+#: The exact byte limit (`--fetch-max-bytes`) is checked again when the image is read.
+MAX_DATA_URI_CHARS = 48 * 1024 * 1024
+
+
 def size_for(aspect_ratio: AspectRatio | str) -> tuple[int, int]:
     """(width, height) of the generated image for an aspect ratio."""
     return SIZES[AspectRatio(aspect_ratio)]
@@ -52,11 +62,18 @@ class ReimagineInput(BaseModel):
 
     model_config = ConfigDict(extra="ignore", use_enum_values=True, json_schema_extra={"title": "Input"})
 
-    prompt: str = Field(..., min_length=1, description="What to generate.", examples=["a cozy cabin in the woods"])
+    prompt: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        description="What to generate.",
+        examples=["a cozy cabin in the woods"],
+    )
     depth_image_url: str = Field(
         "",
         description="Structure reference for depth guidance: a URL, a data URI or an uploaded file's URL. "
         "Empty means no depth condition.",
+        max_length=MAX_DATA_URI_CHARS,
         json_schema_extra={"x-fal-file": "image"},
     )
     depth_scale: float = Field(0.5, ge=0.0, le=1.0, description="Strength of the depth condition.")
@@ -65,6 +82,7 @@ class ReimagineInput(BaseModel):
         "",
         description="Structure reference for edge guidance: a URL, a data URI or an uploaded file's URL. "
         "Empty means no canny condition.",
+        max_length=MAX_DATA_URI_CHARS,
         json_schema_extra={"x-fal-file": "image"},
     )
     canny_scale: float = Field(0.5, ge=0.0, le=1.0, description="Strength of the canny condition.")
@@ -77,7 +95,11 @@ class ReimagineInput(BaseModel):
     guidance_scale: float = Field(
         5.0, ge=0.0, le=20.0, description="Classifier-free guidance scale (our documented bound: 0..20)."
     )
-    negative_prompt: str = Field(DEFAULT_NEGATIVE_PROMPT, description="What to avoid. Empty means no negative prompt.")
+    negative_prompt: str = Field(
+        DEFAULT_NEGATIVE_PROMPT,
+        max_length=MAX_PROMPT_CHARS,
+        description="What to avoid. Empty means no negative prompt.",
+    )
     truncate_prompt: bool = Field(
         True, description="Cut prompts longer than 128 T5 tokens; when false, a longer prompt is an error."
     )
@@ -99,6 +121,8 @@ class ReimagineInput(BaseModel):
         value = value.strip()
         if value and not value.startswith(("http://", "https://", "data:")):
             raise ValueError("must be an http(s) URL, a data URI, or empty")
+        if len(value) > MAX_URL_CHARS and not value.startswith("data:"):
+            raise ValueError(f"an http(s) URL may be at most {MAX_URL_CHARS} characters")
         return value
 
 
