@@ -19,6 +19,12 @@ from reimagine.storage import Storage, is_valid_key
 #: renders with Ghostscript where that is installed: a request's bytes must never reach a PostScript interpreter.
 #: (JPEG includes MPO, the multi-picture JPEG of phone cameras.)
 _FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+#: Shortest side of an input image. Control images are resized to the output (768 px and more a side, 16 px per
+#: latent token): a side under half a token carries no structure to condition on.
+MIN_IMAGE_SIDE = 8
+#: Longest side over shortest side. Outputs are at most 16:9; a 1x40,000,000 strip is under the pixel cap and
+#: yet, resized for the depth model, costs gigabytes. Both limits are read from the header, before any decoding.
+MAX_IMAGE_ASPECT = 8
 
 
 def load_image(url: str, field: str, *, settings: Settings, storage: Storage, own_base_urls: list[str]) -> Image.Image:
@@ -106,6 +112,12 @@ def _decode_image(data: bytes, field: str, settings: Settings) -> Image.Image:
                     field,
                     f"image is {width}x{height} = {width * height} pixels, above the "
                     f"{settings.max_image_pixels} pixel limit",
+                )
+            if min(width, height) < MIN_IMAGE_SIDE:
+                raise InputError(field, f"image is {width}x{height}: each side must be at least {MIN_IMAGE_SIDE} px")
+            if max(width, height) > MAX_IMAGE_ASPECT * min(width, height):
+                raise InputError(
+                    field, f"image is {width}x{height}: its sides may differ by a factor of {MAX_IMAGE_ASPECT} at most"
                 )
             image.load()
             return ImageOps.exif_transpose(image).convert("RGB")

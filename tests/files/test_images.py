@@ -45,9 +45,9 @@ def load(url: str, settings: Settings, storage: LocalStorage) -> Image.Image:
 
 
 def test_data_uri_decodes_to_rgb(settings: Settings, storage: LocalStorage) -> None:
-    rgba = Image.new("RGBA", (8, 6), (10, 20, 30, 255))
+    rgba = Image.new("RGBA", (16, 12), (10, 20, 30, 255))
     image = load(data_uri(encode_png(rgba), "image/png"), settings, storage)
-    assert image.mode == "RGB" and image.size == (8, 6)
+    assert image.mode == "RGB" and image.size == (16, 12)
     assert image.getpixel((0, 0)) == (10, 20, 30)
 
 
@@ -103,11 +103,22 @@ def test_only_common_raster_formats_are_decoded(settings: Settings, storage: Loc
         assert load(data_uri(buffer.getvalue(), f"image/{image_format.lower()}"), settings, storage).size == (8, 8)
 
 
+@pytest.mark.parametrize("size", [(1, 64), (64, 7), (1, 39_999_999), (9, 73), (20_000, 2_000)])
+def test_thin_images_are_refused_from_the_header(
+    size: tuple[int, int], settings: Settings, storage: LocalStorage
+) -> None:
+    # Issue 13 item 8: a 1x64 image broke depth preprocessing (500); a 1x39,999,999 PNG (78 KB, under the pixel
+    # cap) took gigabytes to decode. Both are refused from the header alone: the IDAT here decodes to nothing.
+    with pytest.raises(InputError, match="px|factor") as refused:
+        load(data_uri(png_header(*size), "image/png"), settings, storage)
+    assert refused.value.field == "canny_image_url"
+
+
 def test_own_file_url_is_read_from_storage(settings: Settings, storage: LocalStorage) -> None:
-    stored = storage.put(png_bytes((5, 7)), "image/png")
+    stored = storage.put(png_bytes((10, 14)), "image/png")
     # reimagine.test does not resolve: anything but a storage read would fail.
-    assert load(f"{OWN}/files/{stored.key}", settings, storage).size == (5, 7)
-    assert load(f"{OWN}/files/{stored.key}?download=1", settings, storage).size == (5, 7)
+    assert load(f"{OWN}/files/{stored.key}", settings, storage).size == (10, 14)
+    assert load(f"{OWN}/files/{stored.key}?download=1", settings, storage).size == (10, 14)
 
 
 def test_own_file_url_unknown_key(settings: Settings, storage: LocalStorage) -> None:
@@ -116,10 +127,10 @@ def test_own_file_url_unknown_key(settings: Settings, storage: LocalStorage) -> 
 
 
 def test_remote_url_through_the_fetcher(tmp_path: Path, storage: LocalStorage, loopback: LoopbackServer) -> None:
-    url = loopback.body("/in.png", png_bytes((9, 4)), "application/octet-stream")
+    url = loopback.body("/in.png", png_bytes((18, 8)), "application/octet-stream")
     with pytest.raises(FetchRefused, match="private"):
         load(url, Settings(data_dir=tmp_path), storage)
-    assert load(url, Settings(data_dir=tmp_path, allow_hosts=["127.0.0.1"]), storage).size == (9, 4)
+    assert load(url, Settings(data_dir=tmp_path, allow_hosts=["127.0.0.1"]), storage).size == (18, 8)
 
 
 def test_remote_non_image(tmp_path: Path, storage: LocalStorage, loopback: LoopbackServer) -> None:
