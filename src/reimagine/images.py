@@ -65,6 +65,22 @@ def encode_png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def encode_image(image: Image.Image, output_format: str, quality: int) -> bytes:
+    """The image as `output_format` (png, jpeg or webp); `quality` applies to the lossy two."""
+    if output_format == "png":
+        return encode_png(image)
+    out = io.BytesIO()
+    if output_format == "jpeg":
+        # JPEG has no alpha; the pipeline's images are RGB already, a converted map may not be.
+        image.convert("RGB").save(out, format="JPEG", quality=quality)
+    elif output_format == "webp":
+        # method 4 of 0-6: Pillow's default; 6 is several times slower for a few percent.
+        image.save(out, format="WEBP", quality=quality, method=4)
+    else:
+        raise ValueError(f"`output_format` must be png, jpeg or webp, got {output_format!r}")
+    return out.getvalue()
+
+
 def data_uri(data: bytes, content_type: str) -> str:
     return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
 

@@ -60,3 +60,32 @@ class Priority:
 
 
 CANCELLED_MESSAGE = "Request cancelled by the client."
+
+
+class ErrorType(StrEnum):
+    """`error_type` of a failure, in the body and in `X-Fal-Error-Type`: fal's documented name where one fits."""
+
+    # --- fal's "Request Error Types" -----------------------------------------------------------------------------
+    #: 504: a start deadline passed (`X-Fal-Request-Timeout-Type: user`) or a sync run outwaited the server
+    REQUEST_TIMEOUT = "request_timeout"
+    #: 503: the worker died while running a request sent with `X-Fal-No-Retry`
+    RUNNER_DISCONNECTED = "runner_disconnected"
+    #: 500: the model raised an unexpected exception
+    INTERNAL_ERROR = "internal_error"
+    #: 499: a sync run's caller went away before its answer (the job is cancelled)
+    CLIENT_DISCONNECTED = "client_disconnected"
+    #: 400: a malformed platform header
+    BAD_REQUEST = "bad_request"
+    # --- ours ----------------------------------------------------------------------------------------------------
+    #: 503: the accelerator ran out of memory; not retried
+    OUT_OF_MEMORY = "out_of_memory"
+    #: 500: the request took down `max_attempts` workers and is not tried again
+    POISONED = "poisoned"
+    #: 499: cancelled by its owner (fal's apps answer the same 499; fal's own name is `client_cancelled`)
+    CANCELLED = "cancelled"
+    #: 422: an input was unusable once the worker looked at it (a URL that cannot be fetched, an unreadable image)
+    VALIDATION_ERROR = "validation_error"
+    #: 429: the server's queue is at `--max-queue-depth`, or the key's at `fal_max_queue_length`
+    QUEUE_FULL = "queue_full"
+    #: 429: the key submits faster than `--submit-rate-per-min`
+    RATE_LIMITED = "rate_limited"

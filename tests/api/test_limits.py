@@ -22,6 +22,7 @@ def test_rate_limit_and_queue_depth(tmp_path: Path, new_store_flags: Callable[[]
             limited = client.post(ENDPOINT, json={"prompt": "x"})
             assert limited.status_code == 429
             assert int(limited.headers["retry-after"]) >= 1
+            assert limited.json()["error_type"] == limited.headers["x-fal-error-type"] == "rate_limited"
             for _ in range(30):
                 assert client.get(f"{REQUESTS}/{ids[0]}/status").status_code == 202
     finally:
@@ -34,6 +35,7 @@ def test_rate_limit_and_queue_depth(tmp_path: Path, new_store_flags: Callable[[]
             submit(client, {"prompt": "x"})
             full = client.post(ENDPOINT, json={"prompt": "x"})
             assert full.status_code == 429 and "retry-after" in full.headers
+            assert full.json()["error_type"] == full.headers["x-fal-error-type"] == "queue_full"
     finally:
         depth.stop()
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.clients.conftest import BROWSER_ORIGIN, ClientEnv, TlsServe, run_logged
 from tests.conftest import REPO
@@ -45,6 +47,24 @@ def test_js_client(mode: str, client_env: ClientEnv) -> None:
 @pytest.mark.timeout(300)
 def test_js_client_tiny_model(tiny_server: TlsServe, client_env: ClientEnv) -> None:
     run_node("tiny.test.mjs", tiny_server, client_env, timeout_s=240)
+
+
+def test_js_client_one_call_is_one_job_past_the_sync_timeout(
+    tmp_path_factory: pytest.TempPathFactory, ca_pem: tuple[trustme.CA, Path], client_env: ClientEnv
+) -> None:
+    """@fal-ai/client retries 504s three times; the sync timeout's 504 must not be one it retries."""
+    ca, path = ca_pem
+    server = TlsServe(tmp_path_factory.mktemp("serve"), ca, path, "--sync-timeout-s", "1")
+    server.start()
+    try:
+        run_node("synctimeout.test.mjs", server, client_env)
+        with server.http(headers=server.headers()) as http:
+            metrics = http.get("/metrics").text
+    finally:
+        server.stop()
+    # Every job the server ever made, by status: exactly the one.
+    jobs = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("reimagine_jobs{")]
+    assert sum(jobs) == 1, metrics
 
 
 def test_proxy_rejects_missing_or_foreign_target(client_env: ClientEnv) -> None:

@@ -22,7 +22,7 @@ from reimagine.api.urls import base_url
 from reimagine.api.wire import validation_detail
 from reimagine.config import Settings
 from reimagine.errors import InputError
-from reimagine.jobs import Priority
+from reimagine.jobs import ErrorType, Priority
 from reimagine.queue.models import Job, NewJob, QueueFull
 from reimagine.schemas import ReimagineInput, StrictReimagineInput
 
@@ -58,6 +58,15 @@ class Admitted:
 
 def _error(detail: Any, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def refusal(detail: str, status: int, error_type: ErrorType, headers: dict[str, str] | None = None) -> JSONResponse:
+    """A request refused for the server's own reasons (a limit, a full queue): fal's request-error shape."""
+    return JSONResponse(
+        {"detail": detail, "error_type": error_type.value},
+        status_code=status,
+        headers={**(headers or {}), "x-fal-error-type": error_type.value},
+    )
 
 
 def _invalid_json(reason: str) -> JSONResponse:
@@ -184,9 +193,10 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
     # Limits last, so that a malformed request is told what is wrong with it even when the queue is full.
     retry_after = state.limiter.check(key_id)
     if retry_after is not None:
-        return _error(
+        return refusal(
             "Rate limit exceeded: too many submissions for this key",
             429,
+            ErrorType.RATE_LIMITED,
             {"retry-after": str(max(1, round(retry_after)))},
         )
 
@@ -202,7 +212,7 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
 
 
 def queue_full() -> JSONResponse:
-    return _error("The queue is full; try again later", 429, {"retry-after": "5"})
+    return refusal("The queue is full; try again later", 429, ErrorType.QUEUE_FULL, {"retry-after": "5"})
 
 
 def new_request_id() -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from reimagine.jobs import JobStatus
+from reimagine.jobs import CANCELLED_MESSAGE, ErrorType, JobStatus
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,27 @@ class Outcome:
     error: str | None = None
     error_type: str | None = None
     inference_time_s: float | None = None
+
+
+def failed_outcome(result_status: int, message: str, error_type: ErrorType) -> Outcome:
+    """A failure as fal's request errors look: `{"detail", "error_type"}`, replayed by the result call."""
+    return Outcome(
+        status=JobStatus.FAILED,
+        result_status=result_status,
+        result_body={"detail": message, "error_type": error_type.value},
+        error=message,
+        error_type=error_type.value,
+    )
+
+
+def cancelled_outcome() -> Outcome:
+    return Outcome(
+        status=JobStatus.CANCELED,
+        result_status=499,
+        result_body={"detail": CANCELLED_MESSAGE, "error_type": ErrorType.CANCELLED.value},
+        error=CANCELLED_MESSAGE,
+        error_type=ErrorType.CANCELLED.value,
+    )
 
 
 class CancelOutcome(StrEnum):

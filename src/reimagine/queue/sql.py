@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
-from reimagine.jobs import CANCELLED_MESSAGE, JobStatus
+from reimagine.jobs import ErrorType, JobStatus
 from reimagine.queue import sqlite
 from reimagine.queue.models import (
     ApiKey,
@@ -38,6 +38,8 @@ from reimagine.queue.models import (
     Outcome,
     QueueFull,
     WebhookDelivery,
+    cancelled_outcome,
+    failed_outcome,
     webhook_body,
 )
 from reimagine.queue.notify import QUEUED, notify_sql
@@ -392,13 +394,7 @@ class SqlStore:
     def _expire_start_deadlines(self, conn: Connection | sqlite3.Connection, now: float) -> None:
         rows = self._x(conn, _EXPIRED_STARTS, {"now": now})
         for job_id, webhook_url in rows:
-            outcome = Outcome(
-                status=JobStatus.FAILED,
-                result_status=504,
-                result_body={"detail": "Request timed out before it started", "error_type": "request_timeout"},
-                error="Request timed out before it started",
-                error_type="request_timeout",
-            )
+            outcome = failed_outcome(504, "Request timed out before it started", ErrorType.REQUEST_TIMEOUT)
             self._finish(conn, job_id, webhook_url, outcome, now, where="status = 'QUEUED'")
 
     def heartbeat(self, job_id: str, fence: int, lease_s: float) -> LeaseState:
@@ -527,7 +523,7 @@ class SqlStore:
                 return CancelOutcome.NOT_FOUND
             status = JobStatus(row[0])
             if status == JobStatus.QUEUED:
-                self._finish(conn, job_id, row[2], _cancelled_outcome(), now, where="status = 'QUEUED'")
+                self._finish(conn, job_id, row[2], cancelled_outcome(), now, where="status = 'QUEUED'")
                 return CancelOutcome.CANCELED
             if status == JobStatus.RUNNING:
                 conn.execute(
@@ -568,16 +564,10 @@ class SqlStore:
             for job_id, fence, attempts, cancel_requested, webhook_url in rows:
                 where, fence_args = "status = 'RUNNING' AND fence = :fence", {"fence": int(fence)}
                 if cancel_requested:
-                    self._finish(conn, job_id, webhook_url, _cancelled_outcome(), now, where=where, **fence_args)
+                    self._finish(conn, job_id, webhook_url, cancelled_outcome(), now, where=where, **fence_args)
                 elif int(attempts) >= self.max_attempts:
                     message = f"Request failed: its worker died {attempts} times while running it"
-                    outcome = Outcome(
-                        status=JobStatus.FAILED,
-                        result_status=500,
-                        result_body={"detail": message, "error_type": "poisoned"},
-                        error=message,
-                        error_type="poisoned",
-                    )
+                    outcome = failed_outcome(500, message, ErrorType.POISONED)
                     self._finish(conn, job_id, webhook_url, outcome, now, where=where, **fence_args)
                 else:
                     conn.execute(
@@ -816,16 +806,6 @@ def _first(rows: list[Any]) -> Any:
 def _hash_secret(secret: str) -> str:
     # Secrets are 256 random bits, so a fast hash is enough; a slow KDF would only slow every request.
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _cancelled_outcome() -> Outcome:
-    return Outcome(
-        status=JobStatus.CANCELED,
-        result_status=499,
-        result_body={"detail": CANCELLED_MESSAGE},
-        error=CANCELLED_MESSAGE,
-        error_type="cancelled",
-    )
 
 
 def _log_data(message: str, level: str, now: float) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from PIL import Image
 from reimagine.config import Settings
 from reimagine.errors import InputError, JobCancelled, OutOfMemory
 from reimagine.generation import Controls, Generate, Generated
-from reimagine.jobs import CANCELLED_MESSAGE, JobStatus
-from reimagine.queue.models import FileRow, Job, LeaseState, Outcome
-from reimagine.schemas import ImageFile, ReimagineInput, ReimagineOutput
+from reimagine.jobs import ErrorType, JobStatus
+from reimagine.queue.models import FileRow, Job, LeaseState, Outcome, cancelled_outcome, failed_outcome
+from reimagine.schemas import CONTENT_TYPES, ImageFile, OutputFormat, ReimagineInput, ReimagineOutput
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +121,10 @@ class Worker:
             hooks.check_cancelled()
             body = self._store_result(job, inputs, generated)
         except JobCancelled:
-            return Outcome(JobStatus.CANCELED, 499, {"detail": CANCELLED_MESSAGE}, CANCELLED_MESSAGE, "cancelled")
+            return cancelled_outcome()
         except InputError as exc:
-            return Outcome(JobStatus.FAILED, 422, {"detail": exc.detail()}, exc.message, "validation_error")
+            body = {"detail": exc.detail(), "error_type": ErrorType.VALIDATION_ERROR.value}
+            return Outcome(JobStatus.FAILED, 422, body, exc.message, ErrorType.VALIDATION_ERROR)
         except LeaseLost:
             raise
         except Exception as exc:
@@ -131,14 +132,11 @@ class Worker:
                 _free_accelerator_memory()
                 message = "Out of memory while generating; not retried"
                 hooks.log(message, "ERROR")
-                body = {"detail": message, "error_type": "out_of_memory"}
-                return Outcome(JobStatus.FAILED, 503, body, message, "out_of_memory")
+                return failed_outcome(503, message, ErrorType.OUT_OF_MEMORY)
             logger.exception("generate failed", extra={"request_id": job.id})
             message = f"Internal error: {type(exc).__name__}: {exc}"
             hooks.log(message, "ERROR")
-            return Outcome(
-                JobStatus.FAILED, 500, {"detail": message, "error_type": "internal_error"}, message, "internal_error"
-            )
+            return failed_outcome(500, message, ErrorType.INTERNAL_ERROR)
         return Outcome(JobStatus.SUCCEEDED, 200, body, inference_time_s=round(time.monotonic() - started, 4))
 
     def _load_controls(self, job: Job, inputs: ReimagineInput) -> Controls:
@@ -155,39 +153,39 @@ class Worker:
             )
         return Controls(depth=loaded["depth"], canny=loaded["canny"])
 
-    def _put_png(self, job: Job, image: Image.Image, kind: str, *, with_outcome: bool = False) -> tuple[str, bytes]:
-        """Store a PNG as a file of the job; `with_outcome` records it in the job's completing transaction."""
+    def _put_png(self, job: Job, image: Image.Image, kind: str) -> str:
+        """Store a PNG (a preview or a derived map) as a file of the job."""
         from reimagine.images import encode_png
 
         data = encode_png(image)
         stored = self.storage.put(data, "image/png", f"{kind}.png")
-        row = FileRow(stored.key, kind, "image/png", len(data))
-        if with_outcome:
-            self._files.append(row)
-        else:
-            self.store.add_file(row.key, job_id=job.id, kind=kind, content_type=row.content_type, size=row.size)
-        return stored.key, data
+        self.store.add_file(stored.key, job_id=job.id, kind=kind, content_type="image/png", size=len(data))
+        return str(stored.key)
 
     def _store_result(self, job: Job, inputs: ReimagineInput, generated: Generated) -> dict[str, Any]:
-        from reimagine.images import data_uri, encode_png
+        from reimagine.images import data_uri, encode_image
 
         if generated.maps:
-            keys = {name: self._put_png(job, image, f"{name}_map")[0] for name, image in generated.maps.items()}
+            keys = {name: self._put_png(job, image, f"{name}_map") for name, image in generated.maps.items()}
             self.store.add_event(job.id, "maps", {"keys": keys})
             self._notify("event")
         image = generated.image
+        output_format = OutputFormat(inputs.output_format)
+        content_type = CONTENT_TYPES[output_format]
+        data = encode_image(image, output_format.value, inputs.output_quality)
         if inputs.sync_mode:
             # sync_mode: the image travels in the response only; nothing is stored.
-            data = encode_png(image)
-            url = data_uri(data, "image/png")
+            url = data_uri(data, content_type)
         else:
-            key, data = self._put_png(job, image, "image", with_outcome=True)
-            url = f"{job.base_url}/files/{key}"
+            stored = self.storage.put(data, content_type, f"image.{output_format.value}")
+            # Recorded in the job's completing transaction.
+            self._files.append(FileRow(stored.key, "image", content_type, len(data)))
+            url = f"{job.base_url}/files/{stored.key}"
         output = ReimagineOutput(
             image=ImageFile(
                 url=url,
-                content_type="image/png",
-                file_name=f"reimagine-{job.id[:8]}.png",
+                content_type=content_type,
+                file_name=f"reimagine-{job.id[:8]}.{output_format.value}",
                 file_size=len(data),
                 width=image.width,
                 height=image.height,
@@ -256,7 +254,7 @@ class _JobHooks:
         interval = self._worker.settings.preview_interval_s
         if preview is not None and (now - self._last_preview >= interval or step == total):
             self._last_preview = now
-            data["preview_key"] = self._worker._put_png(self._job, preview, "preview")[0]
+            data["preview_key"] = self._worker._put_png(self._job, preview, "preview")
         self._worker.store.add_event(self._job.id, "progress", data)
         self._worker._notify("event")
 

@@ -20,7 +20,7 @@ from reimagine.api.reads import read
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, result_response, status_body
 from reimagine.config import Settings
-from reimagine.jobs import TERMINAL
+from reimagine.jobs import TERMINAL, ErrorType
 from reimagine.queue.models import Event, Job
 from reimagine.schemas import ReimagineOutput
 
@@ -109,21 +109,34 @@ async def run_sync(request: Request) -> Response:
         done = await _wait_terminal(request, state, job.id, queue, settings.sync_timeout_s)
         finished = True
     except _Disconnected:
-        return JSONResponse({"detail": "client disconnected"}, status_code=499)
+        error_type = ErrorType.CLIENT_DISCONNECTED.value
+        return JSONResponse(
+            {"detail": "client disconnected", "error_type": error_type},
+            status_code=499,
+            headers={"x-fal-error-type": error_type},
+        )
     finally:
         state.hub.unsubscribe(job.id, queue)
         if not finished:
             # The client went away (task cancelled by the server on disconnect).
             await asyncio.shield(_cancel_if_unfinished(state, job.id, key_id))
     if done is None:
+        # `X-Fal-Request-Timeout-Type: user` is what makes this 504 final for both clients: @fal-ai/client retries
+        # any other 504 three times, and each retry would start another job (fal-protocol.md §3.4). The wait is
+        # the server's limit, not the model's failure, and the job keeps running: its result is one status call
+        # away, so a new job would only cost a second GPU run for the same answer.
         return JSONResponse(
             {
                 "detail": "Request timed out; it keeps running and its result stays available",
-                "error_type": "request_timeout",
+                "error_type": ErrorType.REQUEST_TIMEOUT.value,
                 "request_id": job.id,
             },
             status_code=504,
-            headers={**job_headers(job.id), "x-fal-error-type": "request_timeout"},
+            headers={
+                **job_headers(job.id),
+                "x-fal-error-type": ErrorType.REQUEST_TIMEOUT.value,
+                "x-fal-request-timeout-type": "user",
+            },
         )
     return result_response(done)
 
