@@ -13,11 +13,22 @@ const baseUrl = () => url(".").replace(/\/$/, "");
 const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
 
 let fields = [];          // [{name, type, default, minimum, maximum, enum, title, description, ...}]
+let capabilities = {};    // field name -> {effective, playground, reason}: what does nothing here, and why
 let endpoint = "bria/reimagine/3.2";
 let current = null;       // the request on screen: {id, abort, maps, lastEventId}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Schema → form
+
+// Which fields do something on this server (an older server has no such route: then every field applies).
+async function loadCapabilities() {
+  try {
+    const res = await fetch(url(`${QUEUE}/capabilities`));
+    return res.ok ? (await res.json()).fields || {} : {};
+  } catch {
+    return {};
+  }
+}
 
 async function loadSchema() {
   const doc = await (await fetch(url("openapi.json"))).json();
@@ -47,14 +58,21 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+const inapplicable = (f) => {
+  const c = capabilities[f.name];
+  return c && (c.effective === false || c.playground === false) ? c.reason || "Does nothing here." : "";
+};
+
 function field(f, control, { inline = false } = {}) {
   const label = el("label", { for: `f-${f.name}`, text: f.title, title: f.description });
+  const why = inapplicable(f);
   const hint = f.description ? el("small", { class: "hint", text: f.description }) : null;
+  const note = why ? el("small", { class: "field-note", "data-note-for": f.name, text: why }) : null;
   const error = el("div", { class: "field-error", "data-error-for": f.name, role: "alert" });
-  const cls = `field field-${f.type || "string"}${inline ? " inline" : ""}`;
+  const cls = `field field-${f.type || "string"}${inline ? " inline" : ""}${why ? " inapplicable" : ""}`;
   return inline
-    ? el("div", { class: cls, "data-field": f.name }, el("div", { class: "row" }, control, label), hint, error)
-    : el("div", { class: cls, "data-field": f.name }, label, control, hint, error);
+    ? el("div", { class: cls, "data-field": f.name }, el("div", { class: "row" }, control, label), note, hint, error)
+    : el("div", { class: cls, "data-field": f.name }, label, control, note, hint, error);
 }
 
 function control(f) {
@@ -65,7 +83,11 @@ function control(f) {
     return field(f, select);
   }
   if (f.type === "boolean") {
-    return field(f, el("input", { id, name: f.name, type: "checkbox", checked: f.default === true }), { inline: true });
+    // A field that does nothing here is shown unticked and greyed out, and never sent (the server's default
+    // applies, and does nothing).
+    const off = Boolean(inapplicable(f));
+    const box = el("input", { id, name: f.name, type: "checkbox", checked: !off && f.default === true, disabled: off });
+    return field(f, box, { inline: true });
   }
   if (f.type === "integer" || f.type === "number") {
     const step = f.type === "integer" ? 1 : (f.maximum ?? 1) <= 1 ? 0.05 : 0.1;
@@ -73,10 +95,22 @@ function control(f) {
     const number = el("input", { id, name: f.name, type: "number", ...limits });
     number.value = f.default;
     if (f.minimum === undefined || f.maximum === undefined || f.maximum - f.minimum > 1000) return field(f, number);
-    const range = el("input", { type: "range", "aria-label": f.title, tabindex: -1, ...limits });
+    const range = el("input", { type: "range", "aria-label": f.title, tabindex: -1, "data-range-for": f.name, ...limits });
     range.value = f.default;  // after min/max/step: the value is clamped and rounded to them
-    range.addEventListener("input", () => { number.value = range.value; });
-    number.addEventListener("input", () => { range.value = number.value; });
+    range.addEventListener("input", () => {
+      number.value = range.value;
+      fieldError(f.name, "");
+    });
+    // While typing, the slider follows what it can show and the field says what is wrong; when the value is
+    // committed (leaving the box, Enter, Generate), an out-of-range value is brought into range, so that the box,
+    // the slider and what is sent agree, and the field keeps a line saying what was changed.
+    number.addEventListener("input", () => {
+      range.value = number.value;
+      const bad = outOfRange(f, number.value);
+      fieldError(f.name, bad ? `Must be between ${f.minimum} and ${f.maximum}.` : "");
+      range.toggleAttribute("aria-invalid", Boolean(bad));
+    });
+    number.addEventListener("change", () => clampField(f));
     return field(f, el("div", { class: "range" }, range, number));
   }
   if (f["x-fal-file"]) return imageControl(f);
@@ -84,6 +118,35 @@ function control(f) {
   const area = el("textarea", { id, name: f.name, rows, placeholder: f.examples?.[0], required: f.required });
   area.value = f.default ?? "";
   return field(f, area);
+}
+
+const outOfRange = (f, raw) => raw !== "" && (Number(raw) < f.minimum || Number(raw) > f.maximum);
+
+function fieldError(name, message, { kept = false } = {}) {
+  const slot = form.querySelector(`[data-error-for="${CSS.escape(name)}"]`);
+  if (!slot) return;
+  slot.textContent = message;
+  if (kept && message) slot.dataset.kept = "true";
+  else delete slot.dataset.kept;
+  const node = form.elements[name];
+  if (message && !kept) node?.setAttribute("aria-invalid", "true");
+  else node?.removeAttribute("aria-invalid");
+}
+
+// Brings a slider field's typed value into its range; says so next to the field. Returns whether it changed.
+function clampField(f) {
+  const number = form.elements[f.name];
+  const range = form.querySelector(`[data-range-for="${CSS.escape(f.name)}"]`);
+  if (!range || !outOfRange(f, number.value)) return false;
+  const typed = number.value;
+  const value = Math.min(f.maximum, Math.max(f.minimum, Number(typed)));
+  number.value = value;
+  range.value = value;
+  range.removeAttribute("aria-invalid");
+  const side = Number(typed) < f.minimum ? "below the minimum" : "above the maximum";
+  fieldError(f.name, `${typed} is ${side} (${f.minimum}–${f.maximum}): set to ${value}.`, { kept: true });
+  if (!$("tab-api").hidden) renderSnippets();
+  return true;
 }
 
 function imageControl(f) {
@@ -94,7 +157,7 @@ function imageControl(f) {
   const choose = el("button", { type: "button", class: "link", text: "choose a file" });
   const text = el("span", { class: "drop-text" }, "Drop an image or ", choose);
   const badge = el("span", { class: "badge", hidden: true });
-  const zone = el("div", { class: "drop", tabindex: 0, "data-drop-for": f.name }, thumb, badge, clear, text, picker);
+  const zone = el("div", { class: "drop", tabindex: 0, "data-drop-for": f.name }, thumb, clear, text, picker);
   const input = el("input", {
     id: `f-${f.name}`, name: f.name, type: "url", placeholder: "…or paste an image URL", spellcheck: "false",
   });
@@ -129,7 +192,8 @@ function imageControl(f) {
     if (toggle.checked && map) show(map, `${kind} map`);
     else show(input.value.trim());
   });
-  return field(f, el("div", { class: "image-input" }, zone, input, mapRow));
+  // The badge sits under the picture, never on it: a map's own lines and a photo's text stay readable.
+  return field(f, el("div", { class: "image-input" }, zone, badge, input, mapRow));
 }
 
 const mapKind = (name) => name.replace(/_image_url$/, "").split("_")[0];
@@ -168,6 +232,7 @@ function readInput() {
   const input = {};
   for (const f of fields) {
     const node = form.elements[f.name];
+    if (node.disabled) continue;
     let value = node.value;
     if (f.type === "boolean") value = node.checked;
     else if (f.type === "integer" || f.type === "number") value = value === "" ? f.default : Number(value);
@@ -179,6 +244,7 @@ function readInput() {
 function writeInput(input) {
   for (const f of fields) {
     const node = form.elements[f.name];
+    if (node.disabled) continue;
     const value = f.name in input ? input[f.name] : f.default ?? "";
     if (f.type === "boolean") node.checked = Boolean(value);
     else node.value = value;
@@ -198,17 +264,23 @@ function headers(extra = {}) {
 async function call(method, path, body) {
   const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
   if (body !== undefined) init.body = JSON.stringify(body);
-  return fetch(url(path), init);
+  const res = await fetch(url(path), init);
+  if (res.ok) banner("");  // a call that works means an old key or rate-limit warning is stale
+  return res;
 }
 
+// An error that is not a field's shows twice: in the banner at the top, and next to the button that was just
+// pressed (after Generate at the bottom of a long form, the banner is off-screen).
 function banner(message) {
   $("banner").textContent = message;
   $("banner").hidden = !message;
+  $("submit-error").textContent = message;
+  $("submit-error").hidden = !message;
 }
 
 function clearErrors() {
   banner("");
-  for (const node of form.querySelectorAll(".field-error")) node.textContent = "";
+  for (const node of form.querySelectorAll(".field-error:not([data-kept])")) node.textContent = "";
   for (const node of form.querySelectorAll("[aria-invalid]")) node.removeAttribute("aria-invalid");
 }
 
@@ -235,6 +307,7 @@ async function showError(res) {
     form.querySelector("[aria-invalid]")?.scrollIntoView({ block: "center", behavior: "smooth" });
     const message = rest.length ? `The input was rejected: ${detailText(rest)}` : "Please fix the highlighted field.";
     banner(rest.length ? message : "");
+    if (!rest.length) { $("submit-error").textContent = message; $("submit-error").hidden = false; }
     return message;
   }
   const text = detailText(detail) || res.statusText;
@@ -286,6 +359,7 @@ async function upload(name, file, show) {
 async function submit(event) {
   event.preventDefault();
   clearErrors();
+  for (const f of fields) clampField(f);  // Ctrl+Enter sends without leaving the box
   const input = readInput();
   $("submit").disabled = true;
   try {
@@ -325,6 +399,7 @@ async function follow(id) {
   const request = { id, abort: new AbortController(), maps: {}, lastEventId: "" };
   current = request;
   resetOutput();
+  revealOutput();
   setRunning(true);
   let last = null;
   try {
@@ -354,6 +429,13 @@ async function follow(id) {
   }
 }
 
+// On wide screens the output panel is sticky beside the form; on narrow ones it sits below a long form, so
+// bring its status line into view (at once: a smooth scroll would still be moving when the first status comes).
+function revealOutput() {
+  const box = $("state").getBoundingClientRect();
+  if (box.top < 0 || box.bottom > window.innerHeight) $("state").closest(".output").scrollIntoView({ block: "start" });
+}
+
 function renderStatus(status) {
   const extra = status.reimagine || {};
   if (status.status === "IN_QUEUE") {
@@ -367,7 +449,7 @@ function renderStatus(status) {
     $("progress").value = extra.progress.step;
     $("step").textContent = `step ${extra.progress.step}/${extra.progress.total}`;
   }
-  if (extra.preview_url && $("result-link").hidden && $("preview").getAttribute("src") !== extra.preview_url) {
+  if (extra.preview_url && $("result-figure").hidden && $("preview").getAttribute("src") !== extra.preview_url) {
     $("preview").src = extra.preview_url;
     $("preview").hidden = false;
     $("placeholder").hidden = true;
@@ -400,7 +482,7 @@ async function showResult(id, status) {
   const image = data.image;
   $("result").src = image.url;
   $("result-link").href = image.url;
-  $("result-link").hidden = false;
+  $("result-figure").hidden = false;
   $("preview").hidden = true;
   $("placeholder").hidden = true;
   $("open-full").href = image.url;
@@ -418,9 +500,46 @@ async function showResult(id, status) {
     .flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
   $("result-bar").hidden = false;
   $("progress").value = $("progress").max;
+  showCompare(current?.maps || {});
   setState("done", "Done");
   // A sync_mode result is a data URI: too big to keep in localStorage.
   update(id, { state: "done", thumb: image.url.startsWith("data:") ? undefined : image.url });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Side by side: the structure map the server derived next to the result, and over it at a chosen opacity. Whether
+// the picture follows the edges or the depth is the first thing a user of structure guidance checks.
+
+function showCompare(maps) {
+  const kinds = Object.keys(maps).filter((kind) => maps[kind]);
+  if (!kinds.length) { hideCompare(); return; }
+  const select = $("compare-map");
+  const keep = kinds.includes(select.value) ? select.value : kinds[0];
+  select.replaceChildren(...kinds.map((kind) => el("option", { value: kind, text: kind, selected: kind === keep })));
+  $("compare").hidden = false;
+  $("stage").classList.add("split");
+  setCompare();
+}
+
+function setCompare() {
+  const kind = $("compare-map").value;
+  const map = current?.maps?.[kind];
+  if (!map) return;
+  $("map").src = map;
+  $("map-caption").textContent = `${kind} map`;
+  $("map-figure").hidden = false;
+  const opacity = Number($("compare-opacity").value);
+  $("overlay").src = map;
+  $("overlay").style.opacity = String(opacity);
+  $("overlay").hidden = opacity === 0;
+  $("compare-value").textContent = `${Math.round(opacity * 100)} %`;
+}
+
+function hideCompare() {
+  $("compare").hidden = true;
+  $("map-figure").hidden = true;
+  $("overlay").hidden = true;
+  $("stage").classList.remove("split");
 }
 
 async function cancel() {
@@ -453,9 +572,10 @@ function resetOutput() {
   $("progress").value = 0;
   $("preview").hidden = true;
   $("preview").removeAttribute("src");
-  $("result-link").hidden = true;
+  $("result-figure").hidden = true;
   $("result").removeAttribute("src");
   $("result-bar").hidden = true;
+  hideCompare();
   $("placeholder").hidden = false;
   $("logs").textContent = "";
   $("log-count").textContent = "";
@@ -593,13 +713,18 @@ function showTab(name) {
 async function main() {
   const key = $("api-key");
   key.value = localStorage.getItem(KEY_STORE) || "";
-  key.addEventListener("input", () => localStorage.setItem(KEY_STORE, key.value.trim()));
+  key.addEventListener("input", () => {
+    localStorage.setItem(KEY_STORE, key.value.trim());
+    banner("");  // a warning about the old key is stale now
+  });
+  $("compare-map").addEventListener("change", setCompare);
+  $("compare-opacity").addEventListener("input", setCompare);
   for (const button of document.querySelectorAll("[data-tab]")) {
     button.addEventListener("click", () => showTab(button.dataset.tab));
   }
   renderHistory();
   try {
-    fields = await loadSchema();
+    [fields, capabilities] = await Promise.all([loadSchema(), loadCapabilities()]);
   } catch (err) {
     banner(`Could not load the input schema from /openapi.json: ${err.message}`);
     return;
