@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +21,12 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate: serve HTTPS (the Python fal client needs it).")
     tls_key: Path | None = Field(None, description="PEM private key for --tls-cert.")
     public_base_url: str = Field(
-        "", description="Base URL put in returned links; empty: the request's scheme and Host (X-Forwarded-* honoured)."
+        "", description="Base URL put in returned links; empty: the request's scheme and Host (see --trusted-proxies)."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Reverse proxies (IPs or CIDRs) whose X-Forwarded-Proto/Host/Prefix headers are honoured; "
+        "from anyone else they are ignored.",
     )
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed to call the API ('*').")
 
@@ -71,7 +77,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest JSON request body (inline data URIs included); larger is 413."
     )
-    max_upload_bytes: int = Field(1024 * 1024 * 1024, gt=0, description="Largest file accepted by the storage API.")
+    max_upload_bytes: int = Field(
+        100 * 1024 * 1024, gt=0, description="Largest file accepted by the storage API (streamed, never held whole)."
+    )
     max_queue_depth: int = Field(1000, ge=1, description="Queued jobs beyond which submits get 429.")
     submit_rate_per_min: int = Field(600, ge=0, description="Submits per minute per key; 0 disables the limit.")
     sync_timeout_s: float = Field(600.0, gt=0, description="How long a sync run waits for its result.")
@@ -89,11 +97,21 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(False, description="Log JSON lines instead of text.")
 
-    @field_validator("cors_origins", "allow_hosts", mode="before")
+    @field_validator("cors_origins", "allow_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _ip_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip("[]"), strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR: {entry!r}") from None
         return value
 
     @property

@@ -37,7 +37,7 @@ class Fetched:
 
 
 def is_public_address(address: IPAddress) -> bool:
-    """False for loopback, private, link-local, CGNAT, multicast, reserved and unspecified addresses.
+    """False for loopback, private, link-local, site-local, CGNAT, multicast, reserved and unspecified addresses.
 
     IPv6 forms that embed an IPv4 address (mapped `::ffff:a.b.c.d`, 6to4 `2002::/16`, NAT64 `64:ff9b::/96`,
     Teredo) are judged by the IPv4 address they lead to.
@@ -56,6 +56,8 @@ def is_public_address(address: IPAddress) -> bool:
         or address.is_reserved
         or address.is_unspecified
         or address in _CGNAT
+        # Deprecated IPv6 site-local (fec0::/10): Python counts it as global, routers inside a site may not.
+        or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local)
         or not address.is_global
     )
 

@@ -37,6 +37,9 @@ def serve(settings: Settings) -> int:
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         log_config=None,
         access_log=False,
+        # X-Forwarded-* are read by `api.urls.base_url`, from --trusted-proxies only: uvicorn's own handling would
+        # trust loopback by default and replace the peer address that decision needs.
+        proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
     return 0

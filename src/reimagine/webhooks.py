@@ -280,14 +280,16 @@ class WebhookDispatcher:
             logger.exception("webhook %s for job %s failed unexpectedly", delivery.id, delivery.job_id)
 
     async def deliver_once(self, delivery: WebhookDelivery) -> str:
-        """Make one attempt and record it; returns the result: delivered, retry, gave_up or refused."""
+        """Make one attempt and record it; returns the result: delivered, retry, refused (retried too) or gave_up."""
         try:
             checked = await asyncio.to_thread(self._check_target, delivery.url)
         except InputError as exc:
             if not await asyncio.to_thread(_resolves, delivery.url):
                 # A DNS failure may be the receiver's outage, not the policy: retry it like a connect error.
                 return await self._record(delivery, "retry", status=None, error=f"unresolvable: {exc}"[:500])
-            # The policy answer will not change between attempts: give up now rather than retry for two hours.
+            # The URL passed the policy when the job was submitted: its host now resolves to a forbidden address
+            # (a DNS change, or a rebinding attempt). Never contacted, and retried like any failed delivery: a
+            # receiver whose DNS is briefly wrong must not lose its webhook.
             logger.warning("webhook for job %s refused by the SSRF policy: %s", delivery.job_id, exc)
             return await self._record(delivery, "refused", status=None, error=f"refused: {exc}"[:500])
 
@@ -330,7 +332,7 @@ class WebhookDispatcher:
 
     async def _record(self, delivery: WebhookDelivery, result: str, *, status: int | None, error: str | None) -> str:
         next_attempt_at: float | None = None
-        if result == "retry":
+        if result in ("retry", "refused"):
             attempt = delivery.attempts + 1
             if attempt >= self._settings.webhook_max_attempts:
                 result = "gave_up"

@@ -51,6 +51,8 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, backend: str
 ) -> Iterator[ServeProcess]:
     flags = _flags(request, backend)
-    proc = ServeProcess(tmp_path_factory.mktemp("serve"), "--allow-hosts", "127.0.0.1", *flags).start()
+    proc = ServeProcess(
+        tmp_path_factory.mktemp("serve"), "--allow-hosts", "127.0.0.1", "--trusted-proxies", "127.0.0.1", *flags
+    ).start()
     yield proc
     proc.stop()

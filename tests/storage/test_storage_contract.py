@@ -106,3 +106,21 @@ def test_open_storage_picks_s3_from_settings(s3_server: S3Server) -> None:
     assert s3_server.client().get_object(Bucket=bucket, Key=f"x/{key}")["Body"].read() == b"through settings"
     with pytest.raises(ConfigError):
         open_storage(Settings(storage="s3"))
+
+
+def test_storage_streams_files_in_and_out(backend: Any, tmp_path: Any) -> None:
+    # Issue 13 item 6: files go in from a file and come out in chunks, never whole in memory.
+    data = bytes(range(256)) * (9 * 1024)  # 2.25 MiB: three chunks
+    staged = tmp_path / "upload.part"
+    staged.write_bytes(data)
+    key = new_key("application/octet-stream")
+    stored = backend.put_file(staged, "application/octet-stream", "big.bin", key=key)
+    assert stored == StoredFile(key, "application/octet-stream", "big.bin", len(data)) == backend.stat(key)
+    assert not staged.exists()  # consumed
+    chunks = list(backend.iter_bytes(key))
+    assert b"".join(chunks) == data and max(map(len, chunks)) <= MIB
+    assert b"".join(backend.iter_bytes(key, 1000, 1010)) == data[1000:1010]
+    assert b"".join(backend.iter_bytes(key, len(data) - 5)) == data[-5:]
+    assert b"".join(backend.iter_bytes(key, len(data), len(data))) == b""
+    with pytest.raises(KeyError):
+        backend.stat(new_key("text/plain"))

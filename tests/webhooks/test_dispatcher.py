@@ -106,9 +106,32 @@ def test_refused_target_is_never_contacted(tmp_path: Path, store: SqlStore, rece
 
     assert _run_until(dispatcher, lambda: _outbox(store, job.id)["gave_up_at"] is not None)
     row = _outbox(store, job.id)
-    assert row["attempts"] == 1 and row["last_error"].startswith("refused:")
+    # Retried like any failed delivery (issue 13: a host whose DNS answer changes must not lose its webhook).
+    assert row["attempts"] == settings.webhook_max_attempts and row["last_error"].startswith("refused:")
     assert receiver.attempts == []
-    assert 'reimagine_webhook_deliveries_total{result="refused"} 1.0' in metrics.render()[0].decode()
+    rendered = metrics.render()[0].decode()
+    assert f'reimagine_webhook_deliveries_total{{result="refused"}} {settings.webhook_max_attempts - 1}.0' in rendered
+    assert 'reimagine_webhook_deliveries_total{result="gave_up"} 1.0' in rendered
+
+
+def test_target_resolving_to_a_forbidden_address_for_a_while_still_gets_its_webhook(
+    tmp_path: Path, store: SqlStore, receiver_factory: type[Receiver]
+) -> None:
+    # Issue 13 item 9: a host that passed the policy at submit resolves to a forbidden address when the job ends
+    # (DNS change, rebinding). It was dropped after one attempt; now it is retried, and delivered once it is fine.
+    receiver = receiver_factory(200)
+    settings = settings_for(tmp_path)
+    refusals = [2]
+
+    def refuse_twice(url: str) -> None:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise FetchRefused("fal_webhook", "host resolves to a private address")
+
+    dispatcher = WebhookDispatcher(store, settings, WebhookKey.load_or_create(settings), check_target=refuse_twice)
+    job = finish_job(store, receiver.url)
+    assert _run_until(dispatcher, lambda: _outbox(store, job.id)["delivered_at"] is not None)
+    assert _outbox(store, job.id)["attempts"] == 3 and len(receiver.attempts) == 1
 
 
 def test_real_ssrf_policy_refuses_loopback(tmp_path: Path, store: SqlStore, receiver_factory: type[Receiver]) -> None:
@@ -121,7 +144,8 @@ def test_real_ssrf_policy_refuses_loopback(tmp_path: Path, store: SqlStore, rece
     job = finish_job(store, receiver.url)
     assert asyncio.run(dispatcher.deliver_once(_due(store)[0])) == "refused"
     asyncio.run(dispatcher.aclose())
-    assert receiver.attempts == [] and _outbox(store, job.id)["gave_up_at"] is not None
+    row = _outbox(store, job.id)
+    assert receiver.attempts == [] and row["gave_up_at"] is None and row["last_error"].startswith("refused:")
 
 
 def test_redirects_are_not_followed(tmp_path: Path, store: SqlStore) -> None:

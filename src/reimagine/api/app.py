@@ -182,7 +182,10 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ReimagineInput, ReimagineOutput, ImageFile, QueueStatus):
+        from reimagine.api.routes.storage import CompleteUpload, InitiateUpload
+
+        # The storage routes parse their JSON bodies after authentication: their schemas are added here.
+        for model in (ReimagineInput, ReimagineOutput, ImageFile, QueueStatus, InitiateUpload, CompleteUpload):
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             for name, sub in definition.pop("$defs", {}).items():
                 components.setdefault(name, sub)

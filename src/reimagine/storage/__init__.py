@@ -11,12 +11,16 @@ import hashlib
 import mimetypes
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from reimagine.config import Settings
 from reimagine.errors import ConfigError
 
+#: Chunk size of streamed reads and writes: what one upload or download holds in memory at a time.
+CHUNK_BYTES = 1024 * 1024
 _KEY = re.compile(r"[0-9a-f]{32,64}(\.[a-z0-9]{1,16})?")
 _EXTENSION = re.compile(r"\.[a-z0-9]{1,16}")
 
@@ -41,7 +45,21 @@ class Storage(Protocol):
         """Store `data` under `key`, or under its content key when None; replaces an existing file."""
         ...
 
-    def get(self, key: str) -> tuple[StoredFile, bytes]: ...
+    def get(self, key: str) -> tuple[StoredFile, bytes]:
+        """The whole file in memory: for images the worker reads; the API streams with `iter_bytes`."""
+        ...
+
+    def put_file(self, path: Path, content_type: str, file_name: str | None = None, *, key: str) -> StoredFile:
+        """Store the file at `path` (which this call consumes) under `key`, never holding it whole in memory."""
+        ...
+
+    def stat(self, key: str) -> StoredFile:
+        """The file's metadata and size, without its bytes."""
+        ...
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes `start` to `end` (exclusive; None: the end of the file) in chunks of at most `CHUNK_BYTES`."""
+        ...
 
     def exists(self, key: str) -> bool: ...
 

@@ -13,11 +13,11 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from reimagine.storage import StoredFile, content_key, is_valid_key
+from reimagine.storage import CHUNK_BYTES, StoredFile, content_key, is_valid_key
 
 _UPLOADS = ".uploads"
 _MAX_PARTS = 10_000
@@ -63,6 +63,28 @@ class LocalStorage:
     def get(self, key: str) -> tuple[StoredFile, bytes]:
         stored = self._read_meta(key)
         return stored, self._path(key).read_bytes()
+
+    def put_file(self, path: Path, content_type: str, file_name: str | None = None, *, key: str) -> StoredFile:
+        target = self._path(key)
+        stored = StoredFile(key, content_type, file_name, path.stat().st_size)
+        if target.parent not in self._dirs:
+            target.parent.mkdir(exist_ok=True)
+            self._dirs.add(target.parent)
+        try:
+            os.replace(path, target)  # same file system (the API stages uploads in the data directory)
+        except OSError:
+            _write_atomic(target, lambda out: _copy_file(path, out))
+            path.unlink()
+        return self._write_meta(stored)
+
+    def stat(self, key: str) -> StoredFile:
+        return self._read_meta(key)
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        stored = self._read_meta(key)
+        end = stored.size if end is None else min(end, stored.size)
+        handle = self._path(key).open("rb")
+        return _chunks(handle, start, end)
 
     def exists(self, key: str) -> bool:
         return is_valid_key(key) and self._meta_path(key).exists()
@@ -184,6 +206,23 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _chunks(handle: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    with handle:
+        handle.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = handle.read(min(CHUNK_BYTES, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+def _copy_file(path: Path, out: BinaryIO) -> None:
+    with path.open("rb") as source:
+        shutil.copyfileobj(source, out, CHUNK_BYTES)
 
 
 def _check_part_number(number: int) -> None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from reimagine.storage import StoredFile, is_valid_key
+from reimagine.storage import CHUNK_BYTES, StoredFile, is_valid_key
 
 _MAX_PARTS = 10_000
 #: lifetime of a presigned GET: a redirect target, used at once
@@ -62,6 +64,39 @@ class S3Storage:
             raise _missing(exc, key) from exc
         data: bytes = answer["Body"].read()
         return _stored(key, answer, len(data)), data
+
+    def put_file(self, path: Path, content_type: str, file_name: str | None = None, *, key: str) -> StoredFile:
+        from boto3.s3.transfer import TransferConfig
+
+        # A managed (multipart past 8 MiB) upload read from the file: a few parts in memory at a time.
+        size = path.stat().st_size
+        try:
+            self._s3.upload_file(
+                str(path),
+                self.bucket,
+                self._name(key),
+                ExtraArgs={"ContentType": content_type, "Metadata": _meta(file_name)},
+                Config=TransferConfig(max_concurrency=4, multipart_chunksize=8 * CHUNK_BYTES),
+            )
+        finally:
+            path.unlink(missing_ok=True)
+        return StoredFile(key, content_type, file_name, size)
+
+    def stat(self, key: str) -> StoredFile:
+        return self._head(key)
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        if end is not None and end <= start:
+            return iter(())
+        byte_range = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            answer = self._s3.get_object(Bucket=self.bucket, Key=self._name(key), Range=byte_range)
+        except Exception as exc:
+            if _code(exc) == "InvalidRange":  # `start` at or past the end of the file
+                return iter(())
+            raise _missing(exc, key) from exc
+        body = answer["Body"]
+        return _closing(body, body.iter_chunks(CHUNK_BYTES))
 
     def exists(self, key: str) -> bool:
         if not is_valid_key(key):
@@ -184,6 +219,14 @@ def _stored(key: str, answer: dict[str, Any], size: int) -> StoredFile:
     encoded = answer.get("Metadata", {}).get("file-name")
     file_name = urllib.parse.unquote(encoded) if encoded else None
     return StoredFile(key, answer.get("ContentType") or "application/octet-stream", file_name, size)
+
+
+def _closing(body: Any, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks, and the HTTP connection released however the iteration ends (a client may hang up)."""
+    try:
+        yield from chunks
+    finally:
+        body.close()
 
 
 def _check_part_number(number: int) -> None:
