@@ -38,6 +38,8 @@ def settings(tmp_path: Path, **overrides: object) -> Settings:
         "http://[::ffff:a9fe:a9fe]/",
         "http://[fe80::1]/",
         "http://[fc00::1]/",
+        "http://[fec0::1]/",  # site-local (issue 13 item 9): Python calls it global
+        "http://[feff:ffff::1]/",
         "http://[64:ff9b::7f00:1]/",
         "http://[2002:a00:1::]/",
         "http://2130706433/",
