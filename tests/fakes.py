@@ -14,7 +14,7 @@ from PIL import Image
 
 from reimagine.config import Settings
 from reimagine.errors import OutOfMemory
-from reimagine.generation import Controls, Generate, Generated, Hooks
+from reimagine.generation import Controls, Generate, Generated, Hooks, aspect_ratio_for
 from reimagine.schemas import ReimagineInput, size_for
 
 
@@ -25,7 +25,7 @@ def fake_generate(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> G
     log = re.search(r"log=(\S+)", prompt)
     if log:
         hooks.log(log.group(1))
-    width, height = size_for(inputs.aspect_ratio)
+    width, height = size_for(aspect_ratio_for(inputs, controls))
     total = inputs.num_inference_steps
     for step in range(1, total + 1):
         hooks.check_cancelled()

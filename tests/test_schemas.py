@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
+from reimagine.generation import Controls, aspect_ratio_for
 from reimagine.jobs import FAL_STATUS, TERMINAL, JobStatus, Priority, can_transition
 from reimagine.schemas import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -12,6 +16,7 @@ from reimagine.schemas import (
     AspectRatio,
     ReimagineInput,
     StrictReimagineInput,
+    nearest_aspect_ratio,
     size_for,
 )
 
@@ -64,6 +69,30 @@ def test_sizes_are_multiples_of_16_and_about_one_megapixel() -> None:
         w, h = (int(part) for part in ratio.value.split(":"))
         assert abs(width / height - w / h) < 0.08
     assert size_for("16:9") == (1344, 768)
+
+
+def test_nearest_aspect_ratio_is_by_the_sizes_ratio() -> None:
+    assert nearest_aspect_ratio(4000, 3000) == nearest_aspect_ratio(1000, 750) == "4:3"
+    assert nearest_aspect_ratio(1600, 900) == "16:9"
+    assert nearest_aspect_ratio(900, 1600) == "9:16"
+    assert nearest_aspect_ratio(720, 720) == "1:1"
+    assert nearest_aspect_ratio(1250, 1000) == "5:4"
+    assert nearest_aspect_ratio(3000, 1000) == "16:9"  # wider than any: the widest
+
+
+def test_a_structure_image_picks_the_ratio_only_when_aspect_ratio_is_left_out() -> None:
+    landscape = Image.new("RGB", (1600, 900))
+    assert aspect_ratio_for(ReimagineInput(prompt="x"), Controls()) == "1:1"
+    assert aspect_ratio_for(ReimagineInput(prompt="x"), Controls(canny=landscape)) == "16:9"
+    assert aspect_ratio_for(ReimagineInput(prompt="x"), Controls(depth=landscape)) == "16:9"
+    assert aspect_ratio_for(ReimagineInput(prompt="x", aspect_ratio="1:1"), Controls(canny=landscape)) == "1:1"
+    assert aspect_ratio_for(ReimagineInput(prompt="x", canny_scale=0), Controls(canny=landscape)) == "1:1"
+    # The input as the API stores it for the worker (only the fields sent) keeps the difference.
+    for body, expected in (({"prompt": "x"}, "16:9"), ({"prompt": "x", "aspect_ratio": "1:1"}, "1:1")):
+        stored = json.dumps(ReimagineInput.model_validate(body).model_dump(mode="json", exclude_unset=True))
+        worker_side = ReimagineInput.model_validate(json.loads(stored))
+        assert aspect_ratio_for(worker_side, Controls(canny=landscape)) == expected
+    assert "never stretched" in (ReimagineInput.model_fields["aspect_ratio"].description or "")
 
 
 def test_job_transitions_are_closed() -> None:

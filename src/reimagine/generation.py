@@ -12,7 +12,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from reimagine.schemas import ReimagineInput
+from reimagine.schemas import AspectRatio, ReimagineInput, nearest_aspect_ratio
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,21 @@ class Controls:
 
     depth: Image.Image | None = None
     canny: Image.Image | None = None
+
+
+def aspect_ratio_for(inputs: ReimagineInput, controls: Controls) -> AspectRatio:
+    """The aspect ratio to generate at: the request's, unless it left `aspect_ratio` out and gives a structure image.
+
+    Then the first structure image that takes part (depth, then canny; an image with scale 0 does not) picks the
+    nearest of the nine ratios, as Bria's own Structure Reference keeps the reference's ratio. Either way the
+    structure images are centre-cropped to the chosen ratio, never stretched. `model_fields_set` is what tells a
+    left-out field from a default one: the API stores the input with only the fields the client sent.
+    """
+    if "aspect_ratio" not in inputs.model_fields_set:
+        for image, scale in ((controls.depth, inputs.depth_scale), (controls.canny, inputs.canny_scale)):
+            if image is not None and scale > 0:
+                return nearest_aspect_ratio(*image.size)
+    return AspectRatio(inputs.aspect_ratio)
 
 
 class Hooks(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -57,6 +58,20 @@ def size_for(aspect_ratio: AspectRatio | str) -> tuple[int, int]:
     return SIZES[AspectRatio(aspect_ratio)]
 
 
+def nearest_aspect_ratio(width: int, height: int) -> AspectRatio:
+    """The named ratio nearest to width/height, compared in log space (2:1 and 1:2 are equally far from 1:1).
+
+    By name, not by size: a 5:4 photo gets 5:4 (1088x896), although 4:3's 1152x896 is a hair nearer to 1.25; the
+    crop differs by 0.1 %, and every common photo format lands on its own name.
+    """
+
+    def distance(ratio: AspectRatio) -> float:
+        w, h = (int(part) for part in ratio.value.split(":"))
+        return abs(math.log(width * h / (height * w)))
+
+    return min(AspectRatio, key=distance)
+
+
 class OutputFormat(StrEnum):
     """Encoding of the generated image (our extension beyond fal's schema)."""
 
@@ -103,7 +118,12 @@ class ReimagineInput(BaseModel):
     )
     canny_scale: float = Field(0.5, ge=0.0, le=1.0, description="Strength of the canny condition.")
     canny_preprocess: bool = Field(True, description="Derive the canny edge map from an ordinary photo first.")
-    aspect_ratio: AspectRatio = Field(AspectRatio.SQUARE, description="Aspect ratio of the generated image.")
+    aspect_ratio: AspectRatio = Field(
+        AspectRatio.SQUARE,
+        description="Aspect ratio of the generated image. When a structure image is given (depth or canny, scale "
+        "above 0) and this field is left out, the image's own ratio picks the nearest of the nine ratios; when it is "
+        "set, the structure image is centre-cropped to this ratio (cover). Structure images are never stretched.",
+    )
     num_inference_steps: int = Field(30, ge=20, le=50, description="Number of denoising steps.")
     seed: int = Field(
         5555, ge=0, le=2_147_483_647, description="Random seed; same inputs and seed give the same image."

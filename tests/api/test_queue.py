@@ -45,6 +45,19 @@ def test_submit_status_result_with_canny_data_uri(client: httpx.Client, server: 
     assert canny_map.status_code == 200
 
 
+def test_the_structure_image_picks_the_size_unless_aspect_ratio_is_sent(client: httpx.Client) -> None:
+    landscape = data_uri(scene_png((1600, 900)))
+    for body, size in (
+        ({"prompt": "a house", "depth_image_url": landscape}, (1344, 768)),
+        ({"prompt": "a house", "depth_image_url": landscape, "aspect_ratio": "1:1"}, (1024, 1024)),
+        ({"prompt": "a house"}, (1024, 1024)),
+    ):
+        request_id = submit(client, body)["request_id"]
+        assert wait_completed(client, request_id)["error"] is None
+        image = client.get(f"{REQUESTS}/{request_id}").json()["image"]
+        assert (image["width"], image["height"]) == size
+
+
 def test_canny_from_an_allow_listed_local_url(client: httpx.Client) -> None:
     png = scene_png()
 

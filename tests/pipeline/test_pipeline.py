@@ -17,6 +17,7 @@ from reimagine.errors import InputError, JobCancelled, ModelMissing, OutOfMemory
 from reimagine.generation import Controls, Generate, Generated
 from reimagine.schemas import SIZES
 from reimagine.worker.pipeline import ReimaginePipeline, generate, load_pipeline, warmup
+from reimagine.worker.preprocess import fit_to_size
 from tests.pipeline.helpers import RecordingHooks, make_inputs, photo, pixels
 
 SMALL = (128, 96)  # (width, height) for tests that are not about the size
@@ -87,14 +88,15 @@ def test_preprocess_derives_maps_or_uses_the_image(pipe: ReimaginePipeline) -> N
     image = photo()
     derived = generate(pipe, make_inputs(), Controls(depth=image, canny=image), RecordingHooks(), _size=SMALL)
     canny = pixels(derived.maps["canny"])
-    assert derived.maps["canny"].size == image.size and set(np.unique(canny)) <= {0, 255}
+    assert derived.maps["canny"].size == SMALL and set(np.unique(canny)) <= {0, 255}
     depth = pixels(derived.maps["depth"])
-    assert derived.maps["depth"].size == image.size and depth.min() == 0 and depth.max() == 255
+    assert derived.maps["depth"].size == SMALL and depth.min() == 0 and depth.max() == 255
 
     as_is = make_inputs(depth_preprocess=False, canny_preprocess=False)
     given = generate(pipe, as_is, Controls(depth=image, canny=image), RecordingHooks(), _size=SMALL)
-    assert (pixels(given.maps["depth"]) == pixels(image)).all()
-    assert (pixels(given.maps["canny"]) == pixels(image)).all()
+    fitted = pixels(fit_to_size(image, SMALL))  # a given map is only fitted to the output size
+    assert (pixels(given.maps["depth"]) == fitted).all()
+    assert (pixels(given.maps["canny"]) == fitted).all()
     assert not (pixels(given.image) == pixels(derived.image)).all()
 
 

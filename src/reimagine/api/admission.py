@@ -203,7 +203,8 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
     return Admitted(
         key_id=key_id,
         inputs=inputs,
-        raw=inputs.model_dump(mode="json"),
+        # Only the fields the client sent: the worker must tell a left-out `aspect_ratio` from a default one.
+        raw=inputs.model_dump(mode="json", exclude_unset=True),
         priority=Priority.from_header(request.headers.get("x-fal-queue-priority")),
         webhook_url=webhook_url,
         start_deadline_at=time.time() + start_timeout if start_timeout is not None else None,

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, T5EncoderModel
 
 from reimagine.config import Settings
 from reimagine.errors import ModelMissing, OutOfMemory
-from reimagine.generation import Controls, Generated, Hooks, NullHooks
+from reimagine.generation import Controls, Generated, Hooks, NullHooks, aspect_ratio_for
 from reimagine.prompt import MAX_PROMPT_TOKENS, check_prompt_length, count_tokens, truncate_to_tokens
 from reimagine.schemas import ReimagineInput, size_for
 from reimagine.worker.controlnet_bria import (
@@ -37,7 +37,7 @@ from reimagine.worker.controlnet_bria import (
     register_cache_blocks,
 )
 from reimagine.worker.enhancer import Enhancer, load_enhancer
-from reimagine.worker.preprocess import DepthEstimator, canny_map, load_depth_estimator
+from reimagine.worker.preprocess import DepthEstimator, canny_map, fit_to_size, load_depth_estimator
 
 __all__ = ["ReimaginePipeline", "generate", "load_pipeline", "warmup"]
 
@@ -207,8 +207,12 @@ def generate(
         bria, timings = pipe.bria, {}
         device = pipe.device
 
-        # 1. Output size from the one aspect-ratio table; every random draw comes from this generator
-        width, height = _size or size_for(inputs.aspect_ratio)
+        # 1. Output size from the one aspect-ratio table (the structure image's ratio when the request left
+        #    `aspect_ratio` out); every random draw comes from this generator
+        aspect_ratio = aspect_ratio_for(inputs, controls)
+        width, height = _size or size_for(aspect_ratio)
+        if aspect_ratio != inputs.aspect_ratio:
+            hooks.log(f"aspect_ratio not set: {aspect_ratio} ({width}x{height}) follows the structure image's ratio")
         generator = torch.Generator("cpu").manual_seed(inputs.seed)
         do_cfg = inputs.guidance_scale > 1
         if pipe.is_tiny:
@@ -228,7 +232,8 @@ def generate(
             prompt = truncate_to_tokens(tokenizer, prompt)  # the text it effectively sees, for the result
             hooks.log(f"prompt truncated to {MAX_PROMPT_TOKENS} T5 tokens", "WARN")
 
-        # 3. Conditions: a missing image or scale 0 contributes nothing, so it costs nothing either
+        # 3. Conditions: a missing image or scale 0 contributes nothing, so it costs nothing either. As Bria: fit
+        #    the image to the output size first (centre-crop, Lanczos), then derive the map there
         started = time.perf_counter()
         maps: dict[str, Image.Image] = {}
         for name, image, scale, derive in (
@@ -237,12 +242,13 @@ def generate(
         ):
             if image is None or scale <= 0:
                 continue
+            fitted = fit_to_size(image, (width, height))
             if not derive:
-                maps[name] = image.convert("RGB")
+                maps[name] = fitted
             elif name == "depth":
-                maps[name] = pipe.depth_estimator()(image)
+                maps[name] = pipe.depth_estimator()(fitted)
             else:
-                maps[name] = canny_map(image)
+                maps[name] = canny_map(fitted)
         timings["preprocess"] = time.perf_counter() - started
 
         # 4. Encode the prompt as BriaPipeline does (an empty negative prompt gives zero embeddings)
@@ -264,7 +270,7 @@ def generate(
             1, num_channels_latents, height, width, prompt_embeds.dtype, device, generator
         )
 
-        # 6. Control latents: plain resize to the output size, VAE sample (with our generator: Bria's uses the
+        # 6. Control latents: the maps are at the output size already, VAE sample (with our generator: Bria's uses the
         #    global RNG), shift and scale, 2x2 pack; one copy per CFG branch
         control_latents, control_modes, control_scales = [], [], []
         for name, control_map in maps.items():
