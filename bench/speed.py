@@ -39,154 +39,37 @@ sys.path.insert(0, str(ROOT / "src"))
 from reimagine.config import Settings  # noqa: E402
 from reimagine.schemas import SIZES  # noqa: E402
 from reimagine.worker import fast  # noqa: E402
+from reimagine.worker.random_full import (  # noqa: E402
+    FULL,
+    TINY,
+    build_components,
+    controlnet_kwargs,
+    transformer_kwargs,
+)
 
 SECTIONS = ["peak", "t2i", "control", "ablate", "sizes", "batch", "cache", "fp8", "cold"]
 TASKS = {"t2i": [], "canny+depth": [("depth", 0), ("canny", 1)]}  # condition name -> ControlNet-Union mode
 SQUARE = (1024, 1024)
 SCALE = 1  # --scale: tiny runs divide each side by 4 (CPU VAE at 1024² dominates otherwise); rows keep bucket names
 
-FULL = {
-    "transformer": dict(
-        num_layers=8,
-        num_single_layers=28,
-        attention_head_dim=96,
-        num_attention_heads=24,
-        joint_attention_dim=4096,
-        axes_dims_rope=[0, 48, 48],
-    ),
-    "controlnet": dict(num_layers=4, num_single_layers=10, num_mode=6),
-    "vae": dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32),
-    "t5": dict(
-        d_model=4096,
-        d_kv=64,
-        d_ff=10240,
-        num_layers=24,
-        num_heads=64,
-        vocab_size=32128,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-    ),
-}
-TINY = {  # shared/reference/tiny_bria.py
-    "transformer": dict(
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        axes_dims_rope=[0, 4, 4],
-    ),
-    "controlnet": dict(num_layers=1, num_single_layers=1, num_mode=6),
-    "vae": dict(block_out_channels=[8, 8, 16, 16], layers_per_block=1, norm_num_groups=8),
-    "t5": dict(
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        vocab_size=256,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-    ),
-}
-
-
 # --- building the models ---------------------------------------------------------------------------------------------
-
-
-def build_tokenizer() -> Any:
-    """The tiny preset's in-memory T5 tokenizer (no download): any ASCII prompt tokenises."""
-    from transformers import T5Tokenizer
-
-    from reimagine.prompt import TINY_VOCAB
-
-    return T5Tokenizer(vocab=TINY_VOCAB, extra_ids=0)
-
-
-def transformer_kwargs(arch: dict[str, Any]) -> dict[str, Any]:
-    return dict(patch_size=1, in_channels=16, pooled_projection_dim=None, guidance_embeds=False, **arch["transformer"])
-
-
-def controlnet_kwargs(arch: dict[str, Any]) -> dict[str, Any]:
-    return {**transformer_kwargs(arch), **arch["controlnet"]}
-
-
-def vae_kwargs(arch: dict[str, Any]) -> dict[str, Any]:
-    return dict(
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        scaling_factor=0.13025,
-        shift_factor=None,
-        force_upcast=False,
-        **arch["vae"],
-    )
-
-
-def t5_config(arch: dict[str, Any]) -> Any:
-    from transformers import T5Config
-
-    from reimagine.prompt import TINY_VOCAB
-
-    arch = {**arch, "t5": {**arch["t5"], "vocab_size": arch["t5"]["vocab_size"] or len(TINY_VOCAB)}}
-    return T5Config(
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
-        is_encoder_decoder=False,
-        use_cache=False,
-        pad_token_id=0,
-        eos_token_id=1,
-        **arch["t5"],
-    )
 
 
 def build_pipe(arch: dict[str, Any], device: torch.device, settings: Settings, seed: int = 0) -> Any:
     """A `pipeline.ReimaginePipeline` as `load_pipeline` builds it, with random weights initialised on the device
     (seconds at full size; deterministic per seed and device): denoisers and T5 in bf16 on CUDA with T5's `wo` in
-    fp32, everything fp32 on CPU, the VAE in fp32 (`BriaPipeline` forces it)."""
-    from diffusers import AutoencoderKL, BriaPipeline, FlowMatchEulerDiscreteScheduler
-    from torch import nn
-    from transformers import T5EncoderModel
+    fp32, everything fp32 on CPU, the VAE in fp32 (`BriaPipeline` forces it). The models are the `random-full`
+    preset's (`reimagine.worker.random_full`)."""
+    from diffusers import BriaPipeline
 
-    from reimagine.worker.controlnet_bria import (
-        BriaControlledTransformer2DModel,
-        BriaControlNetModel,
-        BriaMultiControlNetModel,
-    )
+    from reimagine.worker.controlnet_bria import BriaMultiControlNetModel
     from reimagine.worker.pipeline import ReimaginePipeline
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            torch.manual_seed(seed)
-            transformer = BriaControlledTransformer2DModel(**transformer_kwargs(arch)).eval()
-            controlnet = BriaControlNetModel(**controlnet_kwargs(arch)).eval()
-            # zero-initialised output projections would make the control path a no-op: give them weights
-            for m in [*controlnet.controlnet_blocks, *controlnet.controlnet_single_blocks]:
-                nn.init.normal_(m.weight, std=0.02)
-            nn.init.normal_(controlnet.controlnet_x_embedder.weight, std=0.2)
-            text_encoder = T5EncoderModel(t5_config(arch)).eval()
-            torch.set_default_dtype(torch.float32)
-            vae = AutoencoderKL(**vae_kwargs(arch)).eval()
-    finally:
-        torch.set_default_dtype(default_dtype)
-    for block in text_encoder.encoder.block:  # as load_pipeline: T5's output projections stay fp32
+    components, controlnet = build_components(arch, device, dtype=dtype, seed=seed)
+    for block in components["text_encoder"].encoder.block:  # as load_pipeline: T5's output projections stay fp32
         block.layer[-1].DenseReluDense.wo.to(torch.float32)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        time_shift_type="exponential",
-    )
-    bria = BriaPipeline(
-        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=build_tokenizer()
-    )
+    bria = BriaPipeline(**components)
     bria.set_progress_bar_config(disable=True)
     multi = BriaMultiControlNetModel([controlnet])
     return ReimaginePipeline(bria=bria, controlnet=multi, settings=settings, device=device)

@@ -41,7 +41,12 @@ class Settings(BaseSettings):
     result_retention_s: int = Field(7 * 24 * 3600, ge=60, description="How long results and files are kept.")
 
     # --- model ---------------------------------------------------------------------------------------------------
-    model: str = Field("briaai/BRIA-3.2", description="'tiny', a Hugging Face id or a local folder.")
+    model: str = Field(
+        "briaai/BRIA-3.2",
+        description="A Hugging Face id or a local folder; 'tiny' or 'random-full': random weights, the images are "
+        "noise ('tiny': tiny configs for tests and demos; 'random-full': the full-size architectures built on the "
+        "device, for measuring where no weights can be downloaded).",
+    )
     controlnet: str = Field("briaai/BRIA-3.2-ControlNet-Union", description="ControlNet-Union id or folder.")
     depth_model: str = Field("depth-anything/Depth-Anything-V2-Small-hf", description="Depth estimator id or folder.")
     offline: bool = Field(False, description="Never download weights (like HF_HUB_OFFLINE=1).")
@@ -125,3 +130,8 @@ class Settings(BaseSettings):
     @property
     def is_tiny(self) -> bool:
         return self.model == "tiny"
+
+    @property
+    def is_random(self) -> bool:
+        """A preset built from random weights ('tiny', 'random-full'): no download, and its images are noise."""
+        return self.model in ("tiny", "random-full")

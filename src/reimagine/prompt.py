@@ -50,8 +50,9 @@ def build_tiny_tokenizer() -> Tokenizer:
 
 
 def load_tokenizer(settings: Settings) -> Tokenizer:
-    """The T5 tokenizer of `settings.model`: its `tokenizer/tokenizer.json` (local folder or Hub), or the tiny one."""
-    if settings.is_tiny:
+    """The T5 tokenizer of `settings.model`: its `tokenizer/tokenizer.json` (local folder or Hub), or the tiny one
+    (the random-weight presets)."""
+    if settings.is_random:
         return build_tiny_tokenizer()
     local = Path(settings.model) / "tokenizer" / "tokenizer.json"
     if local.is_file():

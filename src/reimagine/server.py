@@ -26,6 +26,8 @@ def serve(settings: Settings) -> int:
         print(key, flush=True)
     if settings.is_tiny:
         logger.warning("--model tiny: random tiny weights, the images are noise (for tests and demos)")
+    elif settings.is_random:
+        logger.warning("--model %s: full-size random weights, the images are noise (for measuring)", settings.model)
     app = create_app(settings, store=store)
     scheme = "https" if settings.tls_cert else "http"
     logger.info("serving on %s://%s:%s", scheme, settings.host, settings.port)

@@ -95,8 +95,8 @@ def pull_models(settings: Settings) -> None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    if settings.is_tiny:
-        print("model 'tiny' is built locally from random weights: nothing to download", file=sys.stderr)
+    if settings.is_random:
+        print(f"model {settings.model!r} is built locally from random weights: nothing to download", file=sys.stderr)
         return
     if settings.offline:
         raise ModelMissing("`models pull` needs the network; offline mode is on (REIMAGINE_OFFLINE)")

@@ -9,6 +9,7 @@ for every random draw so the same inputs and seed give the same bytes on one dev
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -66,15 +67,17 @@ class ReimaginePipeline:
     is_tiny: bool = False
     enhancer: Enhancer | None = None
     step_cache: float = 0.0
+    #: Logged with every request of a random-weight preset ('tiny', 'random-full'): its images are noise.
+    noise_warning: str = ""
+    #: Builds the depth model of a random-weight preset instead of loading one.
+    build_depth: Callable[[], DepthEstimator] | None = field(default=None, repr=False)
     _depth: DepthEstimator | None = field(default=None, repr=False)
 
     def depth_estimator(self) -> DepthEstimator:
         """The depth model, loaded the first time a request asks for a derived depth map."""
         if self._depth is None:
-            if self.is_tiny and not _saved_part(self.settings.model, "depth_estimator"):
-                from reimagine.worker.tiny import build_tiny_depth_estimator
-
-                self._depth = build_tiny_depth_estimator()
+            if self.build_depth is not None and not _saved_part(self.settings.model, "depth_estimator"):
+                self._depth = self.build_depth()
             else:
                 source = _saved_part(self.settings.model, "depth_estimator") or self.settings.depth_model
                 with _model_missing(source, "depth model (Settings.depth_model)"):
@@ -94,25 +97,37 @@ class ReimaginePipeline:
         index_path.write_text(json.dumps(index, indent=2))
         self.controlnet.nets[0].save_pretrained(directory / "controlnet")
         self.depth_estimator().save_pretrained(str(directory / "depth_estimator"))
-        if self.is_tiny:
-            (directory / TINY_MARKER).write_text(json.dumps({"warning": TINY_WARNING}))
+        if self.noise_warning:
+            (directory / TINY_MARKER).write_text(json.dumps({"warning": self.noise_warning}))
 
 
-def load_pipeline(settings: Settings) -> ReimaginePipeline:
-    """Load (or for `model == "tiny"`, build) every component on `settings.device`.
+def load_pipeline(settings: Settings, *, architecture: dict[str, Any] | None = None) -> ReimaginePipeline:
+    """Load (or for the random-weight presets 'tiny' and 'random-full', build) every component on `settings.device`.
 
     Precision as Bria requires (bria-model.md §1.3): on CUDA the transformer and ControlNet in bf16, T5 in bf16 with
     each block's `DenseReluDense.wo` in fp32, the VAE in fp32; on CPU everything fp32. `Settings.offline` means
-    local files only. A missing or gated model raises one `ModelMissing` saying what to fetch.
+    local files only. A missing or gated model raises one `ModelMissing` saying what to fetch. `architecture`
+    replaces `random_full.FULL` for 'random-full' (tests build it at tiny scale).
     """
     device = torch.device(settings.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" and not settings.is_tiny else torch.float32
-    is_tiny = settings.is_tiny or (Path(settings.model) / TINY_MARKER).is_file()
+    marker = Path(settings.model) / TINY_MARKER
+    is_tiny = settings.is_tiny or marker.is_file()
+    noise_warning = json.loads(marker.read_text())["warning"] if marker.is_file() else ""
+    build_depth: Callable[[], DepthEstimator] | None = None
     if settings.is_tiny:
-        from reimagine.worker.tiny import build_tiny_components, build_tiny_controlnet
+        from reimagine.worker.tiny import build_tiny_components, build_tiny_controlnet, build_tiny_depth_estimator
 
         components = build_tiny_components()
         controlnet = build_tiny_controlnet()
+        noise_warning, build_depth = TINY_WARNING, build_tiny_depth_estimator
+    elif settings.model == "random-full":
+        from reimagine.worker import random_full
+
+        arch = architecture or random_full.FULL
+        components, controlnet = random_full.build_components(arch, device, dtype=dtype)
+        noise_warning = random_full.RANDOM_FULL_WARNING
+        build_depth = functools.partial(random_full.build_depth_estimator, arch, device)
     else:
         source, offline = settings.model, settings.offline
         with _model_missing(source, "Bria 3.2 (Settings.model)"):
@@ -164,6 +179,8 @@ def load_pipeline(settings: Settings) -> ReimaginePipeline:
         is_tiny=is_tiny,
         enhancer=load_enhancer(settings, device),
         step_cache=settings.step_cache,
+        noise_warning=noise_warning,
+        build_depth=build_depth,
     )
     # The lossless fast path (bf16, fused QKV, attention backend, per-bucket torch.compile) is for CUDA; offloaded
     # components move between devices, which compiled graphs with static placement do not survive.
@@ -215,8 +232,8 @@ def generate(
             hooks.log(f"aspect_ratio not set: {aspect_ratio} ({width}x{height}) follows the structure image's ratio")
         generator = torch.Generator("cpu").manual_seed(inputs.seed)
         do_cfg = inputs.guidance_scale > 1
-        if pipe.is_tiny:
-            hooks.log(TINY_WARNING, "WARN")
+        if pipe.noise_warning:
+            hooks.log(pipe.noise_warning, "WARN")
 
         # 2. Prompt: optional rewrite, then the 128-token rule (after the rewrite, which changes the length)
         prompt = inputs.prompt
