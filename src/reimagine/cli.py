@@ -35,6 +35,7 @@ _SETTINGS_FOR = {
         "step_cache",
         "enhancer",
         "enhancer_model",
+        "enhancer_timeout_s",
         "data_dir",
         "allow_hosts",
         "fetch_max_bytes",

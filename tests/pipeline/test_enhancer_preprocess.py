@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -12,10 +16,95 @@ import torch
 
 from reimagine.config import Settings
 from reimagine.errors import ConfigError
-from reimagine.worker.enhancer import INSTRUCTION, LocalEnhancer, OpenAIEnhancer, load_enhancer
+from reimagine.generation import Controls
+from reimagine.worker.enhancer import INSTRUCTION, EnhancerFailed, LocalEnhancer, OpenAIEnhancer, load_enhancer
+from reimagine.worker.pipeline import ReimaginePipeline, generate
 from reimagine.worker.preprocess import canny_map
 from reimagine.worker.tiny import build_tiny_depth_estimator
-from tests.pipeline.helpers import photo
+from tests.pipeline.helpers import RecordingHooks, make_inputs, photo
+
+
+class _StubLLM:
+    """An OpenAI-compatible chat-completions server on 127.0.0.1; `answer` is (status, body) or "hang"."""
+
+    def __init__(self) -> None:
+        self.answer: tuple[int, bytes] | str = (200, b"{}")
+        self.requests: list[tuple[str, dict[str, str], dict[str, object]]] = []
+        self.release = threading.Event()  # a hanging answer waits for it (set at teardown)
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.requests.append((self.path, dict(self.headers), body))
+                if stub.answer == "hang":
+                    stub.release.wait()
+                    return
+                status, payload = stub.answer
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reply(self, content: object) -> None:
+        self.answer = (200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode())
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def llm() -> Iterator[_StubLLM]:
+    stub = _StubLLM()
+    yield stub
+    stub.close()
+
+
+def test_openai_enhancer_over_http(llm: _StubLLM) -> None:
+    llm.reply("  a detailed red cat  ")
+    enhancer = OpenAIEnhancer(llm.url, "tiny-llm", api_key="k1")
+    assert enhancer.enhance("a cat", seed=9) == "a detailed red cat"
+    path, headers, body = llm.requests[0]
+    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer k1"
+    assert body["model"] == "tiny-llm" and body["seed"] == 9
+
+
+_FAILURES = {
+    "timeout": "hang",
+    "non-200": (503, b'{"error": {"message": "overloaded"}}'),
+    "not JSON": (200, b"<html>gateway</html>"),
+    "no choices": (200, b'{"choices": []}'),
+    "non-text content": (200, b'{"choices": [{"message": {"content": null}}]}'),
+}
+
+
+@pytest.mark.parametrize("failure", list(_FAILURES))
+def test_a_failing_enhancer_leaves_the_original_prompt_and_a_log_line(
+    pipe: ReimaginePipeline, llm: _StubLLM, failure: str
+) -> None:
+    llm.answer = _FAILURES[failure]
+    enhancer = OpenAIEnhancer(llm.url, "tiny-llm", timeout_s=0.2)
+    with pytest.raises(EnhancerFailed):
+        enhancer.enhance("a cat", seed=1)
+    hooks = RecordingHooks()
+    inputs = make_inputs(prompt="a red cat", prompt_enhancer=True, num_inference_steps=1)
+    generated = generate(dataclasses.replace(pipe, enhancer=enhancer), inputs, Controls(), hooks, _size=(64, 64))
+    assert generated.prompt == "a red cat"
+    assert any(
+        level == "WARN" and "prompt_enhancer failed" in message and "original prompt" in message
+        for message, level in hooks.logs
+    )
 
 
 def test_openai_enhancer_is_deterministic_chat_completion() -> None:

@@ -139,15 +139,27 @@ class _Expanding:
         return prompt + " with" * 150
 
 
-def test_truncation_applies_after_enhancement(pipe: ReimaginePipeline) -> None:
+@pytest.mark.parametrize("truncate_prompt", [False, True])
+def test_an_enhanced_prompt_is_cut_to_128_tokens_even_when_truncation_is_off(
+    pipe: ReimaginePipeline, truncate_prompt: bool
+) -> None:
+    # truncate_prompt=false protects the user's own prompt; the enhancer's lengthening is ours to cut.
     enhanced = dataclasses.replace(pipe, enhancer=_Expanding())
-    inputs = make_inputs(prompt="a cat", prompt_enhancer=True, truncate_prompt=False)
-    with pytest.raises(InputError, match="tokens, max 128"):
-        generate(enhanced, inputs, Controls(), RecordingHooks(), _size=SMALL)
-    generated = generate(
-        enhanced, inputs.model_copy(update={"truncate_prompt": True}), Controls(), RecordingHooks(), _size=SMALL
-    )
+    inputs = make_inputs(prompt="a cat", prompt_enhancer=True, truncate_prompt=truncate_prompt)
+    hooks = RecordingHooks()
+    generated = generate(enhanced, inputs, Controls(), hooks, _size=SMALL)
+    tokenizer = pipe.bria.tokenizer.backend_tokenizer
     assert generated.prompt.startswith("a cat with with")
+    assert len(tokenizer.encode(generated.prompt).ids) == 128
+    assert any(
+        level == "WARN" and "enhanced prompt" in message and "truncated to 128" in message
+        for message, level in hooks.logs
+    )
+    # The user's own prompt over 128 tokens is still refused with truncation off, before any enhancing.
+    with pytest.raises(InputError, match="tokens, max 128"):
+        generate(
+            enhanced, inputs.model_copy(update={"prompt": "a " * 200, "truncate_prompt": False}), Controls(), hooks
+        )
 
 
 def test_same_inputs_and_seed_give_the_same_bytes(pipe: ReimaginePipeline) -> None:

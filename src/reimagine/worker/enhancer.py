@@ -3,7 +3,9 @@
 Bria's hosted enhancer is a server-side LLM with no public code or model (bria-model.md §5); here the backend is
 the operator's choice, `Settings.enhancer`: 'off' (default), 'local:<hf id or dir>' (a transformers causal LM,
 greedy, so deterministic) or 'openai:<base url>' (any OpenAI-compatible chat API, temperature 0 and the request's
-seed). Truncation to 128 tokens happens after the rewrite.
+seed). Truncation to 128 tokens happens after the rewrite. A remote enhancer that times out, answers an error or
+answers nonsense raises `EnhancerFailed`: the request goes on with the original prompt (the enhancer is an extra,
+not a reason to fail an image).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from reimagine.config import Settings
 from reimagine.errors import ConfigError
 
-__all__ = ["INSTRUCTION", "Enhancer", "LocalEnhancer", "OpenAIEnhancer", "load_enhancer"]
+__all__ = ["INSTRUCTION", "Enhancer", "EnhancerFailed", "LocalEnhancer", "OpenAIEnhancer", "load_enhancer"]
 
 #: The system instruction every backend gets.
 INSTRUCTION = (
@@ -26,9 +28,13 @@ INSTRUCTION = (
 )
 
 
+class EnhancerFailed(Exception):
+    """The enhancer gave no usable rewrite; the message says why (for the request's logs)."""
+
+
 class Enhancer(Protocol):
     def enhance(self, prompt: str, seed: int) -> str:
-        """The rewritten prompt."""
+        """The rewritten prompt; raises `EnhancerFailed` when a remote backend gives none."""
 
 
 class LocalEnhancer:
@@ -64,11 +70,19 @@ class LocalEnhancer:
 class OpenAIEnhancer:
     """POST {base}/chat/completions, temperature 0 and the request's seed (as deterministic as the server allows)."""
 
-    def __init__(self, base_url: str, model: str, *, client: httpx.Client | None = None, api_key: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        client: httpx.Client | None = None,
+        api_key: str = "",
+        timeout_s: float = 30.0,
+    ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = client or httpx.Client(timeout=60.0, headers=headers)
+        self.client = client or httpx.Client(timeout=timeout_s, headers=headers)
 
     def enhance(self, prompt: str, seed: int) -> str:
         body = {
@@ -77,9 +91,20 @@ class OpenAIEnhancer:
             "temperature": 0,
             "seed": seed,
         }
-        response = self.client.post(self.url, json=body)
-        response.raise_for_status()
-        rewritten: str = response.json()["choices"][0]["message"]["content"]
+        try:
+            response = self.client.post(self.url, json=body)
+        except httpx.TimeoutException:
+            raise EnhancerFailed(f"{self.url} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            raise EnhancerFailed(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            raise EnhancerFailed(f"{self.url} answered HTTP {response.status_code}: {response.text[:200]!r}")
+        try:
+            rewritten = response.json()["choices"][0]["message"]["content"]
+        except (ValueError, LookupError, TypeError):
+            raise EnhancerFailed(f"{self.url} answered no chat completion: {response.text[:200]!r}") from None
+        if not isinstance(rewritten, str):
+            raise EnhancerFailed(f"{self.url} answered a non-text message content: {rewritten!r:.200}")
         return rewritten.strip() or prompt
 
 
@@ -94,5 +119,5 @@ def load_enhancer(settings: Settings, device: torch.device) -> Enhancer | None:
     if scheme == "openai" and target:
         if not settings.enhancer_model:
             raise ConfigError("`enhancer_model` must name the model of an 'openai:' enhancer")
-        return OpenAIEnhancer(target, settings.enhancer_model)
+        return OpenAIEnhancer(target, settings.enhancer_model, timeout_s=settings.enhancer_timeout_s)
     raise ConfigError(f"`enhancer` must be 'off', 'local:<hf id or dir>' or 'openai:<base url>', got {backend!r}")

@@ -37,7 +37,7 @@ from reimagine.worker.controlnet_bria import (
     BriaMultiControlNetModel,
     register_cache_blocks,
 )
-from reimagine.worker.enhancer import Enhancer, load_enhancer
+from reimagine.worker.enhancer import Enhancer, EnhancerFailed, load_enhancer
 from reimagine.worker.preprocess import DepthEstimator, canny_map, fit_to_size, load_depth_estimator
 
 __all__ = ["ReimaginePipeline", "generate", "load_pipeline", "warmup"]
@@ -235,19 +235,26 @@ def generate(
         if pipe.noise_warning:
             hooks.log(pipe.noise_warning, "WARN")
 
-        # 2. Prompt: optional rewrite, then the 128-token rule (after the rewrite, which changes the length)
-        prompt = inputs.prompt
+        # 2. Prompt: the 128-token rule on the user's own prompt, then the optional rewrite. `truncate_prompt=false`
+        #    protects the user's words, not the enhancer's: an enhanced prompt over 128 tokens is cut
+        tokenizer = bria.tokenizer.backend_tokenizer
+        check_prompt_length(tokenizer, inputs)
+        prompt, enhanced = inputs.prompt, False
         if inputs.prompt_enhancer and pipe.enhancer is None:
             hooks.log("prompt_enhancer: no enhancer is configured on this server (enhancer=off); prompt unchanged")
         elif inputs.prompt_enhancer and pipe.enhancer is not None:
-            prompt = pipe.enhancer.enhance(prompt, inputs.seed)
-            hooks.log(f"prompt_enhancer: {prompt!r}")
-        tokenizer = bria.tokenizer.backend_tokenizer
-        check_prompt_length(tokenizer, inputs.model_copy(update={"prompt": prompt}))
+            try:
+                prompt, enhanced = pipe.enhancer.enhance(prompt, inputs.seed), True
+            except EnhancerFailed as exc:
+                hooks.log(f"prompt_enhancer failed ({exc}); going on with the original prompt", "WARN")
+            else:
+                hooks.log(f"prompt_enhancer: {prompt!r}")
         encoded_prompt = prompt  # the encoder cuts at the token level itself, keeping </s> (as Bria)
-        if count_tokens(tokenizer, prompt) > MAX_PROMPT_TOKENS:
+        if (count := count_tokens(tokenizer, prompt)) > MAX_PROMPT_TOKENS:
             prompt = truncate_to_tokens(tokenizer, prompt)  # the text it effectively sees, for the result
-            hooks.log(f"prompt truncated to {MAX_PROMPT_TOKENS} T5 tokens", "WARN")
+            whose = "the enhanced prompt" if enhanced else "prompt"
+            why = " (truncate_prompt=false keeps your own prompt whole, not the enhancer's)" if enhanced else ""
+            hooks.log(f"{whose} ({count} tokens) truncated to {MAX_PROMPT_TOKENS} T5 tokens{why}", "WARN")
 
         # 3. Conditions: a missing image or scale 0 contributes nothing, so it costs nothing either. As Bria: fit
         #    the image to the output size first (centre-crop, Lanczos), then derive the map there
