@@ -18,12 +18,22 @@ from reimagine.generation import Controls
 from reimagine.images import encode_png
 from reimagine.schemas import ReimagineInput
 
-__all__ = ["pull_models", "run_generate"]
+__all__ = ["pull_models", "run_generate", "weight_patterns"]
 
-# What `models pull` fetches of each repository: the diffusers layout of BRIA-3.2 (its main branch also holds the
-# original remote-code files), and the weights plus configs of the ControlNet and the depth model.
+# What `models pull` fetches of BRIA-3.2: its diffusers layout (the main branch also holds the original remote-code
+# files). Of the ControlNet and the depth model: `weight_patterns`.
 _BRIA_FILES = ["model_index.json", "transformer/*", "text_encoder/*", "tokenizer/*", "vae/*", "scheduler/*"]
-_MODEL_FILES = ["*.json", "*.safetensors", "*.txt"]
+
+
+def weight_patterns(files: list[str]) -> list[str]:
+    """What `from_pretrained` needs of a model repository holding `files`: its configs and one weight format.
+
+    safetensors when the repository has them (what `from_pretrained` prefers), else the PyTorch `.bin` files: Bria's
+    own ControlNet loader passes `use_safetensors=False`, so its release may ship only those. Index files of sharded
+    weights are JSON and come with the configs.
+    """
+    weights = "*.safetensors" if any(name.endswith(".safetensors") for name in files) else "*.bin"
+    return ["*.json", "*.txt", weights]
 
 
 class _ProgressHooks:
@@ -92,7 +102,7 @@ def pull_models(settings: Settings) -> None:
     Bria's repositories are gated: accept the licence on each model page while logged in, and give a token
     (`hf auth login` or HF_TOKEN). About 35 GB (the transformer is stored in fp32, T5-XXL in fp16).
     """
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     if settings.is_random:
@@ -108,14 +118,15 @@ def pull_models(settings: Settings) -> None:
     )
     for source, patterns in (
         (settings.model, _BRIA_FILES),
-        (settings.controlnet, _MODEL_FILES),
-        (settings.depth_model, _MODEL_FILES),
+        (settings.controlnet, None),
+        (settings.depth_model, None),
     ):
         if Path(source).is_dir():
             print(f"{source}: a local folder, nothing to download", file=sys.stderr)
             continue
         print(f"{source}: downloading", file=sys.stderr)
         try:
+            patterns = patterns or weight_patterns(HfApi().list_repo_files(source))
             path = snapshot_download(source, allow_patterns=patterns)
         except GatedRepoError as exc:
             raise ModelMissing(
