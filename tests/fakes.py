@@ -66,3 +66,16 @@ def make_slow_loading_generate(settings: Settings) -> Generate:
     """A model that takes 3 s to load: readiness must wait for it, and jobs submitted meanwhile must queue."""
     time.sleep(3.0)
     return fake_generate
+
+
+class Clock:
+    """A store clock (`open_store(..., clock=)`) that tests move instead of sleeping; starts at the real time."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -18,7 +18,7 @@ from reimagine.config import Settings
 from reimagine.errors import InputError, JobCancelled, OutOfMemory
 from reimagine.generation import Controls, Generated, Hooks
 from reimagine.jobs import ErrorType, JobStatus
-from reimagine.queue import SqlStore, open_store
+from reimagine.queue import JobStore, open_store
 from reimagine.queue.models import Job, NewJob
 from reimagine.schemas import ReimagineInput
 from reimagine.storage.local import LocalStorage
@@ -32,7 +32,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def store(settings: Settings) -> Iterator[SqlStore]:
+def store(settings: Settings) -> Iterator[JobStore]:
     opened = open_store(settings.resolved_database_url)
     yield opened
     opened.close()
@@ -43,7 +43,7 @@ def _photo(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generate
     return Generated(image=image, prompt=inputs.prompt)
 
 
-def _run(settings: Settings, store: SqlStore, generate: Any, **fields: Any) -> tuple[Job, LocalStorage]:
+def _run(settings: Settings, store: JobStore, generate: Any, **fields: Any) -> tuple[Job, LocalStorage]:
     storage = LocalStorage(settings.files_dir)
     new = new_job()
     job = store.enqueue(NewJob(**{**new.__dict__, "input": {"prompt": "a cat", **fields}}))[0]
@@ -58,7 +58,7 @@ def _run(settings: Settings, store: SqlStore, generate: Any, **fields: Any) -> t
     ("png", "image/png", "PNG"), ("jpeg", "image/jpeg", "JPEG"), ("webp", "image/webp", "WEBP"),
 ])  # fmt: skip
 def test_output_format_sets_the_encoding_the_type_and_the_name(
-    settings: Settings, store: SqlStore, output_format: str, content_type: str, pil_format: str
+    settings: Settings, store: JobStore, output_format: str, content_type: str, pil_format: str
 ) -> None:
     job, storage = _run(settings, store, _photo, output_format=output_format, output_quality=80)
     assert job.status == JobStatus.SUCCEEDED
@@ -70,7 +70,7 @@ def test_output_format_sets_the_encoding_the_type_and_the_name(
     assert Image.open(io.BytesIO(data)).format == pil_format
 
 
-def test_quality_trades_size_and_sync_mode_inlines_the_format(settings: Settings, store: SqlStore) -> None:
+def test_quality_trades_size_and_sync_mode_inlines_the_format(settings: Settings, store: JobStore) -> None:
     low, _ = _run(settings, store, _photo, output_format="jpeg", output_quality=10)
     high, _ = _run(settings, store, _photo, output_format="jpeg", output_quality=95)
     size = [json.loads(job.result_body or "")["image"]["file_size"] for job in (low, high)]
@@ -103,7 +103,7 @@ def _raising(error: Exception) -> Any:
     (InputError("depth_image_url", "unreadable"), 422, ErrorType.VALIDATION_ERROR),
 ])  # fmt: skip
 def test_every_failure_carries_its_error_type(
-    settings: Settings, store: SqlStore, error: Exception, status: int, error_type: ErrorType
+    settings: Settings, store: JobStore, error: Exception, status: int, error_type: ErrorType
 ) -> None:
     job, _ = _run(settings, store, _raising(error))
     assert job.status in (JobStatus.FAILED, JobStatus.CANCELED)

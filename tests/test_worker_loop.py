@@ -13,7 +13,7 @@ from PIL import Image
 from reimagine.config import Settings
 from reimagine.generation import Controls, Generated, Hooks
 from reimagine.jobs import JobStatus
-from reimagine.queue import SqlStore, open_store
+from reimagine.queue import JobStore, open_store
 from reimagine.schemas import ReimagineInput
 from reimagine.storage.local import LocalStorage
 from reimagine.worker.main import Worker
@@ -26,7 +26,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def store(settings: Settings) -> Iterator[SqlStore]:
+def store(settings: Settings) -> Iterator[JobStore]:
     opened = open_store(settings.resolved_database_url)
     yield opened
     opened.close()
@@ -40,11 +40,11 @@ def _image(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generate
     return Generated(image=Image.new("RGB", (8, 8)), prompt=inputs.prompt)
 
 
-def _statuses(store: SqlStore, job_id: str) -> list[str]:
+def _statuses(store: JobStore, job_id: str) -> list[str]:
     return [e.data["status"] for e in store.events(job_id) if e.kind == "status"]
 
 
-def test_a_busy_worker_runs_the_queue_back_to_back_and_stops_when_told(settings: Settings, store: SqlStore) -> None:
+def test_a_busy_worker_runs_the_queue_back_to_back_and_stops_when_told(settings: Settings, store: JobStore) -> None:
     ids = [store.enqueue(new_job())[0].id for _ in range(4)]
     stop = threading.Event()
     waits: list[float] = []
@@ -62,7 +62,7 @@ def test_a_busy_worker_runs_the_queue_back_to_back_and_stops_when_told(settings:
     assert len(waits) == 1
 
 
-def test_a_drain_during_a_job_finishes_it_and_takes_no_other(settings: Settings, store: SqlStore) -> None:
+def test_a_drain_during_a_job_finishes_it_and_takes_no_other(settings: Settings, store: JobStore) -> None:
     first, second = (store.enqueue(new_job())[0].id for _ in range(2))
     stop = threading.Event()
 
@@ -76,7 +76,7 @@ def test_a_drain_during_a_job_finishes_it_and_takes_no_other(settings: Settings,
     assert waiting is not None and waiting.status == JobStatus.QUEUED and waiting.attempts == 0
 
 
-def test_a_job_claimed_as_a_drain_began_is_given_back_unstarted(settings: Settings, store: SqlStore) -> None:
+def test_a_job_claimed_as_a_drain_began_is_given_back_unstarted(settings: Settings, store: JobStore) -> None:
     first, second = (store.enqueue(new_job())[0].id for _ in range(2))
     stop = threading.Event()
     started: list[str] = []

@@ -160,13 +160,13 @@ def _keys(settings: Settings, namespace: argparse.Namespace) -> int:
 
     store = open_store(settings.resolved_database_url)
     if namespace.keys_command == "create":
-        print(store.create_key(namespace.name))
+        print(store.keys.create(namespace.name))
     elif namespace.keys_command == "list":
-        for key in store.list_keys():
+        for key in store.keys.all():
             state = "revoked" if key.revoked_at else "active"
             print(f"{key.id}\t{key.name}\t{state}")
     elif namespace.keys_command == "revoke":
-        if not store.revoke_key(namespace.key_id):
+        if not store.keys.revoke(namespace.key_id):
             print(f"no active key with id {namespace.key_id!r}", file=sys.stderr)
             return 1
         print(f"revoked {namespace.key_id}")

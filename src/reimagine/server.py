@@ -19,8 +19,8 @@ def serve(settings: Settings) -> int:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
-    if settings.auth and store.count_keys() == 0:
-        key = store.create_key("first")
+    if settings.auth and store.keys.count() == 0:
+        key = store.keys.create("first")
         # Printed once, on the first start with an empty data directory; only its hash is stored.
         print("Created the first API key (shown once; keep it, or make another with `reimagine keys create`):")
         print(key, flush=True)

@@ -75,7 +75,7 @@ def test_kill9_of_serve_loses_nothing_and_doubles_nothing(tmp_path: Path, store_
         second.stop()
     store = open_store(database_url(tmp_path, store_flags))
     try:
-        with store.engine.connect() as db:
+        with store.db.engine.connect() as db:
             rows = db.execute(sa.text("SELECT id, status, attempts FROM jobs")).all()
             assert len(rows) == 6 and all(status == "SUCCEEDED" for _, status, _ in rows)
             assert dict((job_id, attempts) for job_id, _, attempts in rows)[running] == 2

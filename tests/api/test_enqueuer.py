@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from reimagine.api.enqueuer import Enqueuer
-from reimagine.queue import open_store
+from reimagine.queue import JobStore, open_store
 from reimagine.queue.models import NewJob, QueueFull
-from reimagine.queue.sql import SqlStore
 from tests.api.conftest import database_url
 from tests.conftest import new_job
 
@@ -21,7 +20,7 @@ from tests.conftest import new_job
 class _Recorded:
     """The real store, with a record of the batches it was given (and a switch to fail them)."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: JobStore) -> None:
         self.store = store
         self.batches: list[int] = []
         self.fail = False
@@ -106,12 +105,10 @@ def sqlite_store(tmp_path: Path) -> Iterator[_Recorded]:
 
 def test_a_busy_write_lock_is_waited_for_in_a_thread_not_on_the_event_loop(sqlite_store: _Recorded) -> None:
     store = sqlite_store
-    sqlite_file = store.store._sqlite
-    assert sqlite_file is not None
     held, release = threading.Event(), threading.Event()
 
     def hold_the_lock() -> None:
-        with sqlite_file.writer():
+        with store.store.db.write():
             held.set()
             release.wait(5)
 

@@ -20,11 +20,11 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     key_id, _, secret = key.partition(":")
     assert key_id and len(secret) > 30
     store = open_store(f"sqlite:///{tmp_path / 'reimagine.db'}")
-    assert store.verify_key(key) == key_id
+    assert store.keys.verify(key) == key_id
 
     listed = _cli("keys", "list", "--data-dir", str(tmp_path))
     assert key_id in listed.stdout and "ci" in listed.stdout and secret not in listed.stdout
 
     assert _cli("keys", "revoke", key_id, "--data-dir", str(tmp_path)).returncode == 0
-    assert store.verify_key(key) is None
+    assert store.keys.verify(key) is None
     assert _cli("keys", "revoke", key_id, "--data-dir", str(tmp_path)).returncode == 1

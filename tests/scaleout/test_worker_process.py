@@ -8,11 +8,11 @@ import uuid
 from pathlib import Path
 
 from reimagine.jobs import JobStatus
-from reimagine.queue import NewJob, SqlStore, open_store
+from reimagine.queue import JobStore, NewJob, open_store
 from tests.scaleout.conftest import WorkerProcess
 
 
-def _enqueue(store: SqlStore, prompt: str) -> str:
+def _enqueue(store: JobStore, prompt: str) -> str:
     job, _ = store.enqueue(
         NewJob(
             id=str(uuid.uuid4()),
@@ -25,7 +25,7 @@ def _enqueue(store: SqlStore, prompt: str) -> str:
     return job.id
 
 
-def _wait_status(store: SqlStore, job_id: str, status: JobStatus, timeout_s: float = 30) -> None:
+def _wait_status(store: JobStore, job_id: str, status: JobStatus, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = store.get(job_id)

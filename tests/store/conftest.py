@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from reimagine.queue import SqlStore, open_store
+from reimagine.queue import JobStore, open_store
+from tests.fakes import Clock
 from tests.pgserver import PgServer, pg_server
 
 __all__ = ["pg_server"]
@@ -23,11 +25,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def open_for(database_url: str) -> Iterator[Callable[..., SqlStore]]:
-    """Opens more stores on the same database (other processes' view); all closed at the end."""
-    opened: list[SqlStore] = []
+def clock() -> Clock:
+    return Clock()
 
-    def open_(**kwargs: int) -> SqlStore:
+
+@pytest.fixture
+def open_for(database_url: str) -> Iterator[Callable[..., JobStore]]:
+    """Opens more stores on the same database (other processes' view); all closed at the end."""
+    opened: list[JobStore] = []
+
+    def open_(**kwargs: Any) -> JobStore:
         store = open_store(database_url, **kwargs)
         opened.append(store)
         return store
@@ -38,5 +45,5 @@ def open_for(database_url: str) -> Iterator[Callable[..., SqlStore]]:
 
 
 @pytest.fixture
-def store(open_for: Callable[..., SqlStore]) -> SqlStore:
-    return open_for(max_attempts=2)
+def store(open_for: Callable[..., JobStore], clock: Clock) -> JobStore:
+    return open_for(max_attempts=2, clock=clock)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from reimagine.queue import open_store
-from reimagine.queue import sql as statements
+from reimagine.queue import open_store, reads, transitions
 
 
 @pytest.fixture
@@ -32,15 +31,15 @@ def _plan(conn: sqlite3.Connection, statement: str | sa.TextClause, **params: ob
 
 
 def test_the_claim_takes_the_first_queued_job_from_the_index_without_sorting(conn: sqlite3.Connection) -> None:
-    plan = _plan(conn, statements._CLAIM_PICK)
+    plan = _plan(conn, transitions.CLAIM_PICK)
     assert "ix_jobs_queue" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_expired_start_deadlines_are_found_by_a_range_of_the_index(conn: sqlite3.Connection) -> None:
-    plan = _plan(conn, statements._EXPIRED_STARTS, now=1.0)
+    plan = _plan(conn, transitions._EXPIRED_STARTS, now=1.0)
     assert "ix_jobs_start_deadline (status=? AND start_deadline_at<?)" in plan, plan
 
 
 def test_a_queue_position_reads_only_the_jobs_ahead(conn: sqlite3.Connection) -> None:
-    plan = _plan(conn, statements._POSITION, p=0, s=1)
+    plan = _plan(conn, reads.POSITION, p=0, s=1)
     assert "COVERING INDEX ix_jobs_queue (status=? AND priority>?)" in plan, plan

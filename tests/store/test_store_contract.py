@@ -11,10 +11,20 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from reimagine.jobs import JobStatus
-from reimagine.queue import CancelOutcome, LeaseState, NewJob, Outcome, SqlStore, open_store
+from reimagine.jobs import JobStatus, can_transition
+from reimagine.queue import (
+    CancelOutcome,
+    EventKind,
+    InvalidTransition,
+    JobStore,
+    LeaseState,
+    NewJob,
+    Outcome,
+    open_store,
+)
+from tests.fakes import Clock
 
-Opener = Callable[..., SqlStore]
+Opener = Callable[..., JobStore]
 
 
 def _new(priority: int = 0, **kwargs: Any) -> NewJob:
@@ -32,14 +42,14 @@ def _ok() -> Outcome:
     return Outcome(JobStatus.SUCCEEDED, 200, {"image": {"url": "x"}}, inference_time_s=0.1)
 
 
-def _statuses(store: SqlStore, job_id: str) -> list[str]:
+def _statuses(store: JobStore, job_id: str) -> list[str]:
     return [e.data["status"] for e in store.events(job_id) if e.kind == "status"]
 
 
 # -- enqueue, position, priority -----------------------------------------------------------------------------
 
 
-def test_store_enqueue_reports_position_and_claims_by_priority_then_age(store: SqlStore) -> None:
+def test_store_enqueue_reports_position_and_claims_by_priority_then_age(store: JobStore) -> None:
     first, pos_first = store.enqueue(_new())
     second, pos_second = store.enqueue(_new())
     urgent, pos_urgent = store.enqueue(_new(priority=1))
@@ -56,7 +66,7 @@ def test_store_enqueue_reports_position_and_claims_by_priority_then_age(store: S
     assert running.attempts == 1 and running.lease_owner == "w" and running.fence == 1
 
 
-def test_store_claims_are_exclusive_under_concurrent_claimers(store: SqlStore, open_for: Opener) -> None:
+def test_store_claims_are_exclusive_under_concurrent_claimers(store: JobStore, open_for: Opener) -> None:
     ids = {store.enqueue(_new(priority=i % 3))[0].id for i in range(60)}
     stores = [open_for() for _ in range(3)]
     claimed: list[str] = []
@@ -82,7 +92,7 @@ def test_store_claims_are_exclusive_under_concurrent_claimers(store: SqlStore, o
 # -- leases, heartbeats, reclaim, poison, fencing --------------------------------------------------------------
 
 
-def test_store_heartbeat_renews_lease_until_lost(store: SqlStore) -> None:
+def test_store_heartbeat_renews_lease_until_lost(store: JobStore) -> None:
     job, _ = store.enqueue(_new())
     claimed = store.claim("w", 0.5)
     assert claimed is not None
@@ -94,13 +104,13 @@ def test_store_heartbeat_renews_lease_until_lost(store: SqlStore) -> None:
     assert store.heartbeat(job.id, claimed.fence + 1, 30) == LeaseState.LOST
 
 
-def test_store_reclaims_expired_leases_and_poisons_after_max_attempts(store: SqlStore) -> None:
+def test_store_reclaims_expired_leases_and_poisons_after_max_attempts(store: JobStore, clock: Clock) -> None:
     job, _ = store.enqueue(_new())
-    first = store.claim("w1", 0.05)
+    first = store.claim("w1", 30)
     assert first is not None
-    assert store.reclaim(expired_before=time.time() - 60) == []  # not expired yet at that point in time
-    time.sleep(0.1)
-    assert store.reclaim(expired_before=time.time()) == [job.id]
+    assert store.reclaim(expired_before=clock()) == []  # not expired yet
+    clock.advance(31)
+    assert store.reclaim(expired_before=clock()) == [job.id]
     requeued = store.get(job.id)
     assert requeued is not None and requeued.status == JobStatus.QUEUED and requeued.lease_owner is None
     assert store.heartbeat(job.id, first.fence, 30) == LeaseState.LOST
@@ -114,12 +124,12 @@ def test_store_reclaims_expired_leases_and_poisons_after_max_attempts(store: Sql
     assert _statuses(store, job.id) == ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "FAILED"]
 
 
-def test_store_fencing_stops_a_stale_worker_from_committing(store: SqlStore) -> None:
+def test_store_fencing_stops_a_stale_worker_from_committing(store: JobStore, clock: Clock) -> None:
     job, _ = store.enqueue(_new(webhook_url="http://127.0.0.1:9/hook"))
-    stale = store.claim("stale", 0.01)
+    stale = store.claim("stale", 1)
     assert stale is not None
-    time.sleep(0.05)
-    store.reclaim(expired_before=time.time())
+    clock.advance(2)
+    store.reclaim(expired_before=clock())
     fresh = store.claim("fresh", 30)
     assert fresh is not None and fresh.id == job.id
     before = store.get(job.id)
@@ -128,16 +138,16 @@ def test_store_fencing_stops_a_stale_worker_from_committing(store: SqlStore) -> 
     assert store.lease_state(job.id, stale.fence) == LeaseState.LOST
     assert store.get(job.id) == before, "a stale complete changes nothing"
     assert store.events(job.id) == events_before
-    assert store.webhook_deliveries(job.id) == []
+    assert store.outbox.deliveries(job.id) == []
     assert store.requeue(job.id, stale.fence) is False
     assert store.complete(job.id, fresh.fence, _ok()) is True
     done = store.get(job.id)
     assert done is not None and done.status == JobStatus.SUCCEEDED and done.attempts == 2
-    assert len(store.webhook_deliveries(job.id)) == 1
+    assert len(store.outbox.deliveries(job.id)) == 1
     assert store.complete(job.id, fresh.fence, _ok()) is False, "a job completes once"
 
 
-def test_store_complete_and_claim_finishes_one_job_and_takes_the_next_in_one_write(store: SqlStore) -> None:
+def test_store_complete_and_claim_finishes_one_job_and_takes_the_next_in_one_write(store: JobStore) -> None:
     first, _ = store.enqueue(_new())
     second, _ = store.enqueue(_new())
     claimed = store.claim("w", 30)
@@ -156,7 +166,7 @@ def test_store_complete_and_claim_finishes_one_job_and_takes_the_next_in_one_wri
     assert stale is False and taken is not None and taken.id == third.id
 
 
-def test_store_requeue_gives_a_claimed_job_back(store: SqlStore) -> None:
+def test_store_requeue_gives_a_claimed_job_back(store: JobStore) -> None:
     job, _ = store.enqueue(_new())
     claimed = store.claim("w", 30)
     assert claimed is not None
@@ -168,7 +178,7 @@ def test_store_requeue_gives_a_claimed_job_back(store: SqlStore) -> None:
 # -- cancel ----------------------------------------------------------------------------------------------------
 
 
-def test_store_cancel_queued_running_terminal_and_other_key(store: SqlStore) -> None:
+def test_store_cancel_queued_running_terminal_and_other_key(store: JobStore) -> None:
     queued, _ = store.enqueue(_new())
     assert store.request_cancel(queued.id, "other") == CancelOutcome.NOT_FOUND
     assert store.request_cancel("no-such-id", None) == CancelOutcome.NOT_FOUND
@@ -192,12 +202,12 @@ def test_store_cancel_queued_running_terminal_and_other_key(store: SqlStore) -> 
 # -- events ----------------------------------------------------------------------------------------------------
 
 
-def test_store_events_are_ordered_per_job_and_globally(store: SqlStore) -> None:
+def test_store_events_are_ordered_per_job_and_globally(store: JobStore) -> None:
     start = store.last_event_id()
     a, _ = store.enqueue(_new())
     b, _ = store.enqueue(_new())
     store.add_log(a.id, "hello", "WARN")
-    store.add_event(b.id, "progress", {"step": 1, "total": 4})
+    store.add_event(b.id, EventKind.PROGRESS, {"step": 1, "total": 4})
     events_a = store.events(a.id)
     assert [e.kind for e in events_a] == ["status", "log"]
     assert events_a[1].data["message"] == "hello" and events_a[1].data["level"] == "WARN"
@@ -212,52 +222,52 @@ def test_store_events_are_ordered_per_job_and_globally(store: SqlStore) -> None:
 # -- webhook outbox ----------------------------------------------------------------------------------------------
 
 
-def test_store_webhook_outbox_due_lock_and_record(store: SqlStore, open_for: Opener) -> None:
+def test_store_webhook_outbox_due_lock_and_record(store: JobStore, open_for: Opener) -> None:
     job, _ = store.enqueue(_new(webhook_url="http://127.0.0.1:9/hook"))
     claimed = store.claim("w", 30)
     assert claimed is not None and store.complete(job.id, claimed.fence, _ok())
     now = time.time()
-    due = store.due_webhooks(now)
+    due = store.outbox.due_webhooks(now)
     assert [d.job_id for d in due] == [job.id] and due[0].attempts == 0
     assert '"status":"OK"' in due[0].body
-    assert open_for().due_webhooks(now) == [], "locked for the replica that took it"
-    store.record_webhook_attempt(due[0].id, status=503, error="busy", next_attempt_at=now + 100)
-    assert store.due_webhooks(now) == []
-    retry = store.due_webhooks(now + 101)
+    assert open_for().outbox.due_webhooks(now) == [], "locked for the replica that took it"
+    store.outbox.record_webhook_attempt(due[0].id, status=503, error="busy", next_attempt_at=now + 100)
+    assert store.outbox.due_webhooks(now) == []
+    retry = store.outbox.due_webhooks(now + 101)
     assert len(retry) == 1 and retry[0].attempts == 1
-    store.record_webhook_attempt(retry[0].id, status=200, error=None, next_attempt_at=None)
-    assert store.due_webhooks(now + 10_000) == []
-    (row,) = store.webhook_deliveries(job.id)
+    store.outbox.record_webhook_attempt(retry[0].id, status=200, error=None, next_attempt_at=None)
+    assert store.outbox.due_webhooks(now + 10_000) == []
+    (row,) = store.outbox.deliveries(job.id)
     assert row["delivered_at"] is not None and row["gave_up_at"] is None and row["attempts"] == 2
 
 
-def test_store_webhook_outbox_gives_up(store: SqlStore) -> None:
+def test_store_webhook_outbox_gives_up(store: JobStore) -> None:
     job, _ = store.enqueue(_new(webhook_url="http://127.0.0.1:9/hook"))
     store.request_cancel(job.id, None)
-    (due,) = store.due_webhooks(time.time())
-    store.record_webhook_attempt(due.id, status=None, error="refused", next_attempt_at=None)
-    (row,) = store.webhook_deliveries(job.id)
+    (due,) = store.outbox.due_webhooks(time.time())
+    store.outbox.record_webhook_attempt(due.id, status=None, error="refused", next_attempt_at=None)
+    (row,) = store.outbox.deliveries(job.id)
     assert row["gave_up_at"] is not None and row["delivered_at"] is None and row["last_error"] == "refused"
 
 
 # -- keys, files, deadlines, retention -------------------------------------------------------------------------
 
 
-def test_store_keys_create_verify_revoke(store: SqlStore) -> None:
-    assert store.count_keys() == 0
-    key = store.create_key("ci")
+def test_store_keys_create_verify_revoke(store: JobStore) -> None:
+    assert store.keys.count() == 0
+    key = store.keys.create("ci")
     key_id, _, secret = key.partition(":")
-    assert store.verify_key(key) == key_id
-    assert store.verify_key(f"{key_id}:wrong") is None
-    assert store.verify_key("garbage") is None
-    assert [k.name for k in store.list_keys()] == ["ci"]
-    assert store.revoke_key(key_id) is True
-    assert store.revoke_key(key_id) is False
-    assert store.verify_key(key) is None
-    assert store.list_keys()[0].revoked_at is not None
+    assert store.keys.verify(key) == key_id
+    assert store.keys.verify(f"{key_id}:wrong") is None
+    assert store.keys.verify("garbage") is None
+    assert [k.name for k in store.keys.all()] == ["ci"]
+    assert store.keys.revoke(key_id) is True
+    assert store.keys.revoke(key_id) is False
+    assert store.keys.verify(key) is None
+    assert store.keys.all()[0].revoked_at is not None
 
 
-def test_store_start_deadline_fails_queued_jobs(store: SqlStore) -> None:
+def test_store_start_deadline_fails_queued_jobs(store: JobStore) -> None:
     late, _ = store.enqueue(_new(start_deadline_at=time.time() - 1))
     fine, _ = store.enqueue(_new(start_deadline_at=time.time() + 600))
     claimed = store.claim("w", 30)
@@ -271,7 +281,7 @@ def test_store_start_deadline_fails_queued_jobs(store: SqlStore) -> None:
     assert gone is not None and gone.status == JobStatus.FAILED
 
 
-def test_store_files_and_delete_expired(store: SqlStore) -> None:
+def test_store_files_and_delete_expired(store: JobStore) -> None:
     old, _ = store.enqueue(_new())
     keep, _ = store.enqueue(_new())
     store.add_file("aa/one.png", job_id=old.id, kind="image", content_type="image/png", size=10)
@@ -284,19 +294,86 @@ def test_store_files_and_delete_expired(store: SqlStore) -> None:
     assert store.get(keep.id) is not None
 
 
-def test_store_delete_expired_works_through_a_backlog_in_batches(store: SqlStore) -> None:
+def test_store_delete_expired_works_through_a_backlog_in_batches(store: JobStore, clock: Clock) -> None:
     expired = [store.enqueue(_new())[0] for _ in range(7)]
     for n, job in enumerate(expired):
         store.add_file(f"cc/{n}.png", job_id=job.id, kind="image", content_type="image/png", size=1)
         store.request_cancel(job.id, None)
-    time.sleep(0.01)
-    cutoff = time.time()
+    clock.advance(1)
+    cutoff = clock()
+    clock.advance(1)
     fresh, _ = store.enqueue(_new())
     store.request_cancel(fresh.id, None)
     keys = store.delete_expired(cutoff, batch=3)
     assert sorted(keys) == sorted(f"cc/{n}.png" for n in range(7))
     assert all(store.get(job.id) is None and store.events(job.id) == [] for job in expired)
     assert store.get(fresh.id) is not None, "finished after the cut-off: kept"
+
+
+# -- transitions ---------------------------------------------------------------------------------------------
+
+
+def test_store_every_status_change_is_one_the_transition_table_allows(store: JobStore, clock: Clock) -> None:
+    succeeded, _ = store.enqueue(_new(priority=9))
+    claimed = store.claim("w", 30)
+    assert claimed is not None and store.complete(succeeded.id, claimed.fence, _ok())
+    cancelled_queued, _ = store.enqueue(_new())
+    store.request_cancel(cancelled_queued.id, None)
+    timed_out, _ = store.enqueue(_new(start_deadline_at=clock() - 1))
+    store.expire_start_deadlines()
+    given_back, _ = store.enqueue(_new(priority=9))
+    claimed = store.claim("w", 30)
+    assert claimed is not None and store.requeue(given_back.id, claimed.fence)
+    claimed = store.claim("w", 30)  # given_back again, its worker dies twice: re-queued, then poisoned
+    assert claimed is not None and claimed.id == given_back.id
+    clock.advance(31)
+    store.reclaim(expired_before=clock())
+    assert store.claim("w2", 30) is not None
+    store.reclaim(owners=["w2"])
+    cancelled_running, _ = store.enqueue(_new())
+    claimed = store.claim("w3", 30)
+    assert claimed is not None and claimed.id == cancelled_running.id
+    store.request_cancel(cancelled_running.id, None)
+    store.reclaim(owners=["w3"])  # its worker died after the cancel was asked: cancelled, not re-run
+
+    paths = {
+        job.id: _statuses(store, job.id)
+        for job in (succeeded, cancelled_queued, timed_out, given_back, cancelled_running)
+    }
+    assert list(paths.values()) == [
+        ["QUEUED", "RUNNING", "SUCCEEDED"],
+        ["QUEUED", "CANCELED"],
+        ["QUEUED", "FAILED"],
+        ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "QUEUED", "RUNNING", "FAILED"],
+        ["QUEUED", "RUNNING", "CANCELED"],
+    ]
+    for job_id, path in paths.items():
+        steps = list(zip(path, path[1:], strict=False))
+        assert all(can_transition(JobStatus(old), JobStatus(new)) for old, new in steps), path
+        job = store.get(job_id)
+        assert job is not None and job.status == path[-1]
+
+
+def test_store_refuses_a_status_change_the_transition_table_forbids(store: JobStore) -> None:
+    job, _ = store.enqueue(_new(webhook_url="http://127.0.0.1:9/hook"))
+    claimed = store.claim("w", 30)
+    assert claimed is not None
+    before, events_before = store.get(job.id), store.events(job.id)
+    for status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        with pytest.raises(InvalidTransition):
+            store.complete(job.id, claimed.fence, Outcome(status, 200, {}))
+        with pytest.raises(InvalidTransition):
+            store.complete_and_claim(job.id, claimed.fence, Outcome(status, 200, {}), owner="w", lease_s=30)
+    assert store.get(job.id) == before and store.events(job.id) == events_before, "nothing was written"
+    assert store.outbox.deliveries(job.id) == []
+    assert store.complete(job.id, claimed.fence, _ok())
+    # A terminal job moves nowhere.
+    done, events_done = store.get(job.id), store.events(job.id)
+    assert store.complete(job.id, claimed.fence, Outcome.cancelled()) is False
+    assert store.request_cancel(job.id, None) == CancelOutcome.ALREADY_COMPLETED
+    assert store.requeue(job.id, claimed.fence) is False
+    assert store.reclaim(owners=["w"]) == []
+    assert store.get(job.id) == done and store.events(job.id) == events_done
 
 
 # -- migrations ------------------------------------------------------------------------------------------------
@@ -318,8 +395,8 @@ def test_store_migrations_idempotent_and_safe_concurrently(database_url: str, op
         thread.join(timeout=60)
     assert errors == []
     store = open_for()
-    store.migrate()  # once more, on an up-to-date schema
-    with store.engine.connect() as conn:
+    store.db.migrate()  # once more, on an up-to-date schema
+    with store.db.engine.connect() as conn:
         versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
     assert len(versions) == 1
     job, _ = store.enqueue(_new())
@@ -329,7 +406,7 @@ def test_store_migrations_idempotent_and_safe_concurrently(database_url: str, op
 # -- notifications (PostgreSQL only) ---------------------------------------------------------------------------
 
 
-def test_store_notifies_listeners_on_postgres(database_url: str, store: SqlStore) -> None:
+def test_store_notifies_listeners_on_postgres(database_url: str, store: JobStore) -> None:
     from reimagine.queue.notify import QUEUED, open_listener
 
     if not database_url.startswith("postgresql"):
@@ -365,7 +442,7 @@ def test_store_notifies_listeners_on_postgres(database_url: str, store: SqlStore
         listener.stop()
 
 
-def test_store_listener_reconnects_after_losing_its_connection(database_url: str, store: SqlStore) -> None:
+def test_store_listener_reconnects_after_losing_its_connection(database_url: str, store: JobStore) -> None:
     from reimagine.queue.notify import QUEUED, open_listener
 
     if not database_url.startswith("postgresql"):
@@ -383,7 +460,7 @@ def test_store_listener_reconnects_after_losing_its_connection(database_url: str
         with arrived:
             assert arrived.wait_for(lambda: QUEUED in received, timeout=5)
             received.clear()
-        with store.engine.begin() as conn:
+        with store.db.engine.begin() as conn:
             killed = conn.execute(
                 sa.text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"

@@ -12,11 +12,11 @@ import pytest
 
 from reimagine.config import Settings
 from reimagine.jobs import JobStatus
-from reimagine.queue import Job, NewJob, Outcome, SqlStore, open_store
+from reimagine.queue import Job, JobStore, NewJob, Outcome, open_store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
+def store(tmp_path: Path) -> Iterator[JobStore]:
     store = open_store(f"sqlite:///{tmp_path / 'reimagine.db'}")
     yield store
     store.close()
@@ -34,7 +34,7 @@ def settings_for(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-def finish_job(store: SqlStore, webhook_url: str) -> Job:
+def finish_job(store: JobStore, webhook_url: str) -> Job:
     """Enqueue, claim and complete a job; completing it writes its outbox row."""
     job, _ = store.enqueue(
         NewJob(id=str(uuid.uuid4()), key_id="k", endpoint="e", input={"prompt": "x"}, webhook_url=webhook_url)

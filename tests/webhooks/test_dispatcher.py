@@ -16,7 +16,7 @@ import pytest
 from reimagine.errors import FetchRefused
 from reimagine.jobs import JobStatus
 from reimagine.metrics import Metrics
-from reimagine.queue import SqlStore
+from reimagine.queue import JobStore
 from reimagine.webhooks import WebhookDispatcher, WebhookKey, verify_signature
 from tests.webhooks.conftest import Receiver, finish_job, settings_for
 
@@ -37,8 +37,8 @@ def _run_until(dispatcher: WebhookDispatcher, done: Callable[[], bool], timeout_
     return asyncio.run(main())
 
 
-def _outbox(store: SqlStore, job_id: str) -> dict[str, Any]:
-    (row,) = store.webhook_deliveries(job_id)
+def _outbox(store: JobStore, job_id: str) -> dict[str, Any]:
+    (row,) = store.outbox.deliveries(job_id)
     return row
 
 
@@ -49,13 +49,13 @@ def _refuse_private(url: str) -> None:
 
 
 def test_delivery_retried_until_accepted_then_never_again(
-    tmp_path: Path, store: SqlStore, receiver_factory: type[Receiver]
+    tmp_path: Path, store: JobStore, receiver_factory: type[Receiver]
 ) -> None:
     receiver = receiver_factory(500, 500, 200)
     settings = settings_for(tmp_path, webhook_max_attempts=5)
     key = WebhookKey.load_or_create(settings)
     metrics = Metrics(store)
-    dispatcher = WebhookDispatcher(store, settings, key, metrics=metrics)
+    dispatcher = WebhookDispatcher(store.outbox, settings, key, metrics=metrics)
     job = finish_job(store, receiver.url)
 
     assert _run_until(dispatcher, lambda: _outbox(store, job.id)["delivered_at"] is not None)
@@ -80,11 +80,11 @@ def test_delivery_retried_until_accepted_then_never_again(
 
 
 def test_delivery_gives_up_after_max_attempts(
-    tmp_path: Path, store: SqlStore, receiver_factory: type[Receiver]
+    tmp_path: Path, store: JobStore, receiver_factory: type[Receiver]
 ) -> None:
     receiver = receiver_factory(503)
     settings = settings_for(tmp_path, webhook_max_attempts=3, webhook_window_s=0.3)
-    dispatcher = WebhookDispatcher(store, settings, WebhookKey.load_or_create(settings))
+    dispatcher = WebhookDispatcher(store.outbox, settings, WebhookKey.load_or_create(settings))
     job = finish_job(store, receiver.url)
 
     assert _run_until(dispatcher, lambda: _outbox(store, job.id)["gave_up_at"] is not None)
@@ -95,12 +95,12 @@ def test_delivery_gives_up_after_max_attempts(
     assert store.get(job.id).status == JobStatus.SUCCEEDED  # type: ignore[union-attr]
 
 
-def test_refused_target_is_never_contacted(tmp_path: Path, store: SqlStore, receiver_factory: type[Receiver]) -> None:
+def test_refused_target_is_never_contacted(tmp_path: Path, store: JobStore, receiver_factory: type[Receiver]) -> None:
     receiver = receiver_factory(200)
     settings = settings_for(tmp_path)
     metrics = Metrics(store)
     dispatcher = WebhookDispatcher(
-        store, settings, WebhookKey.load_or_create(settings), check_target=_refuse_private, metrics=metrics
+        store.outbox, settings, WebhookKey.load_or_create(settings), check_target=_refuse_private, metrics=metrics
     )
     job = finish_job(store, receiver.url)
 
@@ -115,7 +115,7 @@ def test_refused_target_is_never_contacted(tmp_path: Path, store: SqlStore, rece
 
 
 def test_target_resolving_to_a_forbidden_address_for_a_while_still_gets_its_webhook(
-    tmp_path: Path, store: SqlStore, receiver_factory: type[Receiver]
+    tmp_path: Path, store: JobStore, receiver_factory: type[Receiver]
 ) -> None:
     # Issue 13 item 9: a host that passed the policy at submit resolves to a forbidden address when the job ends
     # (DNS change, rebinding). It was dropped after one attempt; now it is retried, and delivered once it is fine.
@@ -128,18 +128,22 @@ def test_target_resolving_to_a_forbidden_address_for_a_while_still_gets_its_webh
             refusals[0] -= 1
             raise FetchRefused("fal_webhook", "host resolves to a private address")
 
-    dispatcher = WebhookDispatcher(store, settings, WebhookKey.load_or_create(settings), check_target=refuse_twice)
+    key = WebhookKey.load_or_create(settings)
+    dispatcher = WebhookDispatcher(store.outbox, settings, key, check_target=refuse_twice)
     job = finish_job(store, receiver.url)
     assert _run_until(dispatcher, lambda: _outbox(store, job.id)["delivered_at"] is not None)
     assert _outbox(store, job.id)["attempts"] == 3 and len(receiver.attempts) == 1
 
 
-def test_real_ssrf_policy_refuses_loopback(tmp_path: Path, store: SqlStore, receiver_factory: type[Receiver]) -> None:
+def test_real_ssrf_policy_refuses_loopback(tmp_path: Path, store: JobStore, receiver_factory: type[Receiver]) -> None:
     fetcher = pytest.importorskip("reimagine.fetcher")
     receiver = receiver_factory(200)
     settings = settings_for(tmp_path)  # empty allow-list
     dispatcher = WebhookDispatcher(
-        store, settings, WebhookKey.load_or_create(settings), check_target=lambda url: fetcher.check_url(url, settings)
+        store.outbox,
+        settings,
+        WebhookKey.load_or_create(settings),
+        check_target=lambda url: fetcher.check_url(url, settings),
     )
     job = finish_job(store, receiver.url)
     assert asyncio.run(dispatcher.deliver_once(_due(store)[0])) == "refused"
@@ -148,7 +152,7 @@ def test_real_ssrf_policy_refuses_loopback(tmp_path: Path, store: SqlStore, rece
     assert receiver.attempts == [] and row["gave_up_at"] is None and row["last_error"].startswith("refused:")
 
 
-def test_redirects_are_not_followed(tmp_path: Path, store: SqlStore) -> None:
+def test_redirects_are_not_followed(tmp_path: Path, store: JobStore) -> None:
     seen: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -157,20 +161,20 @@ def test_redirects_are_not_followed(tmp_path: Path, store: SqlStore) -> None:
 
     settings = settings_for(tmp_path, webhook_max_attempts=1)
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    dispatcher = WebhookDispatcher(store, settings, WebhookKey.load_or_create(settings), client=client)
+    dispatcher = WebhookDispatcher(store.outbox, settings, WebhookKey.load_or_create(settings), client=client)
     job = finish_job(store, "https://hooks.example.com/in")
     assert asyncio.run(dispatcher.deliver_once(_due(store)[0])) == "gave_up"
     assert seen == ["https://hooks.example.com/in"]
     assert _outbox(store, job.id)["last_status"] == 302
 
 
-def test_transport_error_is_retried(tmp_path: Path, store: SqlStore) -> None:
+def test_transport_error_is_retried(tmp_path: Path, store: JobStore) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
     settings = settings_for(tmp_path)
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    dispatcher = WebhookDispatcher(store, settings, WebhookKey.load_or_create(settings), client=client)
+    dispatcher = WebhookDispatcher(store.outbox, settings, WebhookKey.load_or_create(settings), client=client)
     job = finish_job(store, "https://hooks.example.com/in")
     before = time.time()
     assert asyncio.run(dispatcher.deliver_once(_due(store)[0])) == "retry"
@@ -181,12 +185,12 @@ def test_transport_error_is_retried(tmp_path: Path, store: SqlStore) -> None:
 class _BrokenStore:
     """The real store, except that recording an attempt fails (database gone mid-delivery)."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: JobStore) -> None:
         self.store = store
         self.failures = 0
 
     def due_webhooks(self, now: float, limit: int = 20, lock_s: float = 60.0) -> list[Any]:
-        return self.store.due_webhooks(now, limit, lock_s)
+        return self.store.outbox.due_webhooks(now, limit, lock_s)
 
     def record_webhook_attempt(self, delivery_id: int, **kwargs: Any) -> None:
         self.failures += 1
@@ -195,7 +199,7 @@ class _BrokenStore:
 
 @pytest.mark.parametrize("failure", ["store", "policy", "client"])
 def test_dispatcher_errors_never_touch_the_job(
-    tmp_path: Path, store: SqlStore, failure: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, store: JobStore, failure: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[str] = []
 
@@ -210,7 +214,7 @@ def test_dispatcher_errors_never_touch_the_job(
     settings = settings_for(tmp_path)
     broken = _BrokenStore(store)
     dispatcher = WebhookDispatcher(
-        broken if failure == "store" else store,
+        broken if failure == "store" else store.outbox,
         settings,
         WebhookKey.load_or_create(settings),
         client=httpx.AsyncClient(transport=httpx.MockTransport(broken_transport if failure == "client" else _ok)),
@@ -227,9 +231,9 @@ def test_dispatcher_errors_never_touch_the_job(
     assert _outbox(store, job.id)["delivered_at"] is None
 
 
-def test_kick_is_safe_from_any_thread_and_before_run(tmp_path: Path, store: SqlStore) -> None:
+def test_kick_is_safe_from_any_thread_and_before_run(tmp_path: Path, store: JobStore) -> None:
     settings = settings_for(tmp_path)
-    dispatcher = WebhookDispatcher(store, settings, WebhookKey.load_or_create(settings))
+    dispatcher = WebhookDispatcher(store.outbox, settings, WebhookKey.load_or_create(settings))
     dispatcher.kick()  # not running yet: a no-op
 
     async def main() -> None:
@@ -250,16 +254,18 @@ def _ok(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200)
 
 
-def _due(store: SqlStore) -> list[Any]:
-    return store.due_webhooks(time.time() + 1, 10, 60.0)
+def _due(store: JobStore) -> list[Any]:
+    return store.outbox.due_webhooks(time.time() + 1, 10, 60.0)
 
 
-def test_unresolvable_target_is_retried_not_refused(tmp_path: Path, store: SqlStore) -> None:
+def test_unresolvable_target_is_retried_not_refused(tmp_path: Path, store: JobStore) -> None:
     def refuse_everything(url: str) -> None:
         raise FetchRefused("fal_webhook", "cannot resolve host")
 
     settings = settings_for(tmp_path)
-    dispatcher = WebhookDispatcher(store, settings, WebhookKey.load_or_create(settings), check_target=refuse_everything)
+    dispatcher = WebhookDispatcher(
+        store.outbox, settings, WebhookKey.load_or_create(settings), check_target=refuse_everything
+    )
     # A 70-character label fails in the resolver's IDNA step, locally: no DNS server needed.
     job = finish_job(store, f"https://{'a' * 70}.example/hook")
     assert asyncio.run(dispatcher.deliver_once(_due(store)[0])) == "retry"

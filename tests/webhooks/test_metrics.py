@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 from reimagine.api.routes import wellknown
 from reimagine.jobs import JobStatus
 from reimagine.metrics import Metrics
-from reimagine.queue import NewJob, SqlStore
+from reimagine.queue import JobStore, NewJob
 from reimagine.webhooks import WebhookKey, verify_signature
 from tests.webhooks.conftest import finish_job, settings_for
 
 
-def test_metrics_render_queue_gauges_and_job_observations(store: SqlStore) -> None:
+def test_metrics_render_queue_gauges_and_job_observations(store: JobStore) -> None:
     finished = finish_job(store, "https://hooks.example.com/in")
     store.enqueue(NewJob(id=str(uuid.uuid4()), key_id="k", endpoint="e", input={}))
     metrics = Metrics(store)
@@ -47,7 +47,7 @@ def test_metrics_scrape_answers_when_the_store_is_down() -> None:
     assert "reimagine_queue_depth" not in rendered
 
 
-def test_failed_job_counts_its_error_type(store: SqlStore) -> None:
+def test_failed_job_counts_its_error_type(store: JobStore) -> None:
     metrics = Metrics(store)
     job = finish_job(store, "https://hooks.example.com/in")
     metrics.observe_job(replace(job, status=JobStatus.FAILED, error_type="out_of_memory", started_at=None))
@@ -56,7 +56,7 @@ def test_failed_job_counts_its_error_type(store: SqlStore) -> None:
     assert "reimagine_job_wait_seconds_count 0.0" in rendered
 
 
-def test_wellknown_routes_serve_jwks_and_metrics(tmp_path: Path, store: SqlStore) -> None:
+def test_wellknown_routes_serve_jwks_and_metrics(tmp_path: Path, store: JobStore) -> None:
     key = WebhookKey.load_or_create(settings_for(tmp_path))
     app = FastAPI()
     app.state.webhook_key = key

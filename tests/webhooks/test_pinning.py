@@ -15,7 +15,7 @@ import httpcore
 import pytest
 
 from reimagine.fetcher import AsyncPinnedBackend, check_url
-from reimagine.queue import SqlStore
+from reimagine.queue import JobStore
 from reimagine.webhooks import WebhookDispatcher, WebhookKey
 from tests.webhooks.conftest import finish_job, settings_for
 
@@ -83,15 +83,15 @@ def rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_rebinding_host_is_delivered_to_the_checked_address_only(
-    tmp_path: Path, store: SqlStore, servers: tuple[_Server, _Server], rebinding_dns: list[str]
+    tmp_path: Path, store: JobStore, servers: tuple[_Server, _Server], rebinding_dns: list[str]
 ) -> None:
     approved, victim = servers
     settings = settings_for(tmp_path, allow_hosts=["127.0.0.2"])
     dispatcher = WebhookDispatcher(
-        store, settings, WebhookKey.load_or_create(settings), check_target=lambda url: check_url(url, settings)
+        store.outbox, settings, WebhookKey.load_or_create(settings), check_target=lambda url: check_url(url, settings)
     )
     job = finish_job(store, f"http://{REBINDING_HOST}:{approved.port}/hook")
-    (delivery,) = store.due_webhooks(0.0 + 1e12)
+    (delivery,) = store.outbox.due_webhooks(0.0 + 1e12)
 
     async def deliver() -> str:
         try:

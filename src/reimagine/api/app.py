@@ -66,7 +66,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = WebhookDispatcher(
-            store, settings, webhook_key, check_target=lambda url: check_url(url, settings), metrics=metrics
+            store.outbox, settings, webhook_key, check_target=lambda url: check_url(url, settings), metrics=metrics
         )
         tasks = [
             asyncio.create_task(hub.run(), name="event-hub"),
@@ -74,7 +74,7 @@ def create_app(
             asyncio.create_task(_reap(store, settings), name="reaper"),
             asyncio.create_task(_sweep(store, storage, settings), name="retention"),
         ]
-        if getattr(store, "is_sqlite", False):
+        if store.db.is_sqlite:
             tasks.append(asyncio.create_task(_checkpoint(store), name="checkpoint"))
         if supervisor is not None:
             await asyncio.to_thread(
@@ -119,7 +119,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.webhook_key = webhook_key
     app.state.limiter = RateLimiter(settings)
-    app.state.authenticate = KeyCache(store.verify_key) if settings.auth else open_access
+    app.state.authenticate = KeyCache(store.keys.verify) if settings.auth else open_access
     app.state.check_url = lambda url: check_url(url, settings)
     app.state.check_prompt = _prompt_checker(settings)
     app.state.notify_workers = supervisor.wake if supervisor is not None else (lambda: None)

@@ -1,17 +1,31 @@
 """The job store: the system of record for jobs, events, the webhook outbox, files and API keys.
 
-`open_store(url)` picks the backend by URL scheme; both speak the same schema (Alembic migrations in
-`reimagine/migrations`), created or migrated on first use.
+`open_store(url)` picks the database by URL scheme; both speak the same schema (Alembic migrations in
+`reimagine/migrations`), created or migrated on first use. The modules, bottom up:
+
+- `db.py`: the database handle (engine, dialect, migrations, the one read path and the one write path);
+- `sqlite.py`: how the handle talks to a SQLite file; `notify.py`: PostgreSQL LISTEN/NOTIFY wake-ups;
+- `models.py`: what the store takes and returns (`Job`, `Outcome` and its factories, `ErrorType`, `EventKind`);
+- `transitions.py`: every write of a job's status, checked against `reimagine.jobs.can_transition`;
+- `store.py`: `JobStore`, a job's life (submit, claim, lease, complete, cancel, reclaim, retention), events, files;
+- `outbox.py`: the webhook outbox (`store.outbox`); `keys.py`: API keys (`store.keys`).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from reimagine.errors import ConfigError
+from reimagine.jobs import ErrorType
+from reimagine.queue.db import Database
 from reimagine.queue.models import (
     ApiKey,
     CancelOutcome,
     Event,
+    EventKind,
     FileRow,
+    InvalidTransition,
     Job,
     LeaseState,
     NewJob,
@@ -19,14 +33,21 @@ from reimagine.queue.models import (
     QueueFull,
     WebhookDelivery,
 )
-from reimagine.queue.sql import SqlStore
+from reimagine.queue.store import JobStore
+
+#: The store's name before it was split into modules; kept for branches written against it.
+SqlStore = JobStore
 
 __all__ = [
     "ApiKey",
     "CancelOutcome",
+    "ErrorType",
     "Event",
+    "EventKind",
     "FileRow",
+    "InvalidTransition",
     "Job",
+    "JobStore",
     "LeaseState",
     "NewJob",
     "Outcome",
@@ -37,10 +58,8 @@ __all__ = [
 ]
 
 
-def open_store(database_url: str, *, max_attempts: int = 3) -> SqlStore:
+def open_store(database_url: str, *, max_attempts: int = 3, clock: Callable[[], float] = time.time) -> JobStore:
     """SQLite (embedded default) or PostgreSQL (multi-machine), by URL scheme; migrates on first use."""
-    if database_url.startswith("sqlite:"):
-        return SqlStore(database_url, max_attempts=max_attempts)
-    if database_url.startswith(("postgresql:", "postgres:", "postgresql+psycopg:")):
-        return SqlStore(database_url, max_attempts=max_attempts)
-    raise ConfigError(f"`database_url` must start with sqlite: or postgresql:, got {database_url!r}")
+    if not database_url.startswith(("sqlite:", "postgresql:", "postgres:", "postgresql+psycopg:")):
+        raise ConfigError(f"`database_url` must start with sqlite: or postgresql:, got {database_url!r}")
+    return JobStore(Database(database_url), max_attempts=max_attempts, clock=clock)

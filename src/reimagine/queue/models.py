@@ -1,13 +1,93 @@
-"""Rows of the job store as plain dataclasses; what the store returns and takes."""
+"""What the store takes and returns: jobs, their outcomes, events, files, webhook deliveries, API keys.
+
+Plain frozen dataclasses and closed enums, no I/O. Every way a job can end is built here (`Outcome`'s factories,
+keyed by `reimagine.jobs.ErrorType`), so the worker, the store and the API agree on each one's status code, body
+and message.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reimagine.jobs import CANCELLED_MESSAGE, ErrorType, JobStatus
+
+if TYPE_CHECKING:
+    from reimagine.queue.db import Row
+
+
+class EventKind(StrEnum):
+    """What a job event records (`Event.kind`)."""
+
+    #: a status change: `{"status", ...}` (+ `attempt` on a claim, `error`/`error_type` when finished)
+    STATUS = "status"
+    #: a log line: `{"message", "level", "timestamp"}`
+    LOG = "log"
+    #: a denoising step: a log line plus `{"step", "total"}` and maybe a `preview_key`
+    PROGRESS = "progress"
+    #: derived control maps stored as files: `{"keys": {name: key}}`
+    MAPS = "maps"
+
+
+#: The error types that end a job (the others refuse a request before it is one): the job's terminal status and the
+#: HTTP status its result call replays.
+_ENDINGS: dict[ErrorType, tuple[JobStatus, int]] = {
+    ErrorType.CANCELLED: (JobStatus.CANCELED, 499),
+    ErrorType.VALIDATION_ERROR: (JobStatus.FAILED, 422),
+    ErrorType.REQUEST_TIMEOUT: (JobStatus.FAILED, 504),
+    ErrorType.OUT_OF_MEMORY: (JobStatus.FAILED, 503),
+    ErrorType.RUNNER_DISCONNECTED: (JobStatus.FAILED, 503),
+    ErrorType.INTERNAL_ERROR: (JobStatus.FAILED, 500),
+    ErrorType.POISONED: (JobStatus.FAILED, 500),
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: the terminal status plus the HTTP answer its result call replays."""
+
+    status: JobStatus
+    result_status: int
+    result_body: dict[str, Any]
+    error: str | None = None
+    error_type: ErrorType | None = None
+    inference_time_s: float | None = None
+
+    @classmethod
+    def succeeded(cls, body: dict[str, Any], inference_time_s: float) -> Outcome:
+        return cls(JobStatus.SUCCEEDED, 200, body, inference_time_s=inference_time_s)
+
+    @classmethod
+    def failed(cls, error_type: ErrorType, message: str, *, detail: Any = None) -> Outcome:
+        """Every unsuccessful end, as fal's request errors look: `{"detail", "error_type"}`.
+
+        `detail` replaces `message` as the body's `detail` (fal's 422 list of field errors).
+        """
+        status, code = _ENDINGS[error_type]
+        body = {"detail": message if detail is None else detail, "error_type": error_type.value}
+        return cls(status, code, body, message, error_type)
+
+    @classmethod
+    def cancelled(cls) -> Outcome:
+        return cls.failed(ErrorType.CANCELLED, CANCELLED_MESSAGE)
+
+    @classmethod
+    def start_timeout(cls) -> Outcome:
+        return cls.failed(ErrorType.REQUEST_TIMEOUT, "Request timed out before it started")
+
+    @classmethod
+    def poisoned(cls, attempts: int) -> Outcome:
+        return cls.failed(ErrorType.POISONED, f"Request failed: its worker died {attempts} times while running it")
+
+    @classmethod
+    def out_of_memory(cls) -> Outcome:
+        return cls.failed(ErrorType.OUT_OF_MEMORY, "Out of memory while generating; not retried")
+
+    @classmethod
+    def internal(cls, exc: BaseException) -> Outcome:
+        return cls.failed(ErrorType.INTERNAL_ERROR, f"Internal error: {type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True)
@@ -38,7 +118,7 @@ class Job:
     result_status: int | None
     result_body: str | None
     error: str | None
-    error_type: str | None
+    error_type: ErrorType | None
     attempts: int
     lease_owner: str | None
     lease_expires_at: float | None
@@ -51,7 +131,7 @@ class Job:
     inference_time_s: float | None
 
     @classmethod
-    def from_row(cls, row: Any) -> Job:
+    def from_row(cls, row: Row) -> Job:
         m = row._mapping
         return cls(
             seq=int(m["seq"]),
@@ -67,7 +147,7 @@ class Job:
             result_status=m["result_status"],
             result_body=m["result_body"],
             error=m["error"],
-            error_type=m["error_type"],
+            error_type=ErrorType(m["error_type"]) if m["error_type"] is not None else None,
             attempts=int(m["attempts"]),
             lease_owner=m["lease_owner"],
             lease_expires_at=m["lease_expires_at"],
@@ -89,45 +169,16 @@ class QueueFull(Exception):
         self.queued = queued
 
 
+class InvalidTransition(Exception):
+    """A store call asked for a status change `reimagine.jobs.can_transition` forbids; nothing was written."""
+
+
 @dataclass(frozen=True)
 class FileRow:
     key: str
     kind: str
     content_type: str
     size: int
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a job ended: the terminal status plus the HTTP answer its result call replays."""
-
-    status: JobStatus
-    result_status: int
-    result_body: dict[str, Any]
-    error: str | None = None
-    error_type: str | None = None
-    inference_time_s: float | None = None
-
-
-def failed_outcome(result_status: int, message: str, error_type: ErrorType) -> Outcome:
-    """A failure as fal's request errors look: `{"detail", "error_type"}`, replayed by the result call."""
-    return Outcome(
-        status=JobStatus.FAILED,
-        result_status=result_status,
-        result_body={"detail": message, "error_type": error_type.value},
-        error=message,
-        error_type=error_type.value,
-    )
-
-
-def cancelled_outcome() -> Outcome:
-    return Outcome(
-        status=JobStatus.CANCELED,
-        result_status=499,
-        result_body={"detail": CANCELLED_MESSAGE, "error_type": ErrorType.CANCELLED.value},
-        error=CANCELLED_MESSAGE,
-        error_type=ErrorType.CANCELLED.value,
-    )
 
 
 class CancelOutcome(StrEnum):
@@ -149,9 +200,14 @@ class LeaseState(StrEnum):
 class Event:
     id: int
     job_id: str
-    kind: str
+    kind: EventKind
     data: dict[str, Any]
     created_at: float
+
+    @classmethod
+    def from_row(cls, row: Row) -> Event:
+        m = row._mapping
+        return cls(int(m["id"]), m["job_id"], EventKind(m["kind"]), json.loads(m["data"]), m["created_at"])
 
 
 @dataclass(frozen=True)
@@ -169,14 +225,3 @@ class ApiKey:
     name: str
     created_at: float
     revoked_at: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def webhook_body(job_id: str, outcome: Outcome) -> str:
-    """fal's webhook payload (fal-protocol.md §9) for a terminal outcome."""
-    body: dict[str, Any] = {"request_id": job_id, "gateway_request_id": job_id}
-    if outcome.result_status == 200:
-        body.update(status="OK", payload=outcome.result_body)
-    else:
-        body.update(status="ERROR", error=f"Invalid status code: {outcome.result_status}", payload=outcome.result_body)
-    return json.dumps(body, separators=(",", ":"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +114,3 @@ def open_listener(database_url: str, on_notify: Callable[[str], None]) -> Listen
     if is_postgres(database_url):
         return Listener(database_url, on_notify).start()
     return NoListener()
-
-
-def notify_sql(conn: Any, payload: str) -> None:
-    """Queue a notification in the current transaction (PostgreSQL delivers it on commit, deduplicated)."""
-    import sqlalchemy as sa
-
-    conn.execute(sa.text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})

@@ -7,7 +7,7 @@ first takes an exclusive `flock` on a file next to it and is woken the moment th
 of one process queue on a mutex first, because a `flock` belongs to the open file, not to the thread. The lock goes
 with its holder's death, and SQLite's own locking still guards against writers that do not take it.
 
-The hot statements (every status poll and job event; each submit, claim, progress step and completion) use plain
+Every statement of the store (status polls, job events, each submit, claim, progress step and completion) uses plain
 driver connections, one per thread for reading and one for writing: SQLAlchemy's pool checkout and begin/commit
 events cost two to three times these single-row statements themselves.
 """
@@ -29,7 +29,7 @@ _AUTOCHECKPOINT_PAGES = 10_000
 
 
 class SqliteFile:
-    """The per-file state behind `SqlStore`'s SQLite reads and writes."""
+    """The per-file state behind `Database`'s SQLite reads and writes (queue/db.py)."""
 
     def __init__(self, path: str) -> None:
         self.path = path

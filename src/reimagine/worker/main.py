@@ -24,8 +24,8 @@ from PIL import Image
 from reimagine.config import Settings
 from reimagine.errors import InputError, JobCancelled, OutOfMemory
 from reimagine.generation import Controls, Generate, Generated
-from reimagine.jobs import ErrorType, JobStatus
-from reimagine.queue.models import FileRow, Job, LeaseState, Outcome, cancelled_outcome, failed_outcome
+from reimagine.jobs import ErrorType
+from reimagine.queue.models import EventKind, FileRow, Job, LeaseState, Outcome
 from reimagine.schemas import CONTENT_TYPES, ImageFile, OutputFormat, ReimagineInput, ReimagineOutput
 
 logger = logging.getLogger(__name__)
@@ -121,23 +121,21 @@ class Worker:
             hooks.check_cancelled()
             body = self._store_result(job, inputs, generated)
         except JobCancelled:
-            return cancelled_outcome()
+            return Outcome.cancelled()
         except InputError as exc:
-            body = {"detail": exc.detail(), "error_type": ErrorType.VALIDATION_ERROR.value}
-            return Outcome(JobStatus.FAILED, 422, body, exc.message, ErrorType.VALIDATION_ERROR)
+            return Outcome.failed(ErrorType.VALIDATION_ERROR, exc.message, detail=exc.detail())
         except LeaseLost:
             raise
         except Exception as exc:
             if isinstance(exc, OutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
                 _free_accelerator_memory()
-                message = "Out of memory while generating; not retried"
-                hooks.log(message, "ERROR")
-                return failed_outcome(503, message, ErrorType.OUT_OF_MEMORY)
-            logger.exception("generate failed", extra={"request_id": job.id})
-            message = f"Internal error: {type(exc).__name__}: {exc}"
-            hooks.log(message, "ERROR")
-            return failed_outcome(500, message, ErrorType.INTERNAL_ERROR)
-        return Outcome(JobStatus.SUCCEEDED, 200, body, inference_time_s=round(time.monotonic() - started, 4))
+                outcome = Outcome.out_of_memory()
+            else:
+                logger.exception("generate failed", extra={"request_id": job.id})
+                outcome = Outcome.internal(exc)
+            hooks.log(outcome.error or "", "ERROR")
+            return outcome
+        return Outcome.succeeded(body, inference_time_s=round(time.monotonic() - started, 4))
 
     def _load_controls(self, job: Job, inputs: ReimagineInput) -> Controls:
         from reimagine.images import load_image
@@ -167,7 +165,7 @@ class Worker:
 
         if generated.maps:
             keys = {name: self._put_png(job, image, f"{name}_map") for name, image in generated.maps.items()}
-            self.store.add_event(job.id, "maps", {"keys": keys})
+            self.store.add_event(job.id, EventKind.MAPS, {"keys": keys})
             self._notify("event")
         image = generated.image
         output_format = OutputFormat(inputs.output_format)
@@ -255,7 +253,7 @@ class _JobHooks:
         if preview is not None and (now - self._last_preview >= interval or step == total):
             self._last_preview = now
             data["preview_key"] = self._worker._put_png(self._job, preview, "preview")
-        self._worker.store.add_event(self._job.id, "progress", data)
+        self._worker.store.add_event(self._job.id, EventKind.PROGRESS, data)
         self._worker._notify("event")
 
     def check_cancelled(self) -> None:

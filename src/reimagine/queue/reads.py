@@ -1,0 +1,95 @@
+"""The store's reads: jobs, queue positions, events, leases. Nothing here writes.
+
+The API calls these from its event loop on SQLite (`reads_inline`: a read there takes tens of microseconds and
+never waits for a writer) and from a thread on PostgreSQL (`api/reads.py`).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from reimagine.jobs import JobStatus
+from reimagine.queue.db import Conn, Database
+from reimagine.queue.models import Event, Job, LeaseState
+
+_SELECT_JOB = sa.text("SELECT * FROM jobs WHERE id = :id")
+_COUNT_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")
+_COUNT_BY_STATUS = sa.text("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+#: Jobs ahead of one in claim order, read from `ix_jobs_queue` alone (tests/store/test_sqlite_plans.py).
+POSITION = sa.text(
+    "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND (priority > :p OR (priority = :p AND seq < :s))"
+)
+_LEASE_STATE = sa.text("SELECT status, fence, cancel_requested FROM jobs WHERE id = :id")
+_RUNNING_OWNERS = sa.text("SELECT DISTINCT lease_owner FROM jobs WHERE status = 'RUNNING'")
+_JOB_EVENTS = sa.text("SELECT * FROM events WHERE job_id = :id AND id > :after ORDER BY id")
+_EVENTS_SINCE = sa.text("SELECT * FROM events WHERE id > :after ORDER BY id LIMIT :limit")
+_LAST_EVENT = sa.text("SELECT COALESCE(MAX(id), 0) FROM events")
+
+
+class JobReads:
+    """Read-only queries of the job store (`JobStore` adds the writes)."""
+
+    db: Database
+
+    def get(self, job_id: str) -> Job | None:
+        with self.db.read() as conn:
+            row = conn.first(_SELECT_JOB, {"id": job_id})
+        return Job.from_row(row) if row is not None else None
+
+    def get_with_position(self, job_id: str) -> tuple[Job, int] | None:
+        with self.db.read() as conn:
+            return _job_with_position(conn, job_id)
+
+    def status_snapshot(self, job_id: str, after_id: int = 0) -> tuple[Job, int, list[Event]] | None:
+        """The job, its queue position and its events after `after_id`, read in one snapshot."""
+        with self.db.read() as conn:
+            found = _job_with_position(conn, job_id)
+            if found is None:
+                return None
+            rows = conn.rows(_JOB_EVENTS, {"id": job_id, "after": after_id})
+        return found[0], found[1], [Event.from_row(row) for row in rows]
+
+    def count_queued(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.scalar(_COUNT_QUEUED))
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.db.read() as conn:
+            return {str(row[0]): int(row[1]) for row in conn.rows(_COUNT_BY_STATUS)}
+
+    def running_owners(self) -> list[str]:
+        with self.db.read() as conn:
+            return [row[0] for row in conn.rows(_RUNNING_OWNERS) if row[0]]
+
+    def lease_state(self, job_id: str, fence: int) -> LeaseState:
+        """Cheap read used at every denoising step: still ours, and not cancelled?"""
+        with self.db.read() as conn:
+            row = conn.first(_LEASE_STATE, {"id": job_id})
+        if row is None or row[0] != JobStatus.RUNNING.value or int(row[1]) != fence:
+            return LeaseState.LOST
+        return LeaseState.CANCEL if row[2] else LeaseState.HELD
+
+    def events(self, job_id: str, after_id: int = 0) -> list[Event]:
+        with self.db.read() as conn:
+            return [Event.from_row(row) for row in conn.rows(_JOB_EVENTS, {"id": job_id, "after": after_id})]
+
+    def events_since(self, after_id: int, limit: int = 1000) -> list[Event]:
+        """Events of every job after `after_id`: the API's fan-out tails this."""
+        with self.db.read() as conn:
+            return [Event.from_row(row) for row in conn.rows(_EVENTS_SINCE, {"after": after_id, "limit": limit})]
+
+    def last_event_id(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.scalar(_LAST_EVENT))
+
+
+def _job_with_position(conn: Conn, job_id: str) -> tuple[Job, int] | None:
+    row = conn.first(_SELECT_JOB, {"id": job_id})
+    if row is None:
+        return None
+    job = Job.from_row(row)
+    return job, (position(conn, job) if job.status == JobStatus.QUEUED else 0)
+
+
+def position(conn: Conn, job: Job) -> int:
+    return int(conn.scalar(POSITION, {"p": job.priority, "s": job.seq}))
