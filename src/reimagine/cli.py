@@ -31,6 +31,7 @@ _SETTINGS_FOR = {
         "device",
         "cpu_offload",
         "fast",
+        "deterministic",
         "fp8",
         "step_cache",
         "enhancer",

@@ -52,7 +52,17 @@ class Settings(BaseSettings):
     offline: bool = Field(False, description="Never download weights (like HF_HUB_OFFLINE=1).")
     device: str = Field("", description="Torch device of a worker; empty: cuda:0 when present, else cpu.")
     cpu_offload: bool = Field(False, description="Offload idle components to CPU (smaller GPUs, slower).")
-    fast: bool = Field(True, description="Lossless fast path on CUDA (bf16, fused QKV, compile per aspect bucket).")
+    fast: bool = Field(
+        True,
+        description="Compiled, bf16-tolerant fast path on CUDA (bf16, fused QKV, cuDNN attention, torch.compile per "
+        "aspect bucket, cuDNN autotuning): within bf16 rounding of eager, not bit-identical to it.",
+    )
+    deterministic: bool = Field(
+        False,
+        description="Same request, same bytes on one GPU across restarts: no cuDNN or inductor autotuning, "
+        "deterministic algorithms, a fixed attention backend (PyTorch flash); a little slower. Without it the fast "
+        "path may pick other kernels after a restart (last-bit differences).",
+    )
     fp8: bool = Field(False, description="Lossy: FP8 linears in the transformer and ControlNet (torchao).")
     step_cache: float = Field(0.0, ge=0.0, description="Lossy: First-Block-Cache threshold; 0 disables it.")
     enhancer: str = Field(
@@ -71,6 +81,13 @@ class Settings(BaseSettings):
     lease_s: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeats.")
     heartbeat_s: float = Field(10.0, gt=0, description="How often a worker renews its lease.")
     max_attempts: int = Field(3, ge=1, description="Worker deaths a job may cause before it is 'poisoned'.")
+    test_oom_seed: int = Field(
+        -1,
+        ge=-1,
+        description="Test only: a job with this seed runs out of memory (on CUDA its worker's memory is capped at what "
+        "it already holds, so the allocator fails for real; on CPU the error is raised), to check that it ends as "
+        "503 out_of_memory and the worker recovers; -1: off.",
+    )
     preview_interval_s: float = Field(0.5, ge=0, description="Minimum seconds between stored low-res previews.")
 
     # --- inputs and limits ----------------------------------------------------------------------------------------

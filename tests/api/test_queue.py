@@ -43,6 +43,8 @@ def test_submit_status_result_with_canny_data_uri(client: httpx.Client, server: 
     assert Image.open(io.BytesIO(download.content)).size == (1344, 768)
     canny_map = httpx.get(status["reimagine"]["maps"]["canny"])
     assert canny_map.status_code == 200
+    # The worker's own phases next to the model's: what bench/serve_gpu.py reports as CPU time outside the GPU.
+    assert {"denoise", "inputs", "progress", "output", "cpu"} <= set(result.json()["timings"])
 
 
 def test_the_structure_image_picks_the_size_unless_aspect_ratio_is_sent(client: httpx.Client) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,23 @@ def test_step_cache_with_controls_skips_steps_through_generate() -> None:
     skipped = fast.step_cache_skips(pipe)
     assert skipped is not None and 0 < skipped < 8
     assert (cached - reference).abs().mean() < 8  # mean deviation in 8-bit levels: an approximation, not noise
+
+
+def test_deterministic_pins_the_attention_backend_and_stops_autotuning() -> None:
+    options = fast.serving_options(Settings(model="tiny", deterministic=True))
+    assert (options.attention, options.cudnn_benchmark) == (fast.DETERMINISTIC_ATTENTION, False)
+    assert fast.serving_options(Settings(model="tiny")) == fast.FastOptions()
+
+
+def test_configure_determinism_sets_every_switch() -> None:
+    # In a child process: the switches are process-wide.
+    code = (
+        "import os, torch, torch._inductor.config as inductor\n"
+        "from reimagine.worker import fast\n"
+        "fast.configure_determinism()\n"
+        "print(os.environ['CUBLAS_WORKSPACE_CONFIG'], torch.backends.cudnn.benchmark,"
+        " torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(), inductor.deterministic)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "CUBLAS_WORKSPACE_CONFIG"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [":4096:8", "False", "True", "True", "True"]

@@ -202,6 +202,22 @@ def test_out_of_memory_becomes_our_error(pipe: ReimaginePipeline) -> None:
         generate(pipe, make_inputs(), Controls(), _Exhausted(), _size=SMALL)
 
 
+def test_a_library_out_of_memory_error_is_ours_too(pipe: ReimaginePipeline) -> None:
+    class _Exhausted(RecordingHooks):
+        def on_step(self, step: int, total: int, preview: object) -> None:
+            raise RuntimeError("CUDA error: out of memory")
+
+    with pytest.raises(OutOfMemory):
+        generate(pipe, make_inputs(), Controls(), _Exhausted(), _size=SMALL)
+
+
+def test_test_oom_seed_fails_that_request_only(pipe: ReimaginePipeline) -> None:
+    testing = dataclasses.replace(pipe, settings=Settings(model="tiny", test_oom_seed=7))
+    with pytest.raises(OutOfMemory):
+        generate(testing, make_inputs(seed=7), Controls(), RecordingHooks(), _size=SMALL)
+    assert generate(testing, make_inputs(seed=8), Controls(), RecordingHooks(), _size=SMALL).image.size == SMALL
+
+
 def test_save_and_load_round_trip_gives_identical_images(pipe: ReimaginePipeline, tmp_path: Path) -> None:
     pipe.save_pretrained(tmp_path / "tiny")
     reloaded = load_pipeline(Settings(model=str(tmp_path / "tiny"), offline=True))

@@ -1,6 +1,11 @@
-"""The fast path: lossless speed-ups (on by default on CUDA) and opt-in lossy ones, applied to a built `pipe`.
+"""The fast path: compiled, bf16-tolerant speed-ups (on by default on CUDA) and opt-in lossy ones, applied to `pipe`.
 
-Lossless, in `apply_fast_path` order (each can be switched off in `FastOptions`, so `bench/speed.py` measures them
+The default path changes no model math, but it is not bit-identical to eager: fused GEMMs, another attention kernel
+and inductor's kernels round differently in bf16 (relative error 8.7e-3 of the final latents after 30 steps on an
+H200, bria-model.md §7.2b), and autotuning (cuDNN, inductor) may pick other kernels after a restart, so "same seed,
+same bytes" holds across restarts only with `Settings.deterministic` (`configure_determinism`).
+
+In `apply_fast_path` order (each can be switched off in `FastOptions`, so `bench/speed.py` measures them
 one by one): bf16 denoisers; fused QKV projections; the fastest attention backend importable (FA3, else cuDNN
 SDPA); channels-last VAE with cuDNN autotuning; a negative-prompt embedding cache (most requests send fal's
 default negative prompt); `torch.compile` of the repeated blocks with static shapes (one graph per aspect bucket
@@ -20,6 +25,7 @@ modules of `pipe` that have `transformer_blocks` and `single_transformer_blocks`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections import OrderedDict
@@ -42,7 +48,8 @@ _FIRST_TIMESTEP = 999.5  # sigma 1 -> t = 1000 on every request's first step: th
 
 @dataclass(frozen=True)
 class FastOptions:
-    """Which lossless steps `apply_fast_path` takes; the defaults are the serving configuration."""
+    """Which steps of the compiled, bf16-tolerant path `apply_fast_path` takes; the defaults are the serving
+    configuration."""
 
     bf16: bool = True
     fuse_qkv: bool = True
@@ -124,6 +131,25 @@ def set_attention_backend(models: Iterable[nn.Module], backend: str) -> str:
         return "native"
 
 
+#: The attention backend of `Settings.deterministic`: PyTorch's FlashAttention-2, whatever else is installed.
+DETERMINISTIC_ATTENTION = "_native_flash"
+
+
+def configure_determinism() -> None:
+    """Make every kernel choice a fixed function of the shapes, so the same request gives the same bytes on one GPU
+    (same model, driver and libraries) across restarts: cuDNN without autotuning and with deterministic algorithms
+    only, PyTorch's deterministic algorithms (a warning, not an error, where an op has none), inductor's
+    deterministic mode (no on-device benchmarking of kernel configs), and cuBLAS's fixed workspace (must be set
+    before its first call). `apply_fast_path` then pins the attention backend (`DETERMINISTIC_ATTENTION`)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    import torch._inductor.config as inductor_config
+
+    inductor_config.deterministic = True
+
+
 def configure_compile_cache(data_dir: Path) -> Path:
     """Keep inductor's FX-graph/AOT/autotune caches (and Triton's kernels) under the data dir, so a restarted
     worker loads compiled kernels instead of recompiling (minutes -> seconds). Set unconditionally: torch writes
@@ -200,13 +226,23 @@ class NegativePromptCache:
         return self.original(prompt, **{**kwargs, "negative_prompt": None, "negative_prompt_embeds": cached})
 
 
+def serving_options(settings: Settings, options: FastOptions | None = None) -> FastOptions:
+    """`options` (default: `FastOptions()`) as `settings` constrain them: `deterministic` pins the attention backend
+    to `DETERMINISTIC_ATTENTION` and turns cuDNN autotuning off."""
+    options = options or FastOptions()
+    if settings.deterministic:
+        options = dataclasses.replace(options, attention=DETERMINISTIC_ATTENTION, cudnn_benchmark=False)
+    return options
+
+
 def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | None = None) -> None:
-    """Apply the lossless fast path (and `settings.fp8` / `settings.step_cache`) to `pipe` in place.
+    """Apply the compiled, bf16-tolerant fast path (and `settings.fp8` / `settings.step_cache`) to `pipe` in place.
 
     Call once after the pipe is on its device, then `warm_buckets(pipe)`. Output matches eager within bf16
-    tolerance (`bench/speed.py` reports the relative error).
+    tolerance (`bench/speed.py` reports the relative error). With `settings.deterministic` the attention backend is
+    `DETERMINISTIC_ATTENTION` and cuDNN does not autotune (`configure_determinism` has run).
     """
-    options = options or FastOptions()
+    options = serving_options(settings, options)
     models = denoisers(pipe)
     device = next(models[0].parameters()).device
     if options.bf16:
@@ -248,13 +284,15 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
         enable_step_cache(pipe, settings.step_cache)
     pipe._fast_options = options  # marks the pipe as done (the bench's cold start checks it)
     logger.info(
-        "fast path: %s, fused QKV %s, attention %s, compile %s, fp8 %s, step cache %s",
+        "fast path (compiled, bf16-tolerant): %s, fused QKV %s, attention %s, compile %s, fp8 %s, step cache %s, "
+        "deterministic %s",
         "bf16" if options.bf16 else "dtype kept",
         options.fuse_qkv,
         backend,
         options.compile,
         settings.fp8,
         settings.step_cache,
+        settings.deterministic,
     )
 
 

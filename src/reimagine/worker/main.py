@@ -114,12 +114,14 @@ class Worker:
     def _execute(self, job: Job, beat: _Heartbeat) -> Outcome:
         hooks = _JobHooks(self, job, beat)
         started = time.monotonic()
+        cpu_started = time.process_time()
         try:
             inputs = ReimagineInput.model_validate(job.input)
             controls = self._load_controls(job, inputs)
+            hooks.timings["inputs"] = time.monotonic() - started
             generated = self.generate(inputs, controls, hooks)
             hooks.check_cancelled()
-            body = self._store_result(job, inputs, generated)
+            body = self._store_result(job, inputs, generated, hooks.timings, cpu_started)
         except JobCancelled:
             return Outcome.cancelled()
         except InputError as exc:
@@ -160,9 +162,16 @@ class Worker:
         self.store.add_file(stored.key, job_id=job.id, kind=kind, content_type="image/png", size=len(data))
         return str(stored.key)
 
-    def _store_result(self, job: Job, inputs: ReimagineInput, generated: Generated) -> dict[str, Any]:
+    def _store_result(
+        self, job: Job, inputs: ReimagineInput, generated: Generated, timings: dict[str, float], cpu_started: float
+    ) -> dict[str, Any]:
+        """The result body, its image (and the derived maps) stored. `timings`: the worker's own phases, reported
+        next to `generate`'s (bench/serve_gpu.py reads them): `inputs` (fetching and decoding the structure images),
+        `progress` (step events and preview PNGs, stored), `output` (maps and result encoded and stored), `cpu`
+        (CPU seconds of the worker process over the job, all threads, the GPU's kernel launches included)."""
         from reimagine.images import data_uri, encode_image
 
+        started = time.monotonic()
         if generated.maps:
             keys = {name: self._put_png(job, image, f"{name}_map") for name, image in generated.maps.items()}
             self.store.add_event(job.id, EventKind.MAPS, {"keys": keys})
@@ -189,7 +198,12 @@ class Worker:
                 height=image.height,
             ),
             seed=inputs.seed,
-            timings=generated.timings,
+            timings={
+                **generated.timings,
+                **{name: round(seconds, 4) for name, seconds in timings.items()},
+                "output": round(time.monotonic() - started, 4),
+                "cpu": round(time.process_time() - cpu_started, 4),
+            },
         )
         return output.model_dump(mode="json")
 
@@ -239,8 +253,15 @@ class _JobHooks:
         self._job = job
         self._beat = beat
         self._last_preview = 0.0
+        #: the worker's own phases of this job, in seconds (reported in the result's `timings`)
+        self.timings: dict[str, float] = {"progress": 0.0}
 
     def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
+        started = time.monotonic()
+        self._on_step(step, total, preview)
+        self.timings["progress"] += time.monotonic() - started
+
+    def _on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
         now = time.time()
         data: dict[str, Any] = {
             "step": step,

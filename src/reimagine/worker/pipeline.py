@@ -110,6 +110,10 @@ def load_pipeline(settings: Settings, *, architecture: dict[str, Any] | None = N
     replaces `random_full.FULL` for 'random-full' (tests build it at tiny scale).
     """
     device = torch.device(settings.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    if settings.deterministic and device.type == "cuda":
+        from reimagine.worker.fast import configure_determinism
+
+        configure_determinism()  # before the first kernel: cuBLAS reads its workspace setting once
     dtype = torch.bfloat16 if device.type == "cuda" and not settings.is_tiny else torch.float32
     marker = Path(settings.model) / TINY_MARKER
     is_tiny = settings.is_tiny or marker.is_file()
@@ -182,8 +186,8 @@ def load_pipeline(settings: Settings, *, architecture: dict[str, Any] | None = N
         noise_warning=noise_warning,
         build_depth=build_depth,
     )
-    # The lossless fast path (bf16, fused QKV, attention backend, per-bucket torch.compile) is for CUDA; offloaded
-    # components move between devices, which compiled graphs with static placement do not survive.
+    # The compiled, bf16-tolerant fast path (bf16, fused QKV, attention backend, per-bucket torch.compile) is for
+    # CUDA; offloaded components move between devices, which compiled graphs with static placement do not survive.
     if settings.fast and device.type == "cuda" and not settings.cpu_offload:
         from reimagine.worker.fast import apply_fast_path
 
@@ -220,7 +224,7 @@ def generate(
 
     Raises `InputError` (prompt too long), `JobCancelled` (from `hooks.check_cancelled`), `OutOfMemory`.
     """
-    with _out_of_memory_as_error():
+    with _out_of_memory_as_error(), _test_out_of_memory(pipe, inputs.seed):
         bria, timings = pipe.bria, {}
         device = pipe.device
 
@@ -414,6 +418,32 @@ def _out_of_memory_as_error() -> Iterator[None]:
         yield
     except torch.OutOfMemoryError as exc:
         raise OutOfMemory(f"out of memory while generating: {exc}") from exc
+    except RuntimeError as exc:
+        # A library that allocates by itself (cuBLAS, cuDNN workspaces) reports "CUDA error: out of memory".
+        if "out of memory" not in str(exc):
+            raise
+        raise OutOfMemory(f"out of memory while generating: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _test_out_of_memory(pipe: ReimaginePipeline, seed: int) -> Iterator[None]:
+    """`Settings.test_oom_seed`: the request with that seed cannot fit. On CUDA the process's memory is capped at
+    what it holds once the allocator's cache is emptied, so the request's first new block fails in the real
+    allocator; the cap is lifted afterwards. On CPU (no cap to set) the allocator's error is raised."""
+    if seed != pipe.settings.test_oom_seed:
+        yield
+        return
+    device = pipe.device
+    if device.type != "cuda":
+        raise torch.OutOfMemoryError("out of memory (simulated by test_oom_seed: no memory cap on a CPU)")
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()  # else cached blocks would serve the request without asking for more
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(torch.cuda.memory_reserved(device) / total, device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
 def _saved_part(model: str, name: str) -> str | None:
