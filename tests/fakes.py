@@ -79,3 +79,12 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def make_unloadable_generate(settings: Settings) -> Generate:
+    """A model whose weights are missing until `<data-dir>/weights-ok` exists: every start fails before then."""
+    from reimagine.errors import ModelMissing
+
+    if not (settings.data_dir / "weights-ok").exists():
+        raise ModelMissing("fake weights are missing (touch weights-ok)")
+    return fake_generate

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import reimagine
 from reimagine.cli import _split, build_parser
 from reimagine.config import Settings
 from reimagine.schemas import ReimagineInput
@@ -35,3 +42,25 @@ def test_flags_override_environment() -> None:
         assert Settings(**_split(namespace, "s_")).port == 9002
     finally:
         del os.environ["REIMAGINE_PORT"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reimagine.cli", *args], capture_output=True, text=True, check=False, timeout=120
+    )
+
+
+def test_version() -> None:
+    done = _cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"reimagine {reimagine.__version__}"
+
+
+def test_worker_on_a_cuda_device_without_cuda_is_one_line(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch sees a CUDA device")
+    done = _cli("worker", "--device", "cuda:0", "--model", "tiny", "--data-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --device cuda:0: torch ")
+    assert "Traceback" not in done.stderr

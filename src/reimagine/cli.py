@@ -90,7 +90,10 @@ def _split(namespace: argparse.Namespace, prefix: str) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from reimagine import __version__
+
     parser = argparse.ArgumentParser(prog="reimagine", description="Self-hosted, fal.ai-compatible bria/reimagine/3.2")
+    parser.add_argument("--version", action="version", version=f"reimagine {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="Run the HTTP API (and its worker processes)")
@@ -124,12 +127,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reimagine.errors import ConfigError, ModelMissing
+
     parser = build_parser()
     namespace = parser.parse_args(argv)
     settings = Settings(**_split(namespace, "s_"))
     from reimagine.logs import configure_logging
 
     configure_logging(settings, role=namespace.command)
+    from reimagine.weights import keep_hub_offline
+
+    keep_hub_offline(settings)
+    try:
+        return _run(parser, settings, namespace)
+    except (ConfigError, ModelMissing) as exc:
+        # A setting, a port, a database or the weights: one line saying what to fix, no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, settings: Settings, namespace: argparse.Namespace) -> int:
     if namespace.command == "serve":
         from reimagine.server import serve
 
@@ -156,10 +173,36 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def open_existing_store(settings: Settings) -> Any:
+    """The store of a command that reads or changes what is there: a missing database is an error, never created.
+
+    (`serve`, `worker` and `keys create` create and migrate the store; a typo in `--data-dir` must not make the
+    other commands answer from a new, empty one.)
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from reimagine.errors import ConfigError
+    from reimagine.queue import open_store
+
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            where = f"--data-dir {settings.data_dir}" if not settings.database_url else "--database-url"
+            raise ConfigError(f"no database at {path}: check {where} (`reimagine serve` creates it)")
+    try:
+        return open_store(url, max_attempts=settings.max_attempts)
+    except OperationalError as exc:
+        raise ConfigError(f"cannot open the database: {str(exc.orig).strip() or exc}") from exc
+
+
 def _keys(settings: Settings, namespace: argparse.Namespace) -> int:
     from reimagine.queue import open_store
 
-    store = open_store(settings.resolved_database_url)
+    if namespace.keys_command == "create":
+        store = open_store(settings.resolved_database_url)
+    else:
+        store = open_existing_store(settings)
     if namespace.keys_command == "create":
         print(store.keys.create(namespace.name))
     elif namespace.keys_command == "list":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,7 +50,7 @@ class Settings(BaseSettings):
     )
     controlnet: str = Field("briaai/BRIA-3.2-ControlNet-Union", description="ControlNet-Union id or folder.")
     depth_model: str = Field("depth-anything/Depth-Anything-V2-Small-hf", description="Depth estimator id or folder.")
-    offline: bool = Field(False, description="Never download weights (like HF_HUB_OFFLINE=1).")
+    offline: bool = Field(False, description="Never contact the Hugging Face Hub; on when HF_HUB_OFFLINE=1 too.")
     device: str = Field("", description="Torch device of a worker; empty: cuda:0 when present, else cpu.")
     cpu_offload: bool = Field(False, description="Offload idle components to CPU (smaller GPUs, slower).")
     fast: bool = Field(
@@ -87,6 +88,9 @@ class Settings(BaseSettings):
         description="Test only: a job with this seed runs out of memory (on CUDA its worker's memory is capped at what "
         "it already holds, so the allocator fails for real; on CPU the error is raised), to check that it ends as "
         "503 out_of_memory and the worker recovers; -1: off.",
+    )
+    worker_start_failures: int = Field(
+        3, ge=1, description="Failed worker starts in a row after which submits get 503 until a worker is up."
     )
     preview_interval_s: float = Field(0.5, ge=0, description="Minimum seconds between stored low-res previews.")
 
@@ -138,6 +142,13 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"not an IP address or CIDR: {entry!r}") from None
         return value
+
+    @model_validator(mode="after")
+    def _hub_offline(self) -> Settings:
+        # The Hugging Face libraries' own switch means the same to us: an air-gapped machine sets it once.
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            self.offline = True
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -6,7 +6,8 @@ ReimagineError
 │   └── FetchRefused       a URL refused by the fetcher's SSRF policy or limits
 ├── JobCancelled           the job was cancelled; raised inside `generate` between steps
 ├── OutOfMemory            the device ran out of memory (503, error_type "out_of_memory")
-└── ModelMissing           weights are not available locally and may not be downloaded
+├── ModelMissing           weights are not available locally and may not be downloaded
+└── StorageUnavailable     files cannot be stored (a missing bucket); 503 naming it, /health/ready not ready
 """
 
 from __future__ import annotations
@@ -47,3 +48,7 @@ class OutOfMemory(ReimagineError):
 
 class ModelMissing(ReimagineError):
     """Model weights are neither cached nor downloadable; the message says what to fetch and where."""
+
+
+class StorageUnavailable(ReimagineError):
+    """The file store cannot be used (missing bucket, no access, endpoint down); the message names it."""

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 from reimagine.config import Settings
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# uvicorn adds `color_message`, the same text with ANSI colour codes: never written to a log.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "color_message"}
 
 
 class _JsonFormatter(logging.Formatter):
@@ -51,3 +52,8 @@ def configure_logging(settings: Settings, *, role: str) -> None:
     root.setLevel(settings.log_level.upper())
     # Alembic narrates every plugin it sets up at INFO on every start.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # huggingface_hub gives its logger a stderr handler of its own on import, and lets records propagate too:
+    # every retry line came out twice, once unformatted. Importing it here first lets the root handler alone write.
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.get_logger().handlers.clear()

@@ -60,15 +60,33 @@ def load_tokenizer(settings: Settings) -> Tokenizer:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
 
-    try:
-        path = hf_hub_download(
-            settings.model, "tokenizer.json", subfolder="tokenizer", local_files_only=settings.offline
+    from reimagine.weights import keep_hub_offline
+
+    keep_hub_offline(settings)
+
+    def download(*, local_files_only: bool) -> str:
+        path: str = hf_hub_download(
+            settings.model, "tokenizer.json", subfolder="tokenizer", local_files_only=local_files_only
         )
-    except (OSError, HfHubHTTPError) as exc:
-        raise ModelMissing(
-            f"The T5 tokenizer of {settings.model!r} is not available ({type(exc).__name__}). "
-            "Run `reimagine models pull` (or point --model at a local BRIA-3.2 folder)."
-        ) from exc
+        return path
+
+    try:
+        # The cache first: an API replica needs no network once the tokenizer is there, and with `offline`
+        # (or HF_HUB_OFFLINE) it never contacts the Hub at all.
+        path = download(local_files_only=True)
+    except (OSError, HfHubHTTPError) as cached_exc:
+        if settings.offline:
+            raise ModelMissing(
+                f"The T5 tokenizer of {settings.model!r} is not in the Hugging Face cache and offline mode is on. "
+                "Run `reimagine models pull` (or point --model at a local BRIA-3.2 folder)."
+            ) from cached_exc
+        try:
+            path = download(local_files_only=False)
+        except (OSError, HfHubHTTPError) as exc:
+            raise ModelMissing(
+                f"The T5 tokenizer of {settings.model!r} is not available ({type(exc).__name__}). "
+                "Run `reimagine models pull` (or point --model at a local BRIA-3.2 folder)."
+            ) from exc
     return Tokenizer.from_file(path)
 
 

@@ -3,56 +3,85 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
 from reimagine.config import Settings
+from reimagine.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
 def serve(settings: Settings) -> int:
+    """Bind the port, check the weights, then open the store and start the app (and its workers).
+
+    Raises `ConfigError` (the port is taken) or `ModelMissing` before anything else happened: no key created, no
+    worker spawned.
+    """
     import uvicorn
 
     from reimagine.api.app import create_app
     from reimagine.queue import open_store
+    from reimagine.weights import check_weights
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
-    if settings.auth and store.keys.count() == 0:
-        key = store.keys.create("first")
-        # Printed once, on the first start with an empty data directory; only its hash is stored.
-        print("Created the first API key (shown once; keep it, or make another with `reimagine keys create`):")
-        print(key, flush=True)
-    if settings.is_tiny:
-        logger.warning("--model tiny: random tiny weights, the images are noise (for tests and demos)")
-    elif settings.is_random:
-        logger.warning("--model %s: full-size random weights, the images are noise (for measuring)", settings.model)
-    app = create_app(settings, store=store)
-    scheme = "https" if settings.tls_cert else "http"
-    logger.info("serving on %s://%s:%s", scheme, settings.host, settings.port)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-        log_config=None,
-        access_log=False,
-        # X-Forwarded-* are read by `api.urls.base_url`, from --trusted-proxies only: uvicorn's own handling would
-        # trust loopback by default and replace the peer address that decision needs.
-        proxy_headers=False,
-        timeout_graceful_shutdown=5,
-    )
+    sock = _bind(settings.host, settings.port)
+    try:
+        if settings.workers != 0:
+            check_weights(settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
+        if settings.auth and store.keys.count() == 0:
+            key = store.keys.create("first")
+            # Printed once, on the first start with an empty data directory; only its hash is stored.
+            print("Created the first API key (shown once; keep it, or make another with `reimagine keys create`):")
+            print(key, flush=True)
+        if settings.is_tiny:
+            logger.warning("--model tiny: random tiny weights, the images are noise (for tests and demos)")
+        elif settings.is_random:
+            logger.warning("--model %s: full-size random weights, the images are noise (for measuring)", settings.model)
+        app = create_app(settings, store=store)
+        scheme = "https" if settings.tls_cert else "http"
+        logger.info("serving on %s://%s:%s", scheme, settings.host, sock.getsockname()[1])
+        config = uvicorn.Config(
+            app,
+            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+            log_config=None,
+            access_log=False,
+            # X-Forwarded-* are read by `api.urls.base_url`, from --trusted-proxies only: uvicorn's own handling
+            # would trust loopback by default and replace the peer address that decision needs.
+            proxy_headers=False,
+            timeout_graceful_shutdown=5,
+        )
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts: a busy port fails at once, with nothing done."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
 
 
 def run_worker(settings: Settings) -> int:
     """A standalone worker: pulls from the store (any machine), drains on SIGTERM."""
     from reimagine.queue import open_store
     from reimagine.storage import open_storage
+    from reimagine.weights import check_weights
     from reimagine.worker.main import Worker, install_drain_handler, load_generate
 
+    check_weights(settings)
     stop = threading.Event()
     install_drain_handler(stop)
     store = open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)

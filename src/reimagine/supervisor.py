@@ -64,6 +64,12 @@ class _Slot:
         self.ready = False
         #: why the last start failed (a missing model), shown by /health/ready
         self.error: str | None = None
+        #: starts in a row that ended before the worker was ready (reset by "ready")
+        self.failed_starts = 0
+        #: the current process said "ready" (unlike `ready`, still true after it exited)
+        self.was_ready = False
+        #: the current process sent an "error" (why it cannot start)
+        self.said_why = False
         #: the worker said it is waiting for work; a wake-up is only sent then, so the pipe never fills up
         self.idle = False
         #: work arrived while the worker was busy: its next "idle" (which may come from a look at the queue made
@@ -132,6 +138,10 @@ class Supervisor:
             exit_code = self._reap(slot)
             if self._stopping.is_set():
                 return
+            if not slot.was_ready:
+                slot.failed_starts += 1
+                if not slot.said_why:
+                    slot.error = f"the worker exited with code {exit_code} while loading the model"
             failures = failures + 1 if time.monotonic() - started < 60 else 1
             delay = _RESTART_BACKOFF_S[min(failures, len(_RESTART_BACKOFF_S)) - 1]
             logger.error("worker %d exited (code %s); restarting in %.0fs", slot.index, exit_code, delay)
@@ -149,6 +159,7 @@ class Supervisor:
         child_conn.close()
         with slot.lock:
             slot.process, slot.conn, slot.ready, slot.owner, slot.pending = process, parent_conn, False, None, False
+            slot.was_ready = slot.said_why = False
         logger.info("worker %d spawned (pid %s)", slot.index, process.pid)
 
     def _pump(self, slot: _Slot) -> None:
@@ -226,12 +237,12 @@ class Supervisor:
         elif kind == "hello":
             slot.owner = message[1]
         elif kind == "ready":
-            slot.ready, slot.error = True, None
+            slot.ready, slot.was_ready, slot.error, slot.failed_starts = True, True, None, 0
             logger.info("worker %d ready", slot.index)
         elif kind == "log":
             logger.info("worker %d: %s", slot.index, message[1])
         elif kind == "error":
-            slot.error = message[1]
+            slot.error, slot.said_why = message[1], True
             logger.error("worker %d cannot start: %s", slot.index, message[1])
 
     def _reap(self, slot: _Slot) -> int | None:
@@ -291,10 +302,22 @@ class Supervisor:
             if slot.process is not None and slot.process.is_alive():
                 slot.process.kill()
 
+    def unavailable(self) -> str | None:
+        """Why no worker can run a job, once every worker failed to start `worker_start_failures` times in a row.
+
+        None while some worker is ready, or may still become ready: submits are refused (503) only then.
+        """
+        limit = self.settings.worker_start_failures
+        if not self._slots or any(slot.ready or slot.failed_starts < limit for slot in self._slots):
+            return None
+        causes = sorted({slot.error or "unknown" for slot in self._slots})
+        return f"every worker failed to start {limit} times in a row: " + "; ".join(causes)
+
     def describe(self) -> dict[str, Any]:
         return {
             "expected": len(self._slots),
             "ready": sum(1 for slot in self._slots if slot.ready),
             "pids": [slot.process.pid if slot.process is not None else None for slot in self._slots],
             "errors": [slot.error for slot in self._slots if slot.error],
+            "failed_starts": [slot.failed_starts for slot in self._slots],
         }

@@ -28,3 +28,12 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     assert _cli("keys", "revoke", key_id, "--data-dir", str(tmp_path)).returncode == 0
     assert store.keys.verify(key) is None
     assert _cli("keys", "revoke", key_id, "--data-dir", str(tmp_path)).returncode == 1
+
+
+def test_read_only_commands_refuse_a_missing_data_dir(tmp_path: Path) -> None:
+    typo = tmp_path / "typo"
+    for args in (["keys", "list"], ["keys", "revoke", "abc"]):
+        done = _cli(*args, "--data-dir", str(typo))
+        assert done.returncode == 2 and "no database at" in done.stderr and "--data-dir" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not typo.exists(), "a typo must not create an empty store"

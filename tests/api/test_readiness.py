@@ -52,27 +52,6 @@ def test_links_follow_forwarded_headers(client: httpx.Client) -> None:
     assert image_url.startswith("https://images.example.com/files/")
 
 
-def test_missing_model_is_reported_by_readiness(tmp_path: Path) -> None:
-    missing = tmp_path / "no-such-model"
-    serve = ServeProcess(tmp_path / "data", "--generate", "", "--model", str(missing), "--offline")
-    serve.start(wait_ready=False)
-    try:
-        deadline = time.monotonic() + 90
-        errors: list[str] = []
-        while time.monotonic() < deadline and not errors:
-            try:
-                response = httpx.get(serve.url + "/health/ready", timeout=2)
-            except httpx.HTTPError:
-                time.sleep(0.2)
-                continue
-            assert response.status_code == 503
-            errors = response.json()["workers"]["errors"]
-            time.sleep(0.2)
-        assert errors and str(missing) in errors[0] and "reimagine models pull" in errors[0]
-    finally:
-        serve.stop()
-
-
 def test_long_prompt_without_truncation_is_refused_at_submit(tmp_path: Path) -> None:
     # The tiny preset's tokenizer: the API counts tokens itself, without torch.
     serve = ServeProcess(tmp_path, "--model", "tiny", "--workers", "0").start()

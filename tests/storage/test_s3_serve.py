@@ -36,3 +36,27 @@ def test_s3_serve_results_live_in_the_bucket(s3_server: S3Server, tmp_path: Path
             assert httpx.get(f"{api.url}/files/{'0' * 64}.png").status_code == 404
     finally:
         api.stop()
+
+
+def test_a_missing_bucket_is_named_by_readiness_and_uploads(s3_server: S3Server, tmp_path: Path) -> None:
+    flags = ["--storage", "s3", "--s3-endpoint-url", s3_server.endpoint_url, "--s3-bucket", "no-such-bucket"]
+    api = ServeProcess(tmp_path, *flags, "--workers", "0", env=AWS_ENV).start(wait_ready=False)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = httpx.get(api.url + "/health/ready", timeout=5)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert ready.status_code == 503 and "'no-such-bucket' does not exist" in ready.json()["storage"]
+        upload = httpx.post(
+            api.url + "/storage/upload/initiate-multipart",
+            json={"content_type": "image/png", "file_name": "a.png"},
+            headers=api.headers(),
+        )
+        assert upload.status_code == 503 and "'no-such-bucket'" in upload.json()["detail"], upload.text
+        assert upload.json()["error_type"] == "storage_unavailable"
+    finally:
+        api.stop()

@@ -44,6 +44,10 @@ class AppState(Protocol):
 
     def notify_workers(self) -> None: ...
 
+    def unavailable(self) -> str | None:
+        """Why no worker of this replica can run a job (every one failed to start); None: submits are taken."""
+        ...
+
 
 @dataclass(frozen=True)
 class Admitted:
@@ -223,7 +227,15 @@ def new_request_id() -> str:
 async def submit_job(
     state: AppState, admitted: Admitted, *, is_sync: bool, job_id: str | None = None
 ) -> tuple[Job, int] | JSONResponse:
-    """Enqueue an admitted request; a 429 answer when the queue is at `max_queue_depth`."""
+    """Enqueue an admitted request; a 429 answer when the queue is at `max_queue_depth`, 503 when no worker can
+    start (a job queued then would wait forever)."""
+    cause = state.unavailable()
+    if cause is not None:
+        return JSONResponse(
+            {"detail": f"No worker can run this request: {cause}", "error_type": "runner_scheduling_failure"},
+            status_code=503,
+            headers={"x-fal-error-type": "runner_scheduling_failure", "retry-after": "30"},
+        )
     new = NewJob(
         id=job_id or new_request_id(),
         key_id=admitted.key_id,

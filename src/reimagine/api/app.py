@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from reimagine import ENDPOINT_ID, __version__
@@ -20,7 +21,7 @@ from reimagine.api.auth import KeyCache, open_access
 from reimagine.api.enqueuer import Enqueuer
 from reimagine.api.hub import EventHub
 from reimagine.config import Settings
-from reimagine.errors import ModelMissing
+from reimagine.errors import ModelMissing, StorageUnavailable
 from reimagine.schemas import ImageFile, QueueStatus, ReimagineInput, ReimagineOutput
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def create_app(
         redirect_slashes=False,
     )
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(StorageUnavailable, _storage_unavailable)
     app.state.settings = settings
     app.state.store = store
     app.state.enqueuer = Enqueuer(store, max_queued=settings.max_queue_depth)
@@ -123,6 +125,7 @@ def create_app(
     app.state.check_url = lambda url: check_url(url, settings)
     app.state.check_prompt = _prompt_checker(settings)
     app.state.notify_workers = supervisor.wake if supervisor is not None else (lambda: None)
+    app.state.unavailable = supervisor.unavailable if supervisor is not None else (lambda: None)
 
     from reimagine.api.fastlane import FastLane
 
@@ -156,6 +159,15 @@ async def _client_gone(_request: Request, _exc: Exception) -> Response:
     # The caller went away while sending its body (or sent less than its Content-Length): nobody reads this
     # answer, and it is not a server error to log with a traceback.
     return Response(status_code=400)
+
+
+async def _storage_unavailable(_request: Request, exc: Exception) -> Response:
+    logger.error("storage unavailable: %s", exc)
+    return JSONResponse(
+        {"detail": str(exc), "error_type": "storage_unavailable"},
+        status_code=503,
+        headers={"x-fal-error-type": "storage_unavailable"},
+    )
 
 
 def _extra_routers(app: FastAPI) -> None:

@@ -90,6 +90,10 @@ class Storage(Protocol):
         """Where clients may fetch the file directly (a presigned S3 GET); None: `GET /files/<key>` proxies it."""
         ...
 
+    def check(self) -> None:
+        """Raise `StorageUnavailable` (naming the bucket or directory) unless files can be stored (readiness)."""
+        ...
+
 
 def extension_for(content_type: str) -> str:
     """`.png` for `image/png`; empty when the type is unknown."""

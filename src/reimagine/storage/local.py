@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from reimagine.errors import StorageUnavailable
 from reimagine.storage import CHUNK_BYTES, StoredFile, content_key, is_valid_key
 
 _UPLOADS = ".uploads"
@@ -31,6 +32,10 @@ class LocalStorage:
         (root / _UPLOADS).mkdir(parents=True, exist_ok=True)
         #: shard directories known to exist (they are never removed), so a write skips the mkdir call
         self._dirs: set[Path] = set()
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageUnavailable(f"the files directory {self.root} is missing or not writable")
 
     def put(
         self, data: bytes, content_type: str, file_name: str | None = None, *, key: str | None = None

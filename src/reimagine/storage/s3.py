@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from reimagine.errors import StorageUnavailable
 from reimagine.storage import CHUNK_BYTES, StoredFile, is_valid_key
 
 _MAX_PARTS = 10_000
@@ -46,16 +47,33 @@ class S3Storage:
             client = boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
         self._s3 = client
 
+    def check(self) -> None:
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+
     def put(
         self, data: bytes, content_type: str, file_name: str | None = None, *, key: str | None = None
     ) -> StoredFile:
         from reimagine.storage import content_key
 
         key = content_key(data, content_type) if key is None else key
-        self._s3.put_object(
-            Bucket=self.bucket, Key=self._name(key), Body=data, ContentType=content_type, Metadata=_meta(file_name)
-        )
+        try:
+            self._s3.put_object(
+                Bucket=self.bucket, Key=self._name(key), Body=data, ContentType=content_type, Metadata=_meta(file_name)
+            )
+        except Exception as exc:
+            raise self._unavailable(exc) if _code(exc) in _NO_BUCKET else exc from exc
         return StoredFile(key, content_type, file_name, len(data))
+
+    def _unavailable(self, exc: Exception) -> StorageUnavailable:
+        code = _code(exc)
+        if code in _NO_BUCKET:
+            return StorageUnavailable(f"S3 bucket {self.bucket!r} does not exist: create it (see docs/deployment.md)")
+        if code in ("403", "AccessDenied"):
+            return StorageUnavailable(f"S3 bucket {self.bucket!r}: access denied to these credentials")
+        return StorageUnavailable(f"S3 bucket {self.bucket!r} cannot be reached: {type(exc).__name__}: {exc}")
 
     def get(self, key: str) -> tuple[StoredFile, bytes]:
         try:
@@ -78,6 +96,11 @@ class S3Storage:
                 ExtraArgs={"ContentType": content_type, "Metadata": _meta(file_name)},
                 Config=TransferConfig(max_concurrency=4, multipart_chunksize=8 * CHUNK_BYTES),
             )
+        except Exception as exc:
+            # boto3's transfer manager wraps the client error in its own, keeping only the text.
+            if "NoSuchBucket" in str(exc):
+                raise self._unavailable(exc.__context__ or exc) from exc
+            raise
         finally:
             path.unlink(missing_ok=True)
         return StoredFile(key, content_type, file_name, size)
@@ -114,9 +137,12 @@ class S3Storage:
         self._s3.delete_object(Bucket=self.bucket, Key=self._name(key))
 
     def create_multipart(self, key: str, content_type: str, file_name: str | None = None) -> str:
-        answer = self._s3.create_multipart_upload(
-            Bucket=self.bucket, Key=self._name(key), ContentType=content_type, Metadata=_meta(file_name)
-        )
+        try:
+            answer = self._s3.create_multipart_upload(
+                Bucket=self.bucket, Key=self._name(key), ContentType=content_type, Metadata=_meta(file_name)
+            )
+        except Exception as exc:
+            raise self._unavailable(exc) if _code(exc) in _NO_BUCKET else exc from exc
         upload_id: str = answer["UploadId"]
         return upload_id
 
@@ -196,6 +222,8 @@ class S3Storage:
 
 
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
+#: head_bucket answers a bare 404; the object calls name the code
+_NO_BUCKET = frozenset({"NoSuchBucket", "404"})
 
 
 def _code(exc: Exception) -> str:

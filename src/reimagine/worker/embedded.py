@@ -23,14 +23,16 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
     _die_with_parent(parent)
 
     from reimagine.config import Settings
-    from reimagine.errors import ModelMissing
+    from reimagine.errors import ReimagineError
     from reimagine.logs import configure_logging
     from reimagine.queue import open_store
     from reimagine.storage import open_storage
+    from reimagine.weights import keep_hub_offline
     from reimagine.worker.main import Worker, install_drain_handler, load_generate, make_owner
 
     settings = Settings(**settings_data)
     configure_logging(settings, role="worker")
+    keep_hub_offline(settings)
     log = logging.getLogger("reimagine.worker")
     owner = make_owner()
     send_lock = threading.Lock()
@@ -54,9 +56,12 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
 
     try:
         generate = load_generate(settings, log=report)
-    except ModelMissing as exc:
-        # Tell serve why (its log and /health/ready show it); it restarts us with a growing back-off.
-        send(("error", str(exc)))
+    except Exception as exc:
+        # Tell serve why (its log, /health/ready and, after a few failures in a row, submits show it); it restarts
+        # us with a growing back-off. Our own errors say what to do; anything else keeps its traceback here.
+        if not isinstance(exc, ReimagineError):
+            log.exception("loading the model failed")
+        send(("error", str(exc) if isinstance(exc, ReimagineError) else f"{type(exc).__name__}: {exc}"))
         raise SystemExit(3) from exc
     worker = Worker(settings, store, storage, generate, owner=owner, notify=lambda kind: send((kind,)))
     send(("ready", owner))

@@ -26,7 +26,7 @@ from PIL import Image
 from transformers import AutoTokenizer, T5EncoderModel
 
 from reimagine.config import Settings
-from reimagine.errors import ModelMissing, OutOfMemory
+from reimagine.errors import ConfigError, ModelMissing, OutOfMemory
 from reimagine.generation import Controls, Generated, Hooks, NullHooks, aspect_ratio_for
 from reimagine.prompt import MAX_PROMPT_TOKENS, check_prompt_length, count_tokens, truncate_to_tokens
 from reimagine.schemas import ReimagineInput, size_for
@@ -110,6 +110,7 @@ def load_pipeline(settings: Settings, *, architecture: dict[str, Any] | None = N
     replaces `random_full.FULL` for 'random-full' (tests build it at tiny scale).
     """
     device = torch.device(settings.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+    _check_device(device)
     if settings.deterministic and device.type == "cuda":
         from reimagine.worker.fast import configure_determinism
 
@@ -444,6 +445,22 @@ def _test_out_of_memory(pipe: ReimaginePipeline, seed: int) -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
+
+
+def _check_device(device: torch.device) -> None:
+    """A CUDA device that this torch cannot use is one clear error, not a traceback from the first `.to()`."""
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ConfigError(
+            f"--device {device}: torch {torch.__version__} ({build}) sees no CUDA device. Install the CUDA build "
+            "(pip install torch --index-url https://download.pytorch.org/whl/cu128) and check `nvidia-smi`, or use "
+            "--device cpu"
+        )
+    index = device.index or 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
 
 
 def _saved_part(model: str, name: str) -> str | None:
