@@ -70,7 +70,7 @@ class S3Storage:
     def _unavailable(self, exc: Exception) -> StorageUnavailable:
         code = _code(exc)
         if code in _NO_BUCKET:
-            return StorageUnavailable(f"S3 bucket {self.bucket!r} does not exist: create it (see docs/deployment.md)")
+            return StorageUnavailable(f"S3 bucket {self.bucket!r} does not exist: create it")
         if code in ("403", "AccessDenied"):
             return StorageUnavailable(f"S3 bucket {self.bucket!r}: access denied to these credentials")
         return StorageUnavailable(f"S3 bucket {self.bucket!r} cannot be reached: {type(exc).__name__}: {exc}")
@@ -99,7 +99,7 @@ class S3Storage:
         except Exception as exc:
             # boto3's transfer manager wraps the client error in its own, keeping only the text.
             if "NoSuchBucket" in str(exc):
-                raise self._unavailable(exc.__context__ or exc) from exc
+                raise StorageUnavailable(f"S3 bucket {self.bucket!r} does not exist: create it") from exc
             raise
         finally:
             path.unlink(missing_ok=True)
