@@ -24,7 +24,7 @@ _HUB_TIMEOUT_S = 10.0
 
 
 def check_weights(settings: Settings) -> None:
-    """Raise `ModelMissing` unless every model `settings` names can be loaded (random presets, custom `generate`: yes)."""
+    """Raise `ModelMissing` unless every model `settings` names can be loaded (random presets: yes)."""
     if settings.is_random or settings.generate:
         return
     for field, flag, what, probe, saved_part in _SOURCES:
