@@ -22,7 +22,7 @@ from reimagine.queue import JobStore, open_store
 from reimagine.queue.models import Job, NewJob
 from reimagine.schemas import ReimagineInput
 from reimagine.storage.local import LocalStorage
-from reimagine.worker.main import Worker
+from reimagine.worker.loop import Worker
 from tests.conftest import new_job
 
 

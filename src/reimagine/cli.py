@@ -148,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(parser: argparse.ArgumentParser, settings: Settings, namespace: argparse.Namespace) -> int:
     if namespace.command == "serve":
-        from reimagine.server import serve
+        from reimagine.api.serve import serve
 
         return serve(settings)
     if namespace.command == "worker":
-        from reimagine.server import run_worker
+        from reimagine.worker.standalone import run_worker
 
         return run_worker(settings)
     if namespace.command == "keys":

@@ -51,7 +51,7 @@ def create_app(
     )
     storage = storage if storage is not None else open_storage(settings)
     if supervisor is None and settings.workers != 0:
-        from reimagine.supervisor import Supervisor
+        from reimagine.worker.supervisor import Supervisor
 
         supervisor = Supervisor(settings)
     webhook_key = WebhookKey.load_or_create(settings)

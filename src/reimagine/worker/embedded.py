@@ -1,8 +1,8 @@
-"""Entry point of a worker process spawned by `reimagine serve`.
+"""A worker process spawned by `reimagine serve` (its `Supervisor`, worker/supervisor.py): the process's main.
 
-The pipe to `serve` carries wake-ups one way and events/readiness the other. The worker must never outlive
-`serve` (a second `serve` would otherwise find a stranger holding the GPU): the kernel kills it when its parent
-dies (PR_SET_PDEATHSIG), and a watchdog thread exits if the pipe closes or the parent pid changes.
+The pipe to `serve` carries wake-ups one way and events/readiness the other (worker/messages.py). The worker must
+never outlive `serve` (a second `serve` would otherwise find a stranger holding the GPU): the kernel kills it when
+its parent dies (PR_SET_PDEATHSIG), and a watchdog thread exits if the pipe closes or the parent pid changes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, assert_never
+
+from reimagine.worker.messages import Hello, Idle, Log, Ready, ServeMessage, StartFailed, Stop, Wake, WorkerMessage
+
+_IDLE = Idle()
 
 
 def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str, str]) -> None:
@@ -28,7 +32,7 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
     from reimagine.queue import open_store
     from reimagine.storage import open_storage
     from reimagine.weights import keep_hub_offline
-    from reimagine.worker.main import Worker, install_drain_handler, load_generate, make_owner
+    from reimagine.worker.loop import Worker, install_drain_handler, load_generate, make_owner
 
     settings = Settings(**settings_data)
     configure_logging(settings, role="worker")
@@ -37,7 +41,7 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
     owner = make_owner()
     send_lock = threading.Lock()
 
-    def send(message: tuple[Any, ...]) -> None:
+    def send(message: WorkerMessage) -> None:
         with send_lock:
             try:
                 conn.send(message)
@@ -46,13 +50,13 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
 
     stop = threading.Event()
     install_drain_handler(stop)
-    send(("hello", owner))
+    send(Hello(owner))
     store = open_store(settings.resolved_database_url, max_attempts=settings.max_attempts)
     storage = open_storage(settings)
 
     def report(message: str) -> None:
         log.info(message)
-        send(("log", message))
+        send(Log(message))
 
     try:
         generate = load_generate(settings, log=report)
@@ -61,20 +65,25 @@ def process_main(settings_data: dict[str, Any], conn: Connection, env: dict[str,
         # us with a growing back-off. Our own errors say what to do; anything else keeps its traceback here.
         if not isinstance(exc, ReimagineError):
             log.exception("loading the model failed")
-        send(("error", str(exc) if isinstance(exc, ReimagineError) else f"{type(exc).__name__}: {exc}"))
+        send(StartFailed(str(exc) if isinstance(exc, ReimagineError) else f"{type(exc).__name__}: {exc}"))
         raise SystemExit(3) from exc
-    worker = Worker(settings, store, storage, generate, owner=owner, notify=lambda kind: send((kind,)))
-    send(("ready", owner))
+    worker = Worker(settings, store, storage, generate, owner=owner, notify=send)
+    send(Ready(owner))
 
     def wait(timeout: float) -> None:
         # Wakes on a message from serve; EOF means serve is gone.
-        send(("idle",))
+        send(_IDLE)
         try:
             if conn.poll(timeout):
                 while conn.poll():
-                    message = conn.recv()
-                    if message == ("stop",):
-                        stop.set()
+                    message: ServeMessage = conn.recv()
+                    match message:
+                        case Wake():
+                            pass  # the wait is over: the loop looks at the store
+                        case Stop():
+                            stop.set()
+                        case _:
+                            assert_never(message)
         except (EOFError, OSError):
             os._exit(0)
 

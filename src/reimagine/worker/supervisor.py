@@ -1,4 +1,7 @@
-"""Worker processes of `reimagine serve`: spawn, watch, restart, and give back the jobs of the ones that die.
+"""Worker processes of `reimagine serve`: spawn, watch, restart, drain, and give back the jobs of the ones that die.
+
+It runs in the API process (imported by `api/app.py`), so it must never import torch: the processes it spawns
+start in `worker/embedded.py`, and the two talk in `worker/messages.py`.
 
 Workers are spawned (never forked: a forked CUDA context is unusable, and a fork would inherit the listening
 socket). Each worker slot has a thread that spawns the process, watches it, and outlives it: the kernel's
@@ -21,13 +24,27 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from reimagine.config import Settings
+from reimagine.worker.messages import (
+    Hello,
+    Idle,
+    JobDone,
+    JobEvent,
+    Log,
+    Ready,
+    ServeMessage,
+    StartFailed,
+    Stop,
+    Wake,
+    WorkerMessage,
+)
 
 logger = logging.getLogger(__name__)
 
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+_WAKE = Wake()
 
 
 def gpu_count() -> int:
@@ -64,11 +81,11 @@ class _Slot:
         self.ready = False
         #: why the last start failed (a missing model), shown by /health/ready
         self.error: str | None = None
-        #: starts in a row that ended before the worker was ready (reset by "ready")
+        #: starts in a row that ended before the worker was ready (reset by `Ready`)
         self.failed_starts = 0
-        #: the current process said "ready" (unlike `ready`, still true after it exited)
+        #: the current process sent `Ready` (unlike `ready`, still true after it exited)
         self.was_ready = False
-        #: the current process sent an "error" (why it cannot start)
+        #: the current process sent `StartFailed` (why it cannot start)
         self.said_why = False
         #: the worker said it is waiting for work; a wake-up is only sent then, so the pipe never fills up
         self.idle = False
@@ -216,34 +233,42 @@ class Supervisor:
                 return False
         return True
 
-    def _handle(self, slot: _Slot, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind in ("event", "done"):
-            self._on_event()
-        elif kind == "done_webhook":
-            self._on_event()
-            self._on_webhook_due()
-        elif kind == "idle":
-            with slot.lock:
-                if slot.pending:
-                    slot.pending = False
-                    try:
-                        assert slot.conn is not None
-                        slot.conn.send(("wake",))
-                    except (BrokenPipeError, OSError):
-                        pass  # the worker is gone; its watcher sees it
-                else:
-                    slot.idle = True
-        elif kind == "hello":
-            slot.owner = message[1]
-        elif kind == "ready":
-            slot.ready, slot.was_ready, slot.error, slot.failed_starts = True, True, None, 0
-            logger.info("worker %d ready", slot.index)
-        elif kind == "log":
-            logger.info("worker %d: %s", slot.index, message[1])
-        elif kind == "error":
-            slot.error, slot.said_why = message[1], True
-            logger.error("worker %d cannot start: %s", slot.index, message[1])
+    def _handle(self, slot: _Slot, message: WorkerMessage) -> None:
+        match message:
+            case JobEvent():
+                self._on_event()
+            case JobDone(webhook_due=webhook_due):
+                self._on_event()
+                if webhook_due:
+                    self._on_webhook_due()
+            case Idle():
+                with slot.lock:
+                    if slot.pending:
+                        slot.pending = False
+                        self._send(slot, _WAKE)
+                    else:
+                        slot.idle = True
+            case Hello(owner=owner):
+                slot.owner = owner
+            case Ready():
+                slot.ready, slot.was_ready, slot.error, slot.failed_starts = True, True, None, 0
+                logger.info("worker %d ready", slot.index)
+            case Log(message=line):
+                logger.info("worker %d: %s", slot.index, line)
+            case StartFailed(reason=reason):
+                slot.error, slot.said_why = reason, True
+                logger.error("worker %d cannot start: %s", slot.index, reason)
+            case _:
+                assert_never(message)
+
+    @staticmethod
+    def _send(slot: _Slot, message: ServeMessage) -> None:
+        """Send to a slot's worker (the caller holds `slot.lock`); a dead worker is its watcher's business."""
+        try:
+            assert slot.conn is not None
+            slot.conn.send(message)
+        except (BrokenPipeError, OSError):
+            pass
 
     def _reap(self, slot: _Slot) -> int | None:
         process = slot.process
@@ -280,10 +305,7 @@ class Supervisor:
                     slot.pending = True
                     continue
                 slot.idle = False
-                try:
-                    slot.conn.send(("wake",))
-                except (BrokenPipeError, OSError):
-                    pass  # the slot's watcher restarts it
+                self._send(slot, _WAKE)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Drain: each worker finishes its current job, then exits; stragglers are killed."""
@@ -291,10 +313,7 @@ class Supervisor:
         for slot in self._slots:
             with slot.lock:
                 if slot.conn is not None:
-                    try:
-                        slot.conn.send(("stop",))
-                    except (BrokenPipeError, OSError):
-                        pass
+                    self._send(slot, Stop())
         deadline = time.monotonic() + timeout_s
         for slot in self._slots:
             if slot.thread is not None:

@@ -1,7 +1,8 @@
-"""The worker: claim a job, run `generate` on it under a lease, store the image, complete the job.
+"""The job loop: claim a job, run `generate` on it under a lease, store the image, complete the job.
 
-One `Worker` runs one job at a time on one device. It is embedded (spawned by `reimagine serve`, talking to it
-over a pipe for instant wake-ups) or standalone (`reimagine worker`, polling the store). Torch is imported only
+One `Worker` runs one job at a time on one device. It is embedded (`worker/embedded.py`: spawned by `reimagine
+serve`, talking to it over a pipe for instant wake-ups) or standalone (`worker/standalone.py`: `reimagine worker`,
+polling the store). Torch is imported only
 by the real `generate`, so a worker with a fake `generate` starts in a fraction of a second.
 """
 
@@ -27,8 +28,11 @@ from reimagine.generation import Controls, Generate, Generated
 from reimagine.jobs import ErrorType
 from reimagine.queue.models import EventKind, FileRow, Job, LeaseState, Outcome
 from reimagine.schemas import CONTENT_TYPES, ImageFile, OutputFormat, ReimagineInput, ReimagineOutput
+from reimagine.worker.messages import JobDone, JobEvent, WorkerMessage
 
 logger = logging.getLogger(__name__)
+
+_EVENT = JobEvent()
 
 
 class LeaseLost(Exception):
@@ -49,14 +53,14 @@ class Worker:
         generate: Generate,
         *,
         owner: str | None = None,
-        notify: Callable[[str], None] | None = None,
+        notify: Callable[[WorkerMessage], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
         self.generate = generate
         self.owner = owner or make_owner()
-        self._notify = notify or (lambda _kind: None)
+        self._notify = notify or (lambda _message: None)
         self._beat = _Heartbeat(store, settings)
         self._files: list[FileRow] = []
 
@@ -73,12 +77,12 @@ class Worker:
                     looked = False
                     wait(1.0)
                     continue
-                self._notify("event")
+                self._notify(_EVENT)
             job, looked = self._run(job, then_claim=not stop.is_set())
         if job is not None:
             # Claimed with the previous job's completion just as a drain began, and not started: given back.
             self.store.requeue(job.id, job.fence)
-            self._notify("event")
+            self._notify(_EVENT)
 
     def _run(self, job: Job, *, then_claim: bool) -> tuple[Job | None, bool]:
         """Run a claimed job and record its outcome; with `then_claim`, claim the next job in the same write.
@@ -108,7 +112,7 @@ class Worker:
             logger.warning("lease lost before completion; result dropped", extra={"request_id": job.id})
         # Only a job with a webhook has an outbox row for serve to deliver now; the rest need no outbox read. The
         # message also covers the next job's start, written in the same transaction.
-        self._notify("done_webhook" if job.webhook_url else "done")
+        self._notify(JobDone(webhook_due=bool(job.webhook_url)))
         return claimed, then_claim
 
     def _execute(self, job: Job, beat: _Heartbeat) -> Outcome:
@@ -175,7 +179,7 @@ class Worker:
         if generated.maps:
             keys = {name: self._put_png(job, image, f"{name}_map") for name, image in generated.maps.items()}
             self.store.add_event(job.id, EventKind.MAPS, {"keys": keys})
-            self._notify("event")
+            self._notify(_EVENT)
         image = generated.image
         output_format = OutputFormat(inputs.output_format)
         content_type = CONTENT_TYPES[output_format]
@@ -275,7 +279,7 @@ class _JobHooks:
             self._last_preview = now
             data["preview_key"] = self._worker._put_png(self._job, preview, "preview")
         self._worker.store.add_event(self._job.id, EventKind.PROGRESS, data)
-        self._worker._notify("event")
+        self._worker._notify(_EVENT)
 
     def check_cancelled(self) -> None:
         state = self._beat.state
@@ -288,7 +292,7 @@ class _JobHooks:
 
     def log(self, message: str, level: str = "INFO") -> None:
         self._worker.store.add_log(self._job.id, message, level)
-        self._worker._notify("event")
+        self._worker._notify(_EVENT)
 
 
 def _free_accelerator_memory() -> None:
