@@ -123,6 +123,8 @@ class ReimagineInput(BaseModel):
         description="Aspect ratio of the generated image. When a structure image is given (depth or canny, scale "
         "above 0) and this field is left out, the image's own ratio picks the nearest of the nine ratios; when it is "
         "set, the structure image is centre-cropped to this ratio (cover). Structure images are never stretched.",
+        # What leaving the field out means, for forms (the playground offers it as a choice of its own).
+        json_schema_extra={"x-unset": "follow the structure image (1:1 without one)"},
     )
     num_inference_steps: int = Field(30, ge=20, le=50, description="Number of denoising steps.")
     seed: int = Field(

@@ -81,7 +81,7 @@ def test_canny_from_an_allow_listed_local_url(client: httpx.Client) -> None:
         request_id = submit(client, {"prompt": "a house", "canny_image_url": url})["request_id"]
         status = wait_completed(client, request_id)
         assert status["error"] is None, status
-        assert client.get(f"{REQUESTS}/{request_id}").json()["image"]["width"] == 1024
+        assert client.get(f"{REQUESTS}/{request_id}").json()["image"]["width"] == 1152  # the scene's 4:3
     finally:
         httpd.shutdown()
 

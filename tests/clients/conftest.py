@@ -116,7 +116,9 @@ def client_env(
 ) -> ClientEnv:
     work_dir = tmp_path_factory.mktemp("clients")
     scene = work_dir / "scene.png"
-    scene.write_bytes(scene_png())
+    # Square: a structure image sets the output's ratio when the request leaves `aspect_ratio` out, so results
+    # stay 1024x1024 whether a scenario sends the scene or not.
+    scene.write_bytes(scene_png((240, 240)))
     return ClientEnv(server=tls_server, ca_pem=ca_pem[1], scene_png=scene, work_dir=work_dir)
 
 

@@ -134,12 +134,14 @@ def test_form_is_built_from_the_schema_without_a_key(page: Page, server: ServePr
             assert float(control.input_value()) == prop["default"], name
             assert float(control.get_attribute("min") or "nan") == prop["minimum"], name
             assert float(control.get_attribute("max") or "nan") == prop["maximum"], name
+        elif "x-unset" in prop:
+            assert control.input_value() == "", name  # left out until chosen: absence has a meaning of its own
         elif "default" in prop:
             assert control.input_value() == prop["default"], name
         label = page.locator(f"label[for=f-{name}]")
         expect(label).to_have_count(1)
     options = page.locator("select[name=aspect_ratio] option").all_inner_texts()
-    assert options == schemas["AspectRatio"]["enum"]
+    assert options == [properties["aspect_ratio"]["x-unset"], *schemas["AspectRatio"]["enum"]]
     # The less common fields fold away; the prompt and the structure images do not.
     expect(page.locator("[name=seed]")).not_to_be_visible()
     expect(page.locator("[name=prompt]")).to_be_visible()
@@ -177,9 +179,9 @@ def test_upload_submit_progress_result_and_history(page: Page, server: ServeProc
     result = page.locator("#result")
     expect(result).to_be_visible()
     # "Done" shows when the result is known; the full-size image then loads on its own.
-    page.wait_for_function("document.getElementById('result').naturalWidth === 1024", timeout=15_000)
+    page.wait_for_function("document.getElementById('result').naturalWidth === 1152", timeout=15_000)
     meta = page.locator("#meta")
-    expect(meta).to_contain_text("1024 × 1024")
+    expect(meta).to_contain_text("1152 × 896")  # 4:3, from the structure image
     expect(meta).to_contain_text("5555")
     expect(meta).to_contain_text("denoise")
     image_url = result.get_attribute("src")
@@ -313,7 +315,7 @@ def test_works_over_tls(browser: Browser, tmp_path: Path) -> None:
         expect(page.locator("[name=canny_image_url]")).to_have_value(re.compile("^https://.+/files/"))
         submit(page, "over tls", num_inference_steps="20")
         expect(page.locator("#state")).to_have_text("Done", timeout=30_000)
-        page.wait_for_function("document.getElementById('result').naturalWidth === 1024", timeout=15_000)
+        page.wait_for_function("document.getElementById('result').naturalWidth === 1152", timeout=15_000)
     finally:
         context.close()
         tls.stop()
@@ -346,6 +348,15 @@ def test_api_tab_snippets_use_the_form_and_this_server(page: Page, server: Serve
     page.fill("[name=prompt]", "a lighthouse at dawn")
     page.click("#tab-btn-api")
     expect(js).to_contain_text("a lighthouse at dawn")
+    # Left out, aspect_ratio follows a structure image; chosen, it is sent, even as its default 1:1.
+    page.click("#tab-btn-playground")
+    page.select_option("[name=aspect_ratio]", "")
+    page.click("#tab-btn-api")
+    expect(curl).not_to_contain_text("aspect_ratio")
+    page.click("#tab-btn-playground")
+    page.select_option("[name=aspect_ratio]", "1:1")
+    page.click("#tab-btn-api")
+    expect(curl).to_contain_text('"aspect_ratio": "1:1"')
 
 
 @pytest.mark.parametrize("lang", ["curl", "python", "js"])

@@ -18,7 +18,7 @@ export const rewriteFalUrl = (url) =>
     .replace(/^https:\/\/fal\.run\//, `${BASE_URL}/run/`)
     .replace(/^https:\/\/rest\.(alpha\.)?fal\.ai\//, `${BASE_URL}/`);
 const SCENE = readFileSync(process.env.SCENE_PNG);
-const SIZE = [1024, 1024]; // the default aspect ratio 1:1
+const SIZE = [1024, 1024]; // 1:1: the default, and the square scene's own ratio
 
 export const sceneBlob = (name) =>
   name ? new File([SCENE], name, { type: "image/png" }) : new Blob([SCENE], { type: "image/png" });

@@ -38,7 +38,7 @@ fal_client.client.CDN_URL = BASE_URL
 ENDPOINT = "bria/reimagine/3.2"
 SCENE_PNG = Path(os.environ["SCENE_PNG"])
 WORK_DIR = Path(os.environ["WORK_DIR"])
-SIZE = (1024, 1024)  # the default aspect ratio 1:1
+SIZE = (1024, 1024)  # 1:1: the default, and the square scene's own ratio
 
 
 @contextmanager

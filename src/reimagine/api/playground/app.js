@@ -78,8 +78,12 @@ function field(f, control, { inline = false } = {}) {
 function control(f) {
   const id = `f-${f.name}`;
   if (f.enum) {
+    // A field whose absence means something of its own (`x-unset` says what) offers that first, and starts there.
     const select = el("select", { id, name: f.name });
-    for (const value of f.enum) select.append(el("option", { value, text: value, selected: value === f.default }));
+    if (f["x-unset"]) select.append(el("option", { value: "", text: f["x-unset"], selected: true }));
+    for (const value of f.enum) {
+      select.append(el("option", { value, text: value, selected: !f["x-unset"] && value === f.default }));
+    }
     return field(f, select);
   }
   if (f.type === "boolean") {
@@ -227,7 +231,8 @@ function buildForm() {
   form.addEventListener("input", () => { if (!$("tab-api").hidden) renderSnippets(); });
 }
 
-// The request body: required fields plus everything that differs from its default.
+// The request body: required fields plus everything that differs from its default; an `x-unset` field whenever a
+// value is chosen (sending its default is not the same as leaving it out).
 function readInput() {
   const input = {};
   for (const f of fields) {
@@ -236,7 +241,8 @@ function readInput() {
     let value = node.value;
     if (f.type === "boolean") value = node.checked;
     else if (f.type === "integer" || f.type === "number") value = value === "" ? f.default : Number(value);
-    if (f.required || value !== (f.default ?? "")) input[f.name] = value;
+    if (f["x-unset"]) { if (value !== "") input[f.name] = value; }
+    else if (f.required || value !== (f.default ?? "")) input[f.name] = value;
   }
   return input;
 }
@@ -245,7 +251,7 @@ function writeInput(input) {
   for (const f of fields) {
     const node = form.elements[f.name];
     if (node.disabled) continue;
-    const value = f.name in input ? input[f.name] : f.default ?? "";
+    const value = f.name in input ? input[f.name] : f["x-unset"] ? "" : f.default ?? "";
     if (f.type === "boolean") node.checked = Boolean(value);
     else node.value = value;
     node.dispatchEvent(new Event("input", { bubbles: true }));
