@@ -1,37 +1,51 @@
-"""Speed against the compute floor (issue 7): Bria 3.2 + ControlNet-Union, random weights, one command.
+"""Speed against the compute floor: Bria 3.2 + ControlNet-Union, random full-size weights, in one command.
 
-    python bench/speed.py                            # GPU, full size, every section (~20 min on an H100)
-    python bench/speed.py --only peak,t2i,control    # a part; results merge into the same RESULTS.md
-    python bench/speed.py --tiny --steps 1 --out /tmp/x   # CPU smoke run (CI), tiny configs, same code
+    python bench/speed.py --tiny --steps 1 --out /tmp/x                 # CPU smoke run (CI), tiny configs, same code
+    python bench/speed.py --out DIR --deadline 300 --budget 330          # GPU: the plan in bench/README.md
+    bash bench/speed_gpu.sh run                                          # the same on a lent GPU machine
 
 Builds the full-size transformer (8+28 blocks), the ControlNet-Union (4 double + 10 single blocks, the
-`from_transformer` default, since the released config is unpublished), the SDXL VAE and T5-XXL with random
-weights on the device; measures the bf16 matmul peak and copy bandwidth, then eager diffusers vs
-`reimagine.worker.fast` per section. Floor = (transformer + ControlNet FLOPs of the 30-step CFG denoise loop,
-counted by `FlopCounterMode` on the meta device) / measured peak; the ratio is the measured denoise-loop time
-over the floor (T5 and VAE are timed and reported separately). `RESULTS.md`, `results.json` and `speed.png`
-are rewritten in `--out` after every measurement, so a run cut short keeps what it measured.
+`from_transformer` default, since the released config is unpublished), the SDXL VAE and T5-XXL with random weights on
+the device, and measures the served code (`pipeline.generate`) eager and on the fast path (`reimagine.worker.fast`).
+Floor = (transformer + ControlNet FLOPs of the CFG denoise loop, counted by `FlopCounterMode` on the meta device) /
+the bf16 matmul peak measured in the same run; ratio = measured denoise-loop time / floor (T5, VAE encode and decode
+are timed apart). Rows that only need the per-step time run fewer steps (`--short-steps`): their ratio is exact (the
+floor is counted for the same steps) and their seconds per image are projected to `--steps`, which the row says.
 
-Sections: peak, t2i, control (canny+depth), ablate (one fast-path step at a time), sizes, batch, cache, fp8, cold.
-On a lent GPU machine: `bench/speed_gpu.sh` (wheels to carry, one command per group of sections).
+Sections run in the order `--only` gives them, each isolated (a failure is noted and the run goes on; the exit code
+is non-zero at the end). The pipe is built once: everything that needs it unmodified (the eager rows of every
+requested section, the one-forward error yardstick, the ablation steps) runs first, then the fast path is applied
+once. `--deadline S`: no section or row starts after S seconds from process start; `--budget S`: the process
+interrupts itself (SIGINT) at S seconds. `RESULTS.md`, `results.json` and `speed.png` are rewritten in `--out` after
+every row, so whatever stops the run, what was measured is there. Expected seconds per section on an H200 are in
+`SECTIONS` and bench/README.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import gc
-import json
-import math
-import platform
-import resource
-import sys
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
-import torch
+T0 = time.monotonic()  # the deadline and the budget count from here, before the heavy imports
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import datetime  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import traceback  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -47,8 +61,19 @@ from reimagine.worker.random_full import (  # noqa: E402
     transformer_kwargs,
 )
 
-SECTIONS = ["peak", "t2i", "control", "ablate", "sizes", "batch", "cache", "fp8", "cold"]
+#: name -> (expected seconds on an H200 in the one-command plan, what it measures). Order = the plan's priority.
+SECTIONS: dict[str, tuple[int, str]] = {
+    "peak": (3, "bf16 matmul peak (0.5 s warm, >= 100 products: median and spread) and copy bandwidth"),
+    "t2i": (95, "build; eager rows of every section; yardstick; fast path once; lossless 1024² T2I (30 steps)"),
+    "control": (12, "canny+depth lossless (its eager row runs in the eager phase), short steps"),
+    "fp8": (40, "FP8 linears (torchao) on top of the lossless path, T2I and canny+depth, short steps; then undone"),
+    "batch": (20, "one denoiser step at batch 2 (one request under CFG) vs 4 (two requests), random inputs"),
+    "ablate": (0, "one fast-path ingredient at a time, on the way to the fast path (else a fresh build)"),
+    "cache": (5, "the served step cache (First-Block-Cache) on T2I; n/a with structure images"),
+    "sizes": (55, "the fast path at the other eight buckets, short steps"),
+}
 TASKS = {"t2i": [], "canny+depth": [("depth", 0), ("canny", 1)]}  # condition name -> ControlNet-Union mode
+SECTION_TASK = {"t2i": "t2i", "control": "canny+depth"}
 SQUARE = (1024, 1024)
 SCALE = 1  # --scale: tiny runs divide each side by 4 (CPU VAE at 1024² dominates otherwise); rows keep bucket names
 
@@ -76,6 +101,14 @@ def build_pipe(arch: dict[str, Any], device: torch.device, settings: Settings, s
 
 
 # --- running one image -----------------------------------------------------------------------------------------------
+
+
+class DeadlinePassed(Exception):
+    """Raised before a section or row would start after `--deadline`."""
+
+
+class RowFailed(Exception):
+    """A measurement that must not be reported as one (non-finite latents, a recompile-limit hit)."""
 
 
 def sync(device: torch.device) -> None:
@@ -133,21 +166,21 @@ def run_image(pipe: Any, size: tuple[int, int], task: str, steps: int) -> dict:
     return {"times": {**out.timings, "image": wall}, "latents": captured["latents"]}
 
 
-def measure(pipe: Any, size: tuple[int, int], task: str, args: argparse.Namespace) -> dict:
-    """Warm-up then `--repeat` timed runs; the fastest run's phases (the least disturbed one)."""
+def measure(pipe: Any, size: tuple[int, int], task: str, steps: int, args: argparse.Namespace) -> dict:
+    """`--warmup` short runs (2 steps: the same graphs and kernels), then `--repeat` timed runs of `steps` steps;
+    the fastest run's phases (the least disturbed one) and the spread of the denoise loop over the runs."""
     device = pipe.device
     for _ in range(args.warmup):
-        fast.reset_step_cache(pipe)
-        run_image(pipe, size, task, args.steps)
+        run_image(pipe, size, task, min(2, steps))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    runs = []
-    for _ in range(args.repeat):
-        fast.reset_step_cache(pipe)
-        runs.append(run_image(pipe, size, task, args.steps))
+    runs = [run_image(pipe, size, task, steps) for _ in range(args.repeat)]
     best = min(runs, key=lambda r: r["times"]["image"])
-    best["skipped"] = fast.step_cache_skips(pipe)
+    denoise = [r["times"]["denoise"] for r in runs]
+    best["spread"] = (max(denoise) - min(denoise)) / min(denoise) if len(denoise) > 1 else None
     best["mem_gib"] = peak_memory_gib(device)
+    if not bool(torch.isfinite(best["latents"]).all()):
+        raise RowFailed("the final latents are not finite")
     return best
 
 
@@ -157,12 +190,50 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process RSS (KiB on Linux)
 
 
+def random_step_inputs(transformer: Any, size: tuple[int, int], batch: int, seed: int = 0) -> dict[str, Any]:
+    """One denoiser call's inputs at `size` (already scaled) and `batch`: random latents and text (zeros run ~13 %
+    faster on an H200), the real 2-D position ids of the packed latents, t = 500."""
+    width, height = size
+    rows, cols = height // 16, width // 16
+    param = next(transformer.parameters())
+    device, dtype = param.device, param.dtype
+    config = transformer.config
+    generator = torch.Generator(device).manual_seed(seed)
+    img_ids = torch.zeros(rows, cols, 3, device=device)
+    img_ids[..., 1] = torch.arange(rows, device=device)[:, None]
+    img_ids[..., 2] = torch.arange(cols, device=device)[None, :]
+    return dict(
+        hidden_states=torch.randn(batch, rows * cols, config.in_channels, generator=generator, device=device).to(dtype),
+        encoder_hidden_states=torch.randn(
+            batch, fast.TEXT_TOKENS, config.joint_attention_dim, generator=generator, device=device
+        ).to(dtype),
+        timestep=torch.full((batch,), 500.0, device=device, dtype=dtype),
+        img_ids=img_ids.reshape(-1, 3).to(dtype),
+        txt_ids=torch.zeros(fast.TEXT_TOKENS, 3, device=device, dtype=dtype),
+    )
+
+
+def time_forward(transformer: Any, inputs: dict[str, Any], repeat: int) -> tuple[float, float]:
+    """Median seconds of one transformer forward over `repeat` calls after one untimed call, and the spread."""
+    device = next(transformer.parameters()).device
+    transformer(**inputs, return_dict=False)
+    seconds = []
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        transformer(**inputs, return_dict=False)
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return median, (max(seconds) - min(seconds)) / median
+
+
 # --- FLOPs, peak, floor ----------------------------------------------------------------------------------------------
 
 
 def count_flops(arch: dict[str, Any], size: tuple[int, int], batch: int) -> dict[str, float]:
-    """FLOPs of one transformer forward and one ControlNet forward (one condition) at `batch`, on the meta device;
-    equals the analytic 24·D²·S + 4·S²·D per block of bria-model.md §7.1."""
+    """FLOPs of one transformer forward and one ControlNet forward (one condition, its 14 output projections
+    included) at `batch`, on the meta device; equals the analytic 24·D²·S + 4·S²·D per block of bria-model.md §7.1."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from reimagine.worker.controlnet_bria import BriaControlledTransformer2DModel, BriaControlNetModel
@@ -190,22 +261,35 @@ def image_flops(arch: dict[str, Any], size: tuple[int, int], task: str, steps: i
 
 
 def measure_peak(device: torch.device) -> dict[str, Any]:
-    """bf16 matmul TFLOP/s (8192³ on CUDA; fp32 1024³ on CPU, the dtype the CPU path runs) and copy GB/s
-    (bytes read + written)."""
+    """bf16 matmul TFLOP/s (8192³ on CUDA, random data; fp32 512³ on CPU, the dtype the CPU path runs): products run
+    for >= 0.5 s first (an idle GPU clocks down), then >= 100 are timed one by one; the median, and the 10th-90th
+    percentile spread. Copy GB/s counts bytes read + written."""
     cuda = device.type == "cuda"
-    n, dtype = (8192, torch.bfloat16) if cuda else (1024, torch.float32)
+    n, dtype = (8192, torch.bfloat16) if cuda else (512, torch.float32)
+    warm_s, count = (0.5, 100) if cuda else (0.05, 10)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps = 20 if cuda else 5
     start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    tflops = 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
-    src = torch.empty(2**28 if cuda else 2**24, dtype=torch.float32, device=device)
+    while time.perf_counter() - start < warm_s:
+        for _ in range(10):
+            a @ b
+        sync(device)
+    seconds = []
+    for _ in range(count):
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            a @ b
+            end.record()
+            end.synchronize()
+            seconds.append(begin.elapsed_time(end) / 1e3)
+        else:
+            begin_s = time.perf_counter()
+            a @ b
+            seconds.append(time.perf_counter() - begin_s)
+    rates = sorted(2 * n**3 / s / 1e12 for s in seconds)
+    src = torch.randn(2**28 if cuda else 2**22, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
+    reps = 20 if cuda else 5
     dst.copy_(src)
     sync(device)
     start = time.perf_counter()
@@ -213,7 +297,13 @@ def measure_peak(device: torch.device) -> dict[str, Any]:
         dst.copy_(src)
     sync(device)
     gbs = 2 * src.numel() * 4 * reps / (time.perf_counter() - start) / 1e9
-    return {"peak_tflops": tflops, "peak_dtype": str(dtype).removeprefix("torch."), "copy_gbs": gbs}
+    return {
+        "peak_tflops": statistics.median(rates),
+        "peak_p10_p90": [rates[len(rates) // 10], rates[(9 * len(rates)) // 10]],
+        "peak_products": count,
+        "peak_dtype": str(dtype).removeprefix("torch."),
+        "copy_gbs": gbs,
+    }
 
 
 # --- results ---------------------------------------------------------------------------------------------------------
@@ -242,6 +332,7 @@ class Results:
         old = json.loads(self.path.read_text()) if self.path.exists() else {}
         same = old.get("meta", {}).get("device") == meta["device"] and old.get("meta", {}).get("tiny") == meta["tiny"]
         self.data: dict[str, Any] = old if same else {"meta": {}, "rows": {}, "notes": {}}
+        self.data.setdefault("sections", {})
         self.data["meta"].update(meta)
         command = "python bench/speed.py " + " ".join(sys.argv[1:])
         self.data["meta"]["commands"] = [*self.data["meta"].get("commands", []), command][-12:]
@@ -254,34 +345,60 @@ class Results:
         self.data["notes"][key] = text
         self.write()
 
+    def section(self, name: str, status: str) -> None:
+        self.data["sections"][name] = status
+        self.write()
+
     def write(self) -> None:
         self.path.write_text(json.dumps(self.data, indent=1))
         (self.out / "RESULTS.md").write_text(self.markdown())
         self.chart()
 
+    def sorted_rows(self) -> dict[str, dict[str, Any]]:
+        return dict(sorted(self.data["rows"].items(), key=lambda item: _row_order(item[0])))  # stable
+
+    def ratio_lines(self) -> list[str]:
+        lines = []
+        for key, r in self.sorted_rows().items():
+            if "ratio" in r:
+                lines.append(f"ratio_to_floor {key}: {r['ratio']:.2f}x")
+            elif "skipped_reason" in r:
+                lines.append(f"ratio_to_floor {key}: n/a ({r['skipped_reason']})")
+        return lines
+
     def markdown(self) -> str:
-        m, rows = self.data["meta"], self.data["rows"]
+        m = self.data["meta"]
         lines = ["# Speed against the compute floor (bench/speed.py)", ""]
         if m.get("tiny"):
             lines += [
                 "> **CPU tiny smoke run: no GPU was available.** Tiny random-weight configs on a CPU; the figures",
                 "> below are NOT GPU figures and say nothing about serving speed. On a GPU: `python bench/speed.py`",
-                "> (a lent machine: `bench/speed_gpu.sh`).",
+                "> (a lent machine: `bench/speed_gpu.sh`, bench/README.md).",
                 "",
             ]
         lines += [
             f"- device: {m.get('device')}; date: {m.get('date')}",
             f"- torch {m.get('torch')}; diffusers {m.get('diffusers')}",
             "- commands: " + "; ".join(f"`{c}`" for c in m.get("commands", [])),
-            f"- config: {'tiny' if m.get('tiny') else 'full size'}, {m.get('steps')} steps, CFG 5, 128 text tokens, "
-            "ControlNet-Union 4 double + 10 single blocks (tiny: 1 + 1), conditions at scale 0.5"
+            f"- config: {'tiny' if m.get('tiny') else 'full size'}, {m.get('steps')} steps (rows marked 'projected':"
+            f" {m.get('short_steps')} measured), CFG 5, 128 text tokens, ControlNet-Union 4 double + 10 single "
+            "blocks (tiny: 1 + 1), conditions at scale 0.5"
             + (f"; images generated at 1/{m['scale']} of each bucket's side" if m.get("scale", 1) > 1 else ""),
-            "- mem GiB: peak CUDA memory allocated (on CPU: the process's peak RSS)",
+            "- mem GiB: peak CUDA memory allocated (on CPU: the process's peak RSS); spread: (slowest - fastest) / "
+            "fastest denoise loop over the timed runs",
         ]
-        if "peak_tflops" in m:
+        if "flops_1024" in m:
+            f = m["flops_1024"]
             lines.append(
-                f"- measured matmul peak: {m['peak_tflops']:.1f} TFLOP/s ({m['peak_dtype']}); "
-                f"copy bandwidth: {m['copy_gbs']:.0f} GB/s"
+                f"- FLOPs per forward at batch 1, 1024²: transformer {f['transformer'] / 1e12:.2f} TFLOP, ControlNet "
+                f"{f['controlnet'] / 1e12:.2f} TFLOP per condition (its output projections included)"
+            )
+        if "peak_tflops" in m:
+            p10, p90 = m.get("peak_p10_p90", [m["peak_tflops"]] * 2)
+            lines.append(
+                f"- measured matmul peak: {m['peak_tflops']:.1f} TFLOP/s ({m['peak_dtype']}; median of "
+                f"{m.get('peak_products', '?')} products after a warm-up, p10-p90 {p10:.1f}-{p90:.1f}); copy "
+                f"bandwidth: {m['copy_gbs']:.0f} GB/s"
             )
         lines += [
             "- floor = (transformer + ControlNet FLOPs of the denoise loop) / matmul peak; ratio = measured "
@@ -289,14 +406,8 @@ class Results:
             "separately; image = wall time of `pipeline.generate` (T5, encode, denoise, decode, previews).",
             "",
         ]
-        rows = dict(sorted(rows.items(), key=lambda item: _row_order(item[0])))  # stable: ablation order kept
-        lines += ["## Ratios to the floor", "", "```"]
-        for key, r in rows.items():
-            if "ratio" in r:
-                lines.append(f"ratio_to_floor {key}: {r['ratio']:.2f}x")
-            elif "skipped_reason" in r:
-                lines.append(f"ratio_to_floor {key}: n/a ({r['skipped_reason']})")
-        lines += ["```", "", "## Measurements", ""]
+        rows = self.sorted_rows()
+        lines += ["## Ratios to the floor", "", "```", *self.ratio_lines(), "```", "", "## Measurements", ""]
         head = [
             "size task path",
             "PFLOP/img",
@@ -308,6 +419,7 @@ class Results:
             "image s",
             "TFLOP/s",
             "ratio",
+            "spread",
             "mem GiB",
             "rel err",
             "images/h",
@@ -319,30 +431,29 @@ class Results:
             return "" if value is None else format(value, spec)
 
         for key, r in rows.items():
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        key,
-                        f(r.get("pflop"), ".4g"),
-                        f(r.get("floor_s"), ".4g"),
-                        f(r.get("step_ms"), ".4g"),
-                        f(r.get("denoise_s"), ".4g"),
-                        f(r.get("encode_s"), ".3g"),
-                        f(r.get("decode_s"), ".3g"),
-                        f(r.get("image_s"), ".4g"),
-                        f(r.get("tflops"), ".4g"),
-                        f(r.get("ratio"), ".2f"),
-                        f(r.get("mem_gib"), ".1f"),
-                        f(r.get("rel_err"), ".2e"),
-                        f(r.get("images_per_hour"), ".0f"),
-                        r.get("note", r.get("skipped_reason", "")),
-                    ]
-                )
-                + " |"
-            )
+            note = "; ".join(s for s in (r.get("note"), r.get("skipped_reason"), r.get("error")) if s)
+            cells = [
+                key,
+                f(r.get("pflop"), ".4g"),
+                f(r.get("floor_s"), ".4g"),
+                f(r.get("step_ms"), ".4g"),
+                f(r.get("denoise_s"), ".4g"),
+                f(r.get("encode_s"), ".3g"),
+                f(r.get("decode_s"), ".3g"),
+                f(r.get("image_s"), ".4g"),
+                f(r.get("tflops"), ".4g"),
+                f(r.get("ratio"), ".2f"),
+                f(r.get("spread"), ".1%"),
+                f(r.get("mem_gib"), ".1f"),
+                f(r.get("rel_err"), ".2e"),
+                f(r.get("images_per_hour"), ".0f"),
+                note,
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
         if self.data["notes"]:
             lines += ["", "## Notes", ""] + [f"- **{k}**: {v}" for k, v in self.data["notes"].items()]
+        if self.data["sections"]:
+            lines += ["", "## Sections", ""] + [f"- {k}: {v}" for k, v in self.data["sections"].items()]
         return "\n".join(lines) + "\n"
 
     def chart(self) -> None:
@@ -351,7 +462,7 @@ class Results:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = {k: r for k, r in self.data["rows"].items() if "denoise_s" in r and "floor_s" in r}
+        rows = {k: r for k, r in self.sorted_rows().items() if "denoise_s" in r and "floor_s" in r}
         if not rows:
             return
         fig, ax = plt.subplots(figsize=(11, 4.5))
@@ -360,7 +471,7 @@ class Results:
         ax.bar([x - 0.2 for x in xs], [r["floor_s"] for r in rows.values()], 0.4, label="floor (FLOPs / peak)")
         ax.bar([x + 0.2 for x in xs], [r["denoise_s"] for r in rows.values()], 0.4, label="measured denoise loop")
         ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=7)
-        ax.set_ylabel("seconds per image")
+        ax.set_ylabel(f"seconds per image ({self.data['meta'].get('steps')} steps)")
         ax.set_title(
             f"{self.data['meta'].get('device')}{' (CPU tiny smoke run)' if self.data['meta'].get('tiny') else ''}"
         )
@@ -373,9 +484,32 @@ class Results:
 # --- sections --------------------------------------------------------------------------------------------------------
 
 
+def linear_weights(models: list[Any]) -> list[tuple[Any, str, Any, Any]]:
+    """(parent, name, linear, weight) of every nn.Linear: FP8 replaces weights (and may replace modules) in place,
+    so keeping these lets the bench undo it; the compiled graphs for plain weights stay cached and match again."""
+    from torch import nn
+
+    return [
+        (parent, name, child, child.weight)
+        for model in models
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear)
+    ]
+
+
+def restore_linear_weights(saved: list[tuple[Any, str, Any, Any]]) -> None:
+    for parent, name, child, weight in saved:
+        setattr(parent, name, child)
+        if child.weight is not weight:
+            child.weight = weight
+        child.__dict__.pop("extra_repr", None)
+
+
 class Bench:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, only: list[str]) -> None:
         self.args = args
+        self.only = only
         self.arch = TINY if args.tiny else FULL
         self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         import diffusers
@@ -391,6 +525,7 @@ class Bench:
                 "device": name,
                 "tiny": args.tiny,
                 "steps": args.steps,
+                "short_steps": args.short_steps,
                 "torch": torch.__version__,
                 "diffusers": diffusers.__version__,
                 "scale": args.scale,
@@ -401,14 +536,34 @@ class Bench:
         self.work.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(data_dir=self.work / "data", fp8=False, step_cache=0.0)  # type: ignore[call-arg]
         self.pipe: Any = None
-        self.state = "none"
+        self.state = "none"  # "eager" | "lossless"
+        self.eager_done = False  # the eager phase ran (once per build)
+        self.ablated = False
+        self.builds = 0
+        self.failed: list[str] = []
+        self.yard: dict[str, Any] = {}
         self.flops: dict[tuple[tuple[int, int], str, int], float] = {}
+
+    # plumbing
+
+    @staticmethod
+    def elapsed() -> float:
+        return time.monotonic() - T0
+
+    def gate(self, what: str) -> None:
+        """No section or row starts after `--deadline`."""
+        if self.elapsed() > self.args.deadline:
+            raise DeadlinePassed(f"{what}: not started, past the deadline ({self.args.deadline:.0f}s)")
 
     @property
     def peak(self) -> float:
         if "peak_tflops" not in self.results.data["meta"]:
             self.section_peak()
         return float(self.results.data["meta"]["peak_tflops"])
+
+    @property
+    def short_steps(self) -> int:
+        return min(self.args.short_steps, self.args.steps)
 
     def options(self, **overrides: Any) -> fast.FastOptions:
         cuda = self.device.type == "cuda"
@@ -423,293 +578,460 @@ class Bench:
         )
         return fast.FastOptions(**{**base, **overrides})  # type: ignore[arg-type]
 
-    def ensure(self, state: str) -> Any:
-        """The pipe in `state` ("eager" or "lossless"); eager -> lossless mutates in place, so build again for eager."""
-        if self.state == state:
-            return self.pipe
-        if state == "eager" or self.pipe is None or self.state not in ("eager",):
-            self.pipe = None
-            torch._dynamo.reset()  # compiled blocks keep the old modules alive
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            start = time.perf_counter()
-            self.pipe = build_pipe(self.arch, self.device, self.settings)
-            sync(self.device)
-            self.build_s = time.perf_counter() - start
-            self.state = "eager"
-        if state == "lossless":
-            fast.apply_fast_path(self.pipe, self.settings, options=self.options())
-            self.state = "lossless"
+    def build(self) -> Any:
+        """A fresh eager pipe (random weights on the device)."""
+        self.gate("build")
+        self.pipe, self.state, self.eager_done = None, "none", False
+        torch._dynamo.reset()  # compiled blocks keep the old modules alive
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        start = time.perf_counter()
+        self.pipe = build_pipe(self.arch, self.device, self.settings)
+        sync(self.device)
+        self.builds += 1
+        self.results.note(
+            "build", f"random weights built on the device in {time.perf_counter() - start:.1f}s ({self.builds} builds)"
+        )
+        self.state = "eager"
         return self.pipe
 
-    def record(self, key: str, size: tuple[int, int], task: str, run: dict, **extra: Any) -> None:
-        flops_key = (size, task, 1)
+    def try_row(self, key: str, measure_row: Any) -> None:
+        """Run one row; an error is recorded on the row and the run goes on (deadline and interrupt pass through)."""
+        try:
+            measure_row()
+        except (DeadlinePassed, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            traceback.print_exc()
+            self.failed.append(key)
+            self.results.row(key, error=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+    def image_row(self, key: str, size: tuple[int, int], task: str, steps: int, **extra: Any) -> dict:
+        self.gate(key)
+        run = measure(self.pipe, size, task, steps, self.args)
+        self.save_reference(size, task, key.split(" ", 2)[-1], steps, run["latents"])
+        if "rel_err_vs" in extra:
+            extra["rel_err"] = self.rel_err(run["latents"], self.reference(size, task, extra.pop("rel_err_vs"), steps))
+        self.record(key, size, task, run, steps, **extra)
+        return run
+
+    def record(self, key: str, size: tuple[int, int], task: str, run: dict, steps: int, **extra: Any) -> None:
+        """One row; with fewer steps than `--steps` the ratio is exact and the per-image seconds are projected."""
+        full = self.args.steps
+        flops_key = (size, task, steps)
         if flops_key not in self.flops:
-            self.flops[flops_key] = image_flops(self.arch, size, task, self.args.steps)
+            self.flops[flops_key] = image_flops(self.arch, size, task, steps)
         flops = self.flops[flops_key]
         tm = run["times"]
         floor = flops / (self.peak * 1e12)
+        step_s = tm["denoise"] / steps
+        image_s = tm["image"] + step_s * (full - steps)
+        extra["note"] = "; ".join(s for s in (extra.get("note"), self.projected(steps)) if s)
         self.results.row(
             key,
-            pflop=flops / 1e15,
-            floor_s=floor,
-            denoise_s=tm["denoise"],
-            step_ms=1e3 * tm["denoise"] / self.args.steps,
+            steps=steps,
+            pflop=flops * full / steps / 1e15,
+            floor_s=floor * full / steps,
+            denoise_s=step_s * full,
+            step_ms=1e3 * step_s,
             encode_s=tm["encode"],
             decode_s=tm["decode"],
-            image_s=tm["image"],
+            image_s=image_s,
             tflops=flops / tm["denoise"] / 1e12,
             ratio=tm["denoise"] / floor,
+            spread=run.get("spread"),
             mem_gib=run["mem_gib"],
-            images_per_hour=3600 / tm["image"],
+            images_per_hour=3600 / image_s,
             **extra,
         )
-        print(
-            f"{key}: denoise {tm['denoise']:.3f}s image {tm['image']:.3f}s ratio {tm['denoise'] / floor:.2f}x {extra}",
-            flush=True,
-        )
+        print(f"{key}: step {1e3 * step_s:.1f} ms, ratio {tm['denoise'] / floor:.2f}x {extra}", flush=True)
 
-    def reference(self, size: tuple[int, int], task: str, path: str) -> torch.Tensor | None:
-        file = self.ref_file(size, task, path)
+    def reference(self, size: tuple[int, int], task: str, path: str, steps: int) -> torch.Tensor | None:
+        file = self.ref_file(size, task, path, steps)
         return torch.load(file) if file.exists() else None
 
-    def save_reference(self, size: tuple[int, int], task: str, path: str, latents: torch.Tensor) -> None:
-        torch.save(latents, self.ref_file(size, task, path))
+    def save_reference(self, size: tuple[int, int], task: str, path: str, steps: int, latents: torch.Tensor) -> None:
+        torch.save(latents, self.ref_file(size, task, path, steps))
 
-    def ref_file(self, size: tuple[int, int], task: str, path: str) -> Path:
+    def ref_file(self, size: tuple[int, int], task: str, path: str, steps: int) -> Path:
         arch = "tiny" if self.args.tiny else "full"
-        return self.work / f"ref-{arch}-{self.device.type}-{self.args.steps}steps-{size[0]}x{size[1]}-{task}-{path}.pt"
+        name = f"ref-{arch}-{self.device.type}-{steps}steps-{size[0]}x{size[1]}-{task}-{path}.pt"
+        return self.work / name.replace(" ", "_")
 
-    def lossless_reference(self, task: str) -> torch.Tensor:
-        """The lossless path's final latents at 1024² (from an earlier section, else measured now)."""
-        latents = self.reference(SQUARE, task, "lossless")
+    def lossless_reference(self, task: str, steps: int) -> torch.Tensor:
+        """The lossless path's final latents at 1024² and `steps` (from an earlier row, else measured now)."""
+        latents = self.reference(SQUARE, task, "lossless", steps)
         if latents is None:
-            pipe = self.ensure("lossless")
+            pipe = self.lossless()
             fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=len(TASKS[task]))
-            latents = run_image(pipe, SQUARE, task, self.args.steps)["latents"]
-            self.save_reference(SQUARE, task, "lossless", latents)
+            latents = run_image(pipe, SQUARE, task, steps)["latents"]
+            self.save_reference(SQUARE, task, "lossless", steps, latents)
         return latents
+
+    def projected(self, steps: int) -> str:
+        return f"{steps} steps, projected to {self.args.steps}" if steps != self.args.steps else ""
 
     @staticmethod
     def rel_err(a: torch.Tensor, b: torch.Tensor | None) -> float | None:
-        return None if b is None else float((a - b).norm() / b.norm().clamp_min(1e-12))
+        return None if b is None else float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
-    def size_key(self, size: tuple[int, int]) -> str:
+    @staticmethod
+    def size_key(size: tuple[int, int]) -> str:
         return f"{size[0]}x{size[1]}"
+
+    # the eager phase and the one transition to the fast path
+
+    def eager_phase(self) -> None:
+        """Everything that needs the unmodified pipe, for every requested section, before the fast path is applied
+        once: the eager rows, the one-forward error yardstick, and (with `ablate`) the ingredients one at a time."""
+        if self.eager_done:
+            return
+        if self.state != "eager":
+            self.build()
+        self.eager_done = True  # a failure below must not rerun the phase in every later section
+        key = self.size_key(SQUARE)
+        note = "bf16, SDPA, no compile" if self.device.type == "cuda" else "fp32"
+        for section, task in SECTION_TASK.items():
+            if section in self.only:
+                steps = self.args.steps if task == "t2i" else self.short_steps
+                self.try_row(f"{key} {task} eager", lambda t=task, s=steps: self.image_row(
+                    f"{key} {t} eager", SQUARE, t, s, note=note))  # fmt: skip
+        self.try_row(f"{key} t2i one forward, lossless vs eager", self.yardstick_eager)
+
+    def lossless(self) -> Any:
+        """The pipe on the lossless fast path (applied once per build; the eager phase runs first)."""
+        if self.state == "lossless":
+            return self.pipe
+        self.eager_phase()
+        if "ablate" in self.only and not self.ablated:
+            self.ablation()
+        else:
+            self.gate("fast path")
+            start = time.perf_counter()
+            fast.apply_fast_path(self.pipe, self.settings, options=self.options())
+            self.state = "lossless"
+            warm = fast.warm_buckets(self.pipe, [scaled(SQUARE)], conditions=0)
+            self.setup_note(time.perf_counter() - start, warm)
+        self.try_row(f"{self.size_key(SQUARE)} t2i one forward, lossless vs eager", self.yardstick_lossless)
+        return self.pipe
+
+    def setup_note(self, seconds: float, warm: dict[str, float]) -> None:
+        from torch._dynamo.utils import counters
+
+        options = self.options()
+        breaks = sum(counters["graph_break"].values())
+        reasons = "; ".join(list(counters["graph_break"])[:3])
+        self.results.note(
+            "fast path",
+            f"attention {getattr(self.pipe, '_fast_attention', '?')}; {options.compile} compile, mode "
+            f"{options.compile_mode}: apply + warm 1024² T2I {seconds:.1f}s "
+            f"({warm[self.size_key(scaled(SQUARE))]:.1f}s warm), {breaks} graph breaks"
+            + (f" ({reasons})" if reasons else ""),
+        )
+
+    def yardstick_eager(self) -> None:
+        """One transformer forward at 1024² (CFG batch, random inputs) eager, and on an fp32 copy: the error of bf16
+        rounding alone, the yardstick for the lossless path's error (`yardstick_lossless`)."""
+        self.gate("yardstick")
+        transformer = fast.denoisers(self.pipe)[0]
+        inputs = random_step_inputs(transformer, scaled(SQUARE), 2, seed=1)
+        eager = transformer(**inputs, return_dict=False)[0].float()
+        reference = copy.deepcopy(transformer).float()
+        fp32 = reference(**{k: v.float() for k, v in inputs.items()}, return_dict=False)[0]
+        del reference
+        gc.collect()
+        self.yard = {"inputs": inputs, "eager": eager, "fp32": fp32}
+
+    def yardstick_lossless(self) -> None:
+        if not self.yard:
+            return
+        transformer = fast.denoisers(self.pipe)[0]
+        out = transformer(**self.yard["inputs"], return_dict=False)[0].float()
+        if not bool(torch.isfinite(out).all()):
+            raise RowFailed("the lossless forward is not finite")
+        yard = self.rel_err(self.yard["eager"], self.yard["fp32"])
+        self.results.row(
+            f"{self.size_key(SQUARE)} t2i one forward, lossless vs eager",
+            rel_err=self.rel_err(out, self.yard["eager"]),
+            note=f"yardstick: eager vs an fp32 copy {yard:.2e}; lossless vs fp32 "
+            f"{self.rel_err(out, self.yard['fp32']):.2e}",
+        )
+        self.yard = {}
+
+    def ablation(self) -> None:
+        """The fast path one lossless ingredient at a time (T2I 1024², short steps), ending on the full fast path."""
+        self.ablated = True
+        steps = self.short_steps
+        key = self.size_key(SQUARE)
+        no = dict(compile="none", cache_negative=False, vae_channels_last=False)
+        ingredients = [
+            ("eager", None),
+            ("+fused-qkv", self.options(**{**no, "attention": "native"})),
+            ("+attention", self.options(**no)),
+            ("+neg-cache", self.options(compile="none", vae_channels_last=False)),
+            ("+vae-nhwc", self.options(compile="none")),
+            (f"+compile ({self.options().compile})", self.options()),
+        ]
+        for name, options in ingredients:
+            self.gate(f"ablate {name}")
+            start = time.perf_counter()
+            if options is not None:
+                fast.apply_fast_path(self.pipe, self.settings, options=options)
+            warm = fast.warm_buckets(self.pipe, [scaled(SQUARE)], conditions=0)
+            setup_s = time.perf_counter() - start
+            if name.startswith("+compile"):
+                self.state = "lossless"
+                self.setup_note(setup_s, warm)
+            run = measure(self.pipe, SQUARE, "t2i", steps, self.args)
+            self.results.row(
+                f"ablate {key} t2i {name}",
+                step_ms=1e3 * run["times"]["denoise"] / steps,
+                denoise_s=run["times"]["denoise"] * self.args.steps / steps,
+                encode_s=run["times"]["encode"],
+                decode_s=run["times"]["decode"],
+                spread=run["spread"],
+                note="; ".join(s for s in (f"apply + warm {setup_s:.1f}s", self.projected(steps)) if s),
+            )
+        self.state = "lossless"
 
     # sections
 
     def section_peak(self) -> None:
         peak = measure_peak(self.device)
         self.results.data["meta"].update(peak)
+        self.results.data["meta"]["flops_1024"] = count_flops(self.arch, SQUARE, 1)
         self.results.write()
         print(f"peak: {peak}", flush=True)
 
-    def section_task(self, task: str) -> None:
-        """Eager diffusers vs the lossless fast path at 1024², one task; relative error of the final latents."""
+    def section_t2i(self) -> None:
+        """Eager (eager phase) vs the lossless fast path, T2I 1024², the true `--steps`."""
+        self.lossless()
         key = self.size_key(SQUARE)
-        run = measure(self.ensure("eager"), SQUARE, task, self.args)
-        self.save_reference(SQUARE, task, "eager", run["latents"])
-        self.record(
-            f"{key} {task} eager",
-            SQUARE,
-            task,
-            run,
-            note="bf16, SDPA, no compile" if self.device.type == "cuda" else "fp32",
-        )
+        eager = self.results.data["rows"].get(f"{key} t2i eager", {}).get("denoise_s")
+        run = self.image_row(f"{key} t2i lossless", SQUARE, "t2i", self.args.steps, rel_err_vs="eager")
+        if eager:
+            self.results.row(f"{key} t2i lossless", note=f"{eager / run['times']['denoise']:.2f}x vs eager")
+
+    def section_control(self) -> None:
+        """Canny+depth at 1024²: eager (eager phase) vs lossless, short steps."""
+        pipe = self.lossless()
+        key, steps = self.size_key(SQUARE), self.short_steps
+        self.gate(f"{key} canny+depth lossless")
         start = time.perf_counter()
-        pipe = self.ensure("lossless")
-        warm = fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=len(TASKS[task]))
-        setup_s = time.perf_counter() - start
-        run = measure(pipe, SQUARE, task, self.args)
-        self.save_reference(SQUARE, task, "lossless", run["latents"])
-        self.note_compile()
-        err = self.rel_err(run["latents"], self.reference(SQUARE, task, "eager"))
-        eager = self.results.data["rows"][f"{key} {task} eager"]["denoise_s"]
-        self.record(
-            f"{key} {task} lossless",
-            SQUARE,
-            task,
-            run,
-            rel_err=err,
-            note=f"{eager / run['times']['denoise']:.2f}x vs eager; apply+warm {setup_s:.1f}s "
-            f"({warm[self.size_key(scaled(SQUARE))]:.1f}s warm)",
-        )
+        fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=2)
+        warm_s = time.perf_counter() - start
+        eager = self.results.data["rows"].get(f"{key} canny+depth eager", {}).get("step_ms")
+        run = self.image_row(f"{key} canny+depth lossless", SQUARE, "canny+depth", steps, rel_err_vs="eager")
+        note = f"ControlNet warm {warm_s:.1f}s"
+        if eager:
+            note = f"{eager / (1e3 * run['times']['denoise'] / steps):.2f}x vs eager; " + note
+        self.results.row(f"{key} canny+depth lossless", note="; ".join(s for s in (note, self.projected(steps)) if s))
 
-    def note_compile(self) -> None:
-        from torch._dynamo.utils import counters
-
-        breaks = sum(counters["graph_break"].values())
-        reasons = "; ".join(list(counters["graph_break"])[:3])
-        self.results.note(
-            "compile",
-            f"{self.options().compile} compile, mode {self.options().compile_mode}: {breaks} graph breaks"
-            + (f" ({reasons})" if reasons else "")
-            + f", {counters['stats'].get('unique_graphs', 0)} graphs",
-        )
-
-    def section_ablate(self) -> None:
-        """One lossless step at a time on the same weights (T2I 1024²): eager, +fused QKV, +attention, +compile."""
-        key = self.size_key(SQUARE)
-        steps = [
-            ("eager", None),
-            (
-                "+fused-qkv",
-                self.options(attention="native", compile="none", cache_negative=False, vae_channels_last=False),
-            ),
-            ("+attention", self.options(compile="none", cache_negative=False, vae_channels_last=False)),
-            ("+neg-cache", self.options(compile="none", vae_channels_last=False)),
-            ("+vae-nhwc", self.options(compile="none")),
-            (f"+compile ({self.options().compile})", self.options()),
-        ]
-        pipe = self.ensure("eager")
-        for name, options in steps:
-            if options is not None:
-                fast.apply_fast_path(pipe, self.settings, options=options)
-            fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=0)
-            run = measure(pipe, SQUARE, "t2i", self.args)
-            self.results.row(
-                f"ablate {key} t2i {name}",
-                denoise_s=run["times"]["denoise"],
-                encode_s=run["times"]["encode"],
-                step_ms=1e3 * run["times"]["denoise"] / self.args.steps,
-                image_s=run["times"]["image"],
-            )
-        self.state = "lossless"
+    def section_ablate(self) -> str | None:
+        """Measured in the eager phase's transition when requested; else a fresh build for it."""
+        if self.ablated:
+            return "measured on the way to the fast path (eager phase)"
+        if self.state != "eager":
+            self.build()
+        self.lossless()
+        return None
 
     def section_sizes(self) -> None:
         """The fast path, T2I, at the other eight aspect buckets; images/hour per GPU."""
-        pipe = self.ensure("lossless")
+        pipe = self.lossless()
         for size in SIZES.values():
             if size == SQUARE:
                 continue
+            key = f"{self.size_key(size)} t2i lossless"
+            self.gate(key)
+            start = time.perf_counter()
             fast.warm_buckets(pipe, [scaled(size)], conditions=0)
-            self.record(f"{self.size_key(size)} t2i lossless", size, "t2i", measure(pipe, size, "t2i", self.args))
+            warm_s = time.perf_counter() - start
+            self.try_row(key, lambda k=key, s=size, w=warm_s: self.image_row(
+                k, s, "t2i", self.short_steps, note=f"warm {w:.1f}s"))  # fmt: skip
 
     def section_batch(self) -> None:
-        """Does batching two same-size requests raise throughput? One denoise step (transformer under CFG) at batch
-        2 (one request) vs batch 4 (two requests), fast path, 1024²: the step is ~97% of an image's FLOPs."""
-        pipe = self.ensure("lossless")
-        size = scaled(SQUARE)
-        seconds = {}
-        for batch in (2, 4):
-            fast.warm_buckets(pipe, [size], batch=batch, conditions=0, vae=False)  # compile / warm
-            seconds[batch] = min(
-                fast.warm_buckets(pipe, [size], batch=batch, conditions=0, vae=False)[self.size_key(size)]
-                for _ in range(max(3, self.args.repeat))
-            )
-        gain = 2 * seconds[2] / seconds[4]
+        """Does batching two same-size requests raise throughput? One transformer forward at batch 2 (one request
+        under CFG) vs batch 4 (two requests), fast path, 1024², random latents and text."""
+        pipe = self.lossless()
+        transformer = fast.denoisers(pipe)[0]
+        seconds: dict[int, float] = {}
         key = self.size_key(SQUARE)
         for batch, requests in ((2, 1), (4, 2)):
+            row = f"{key} t2i lossless step at batch {batch} ({requests} request{'s' if requests > 1 else ''})"
+            self.gate(row)
+            inputs = random_step_inputs(transformer, scaled(SQUARE), batch)
+            start = time.perf_counter()
+            transformer(**inputs, return_dict=False)  # compiles this batch's graphs
+            sync(self.device)
+            compile_s = time.perf_counter() - start
+            seconds[batch], spread = time_forward(transformer, inputs, max(5, self.args.repeat))
             flops = count_flops(self.arch, SQUARE, batch)["transformer"]
             self.results.row(
-                f"{key} t2i lossless step at batch {batch} ({requests} request{'s' if requests > 1 else ''})",
+                row,
                 step_ms=1e3 * seconds[batch],
                 tflops=flops / seconds[batch] / 1e12,
                 ratio=seconds[batch] / (flops / (self.peak * 1e12)),
-                note=f"throughput x{gain:.2f} vs one request" if batch == 4 else "",
+                spread=spread,
+                note=f"first call {compile_s:.1f}s"
+                + (f"; throughput x{2 * seconds[2] / seconds[4]:.2f} vs one request" if batch == 4 else ""),
             )
+        gain = 2 * seconds[2] / seconds[4]
         verdict = "batching raises throughput" if gain > 1.1 else "too little to pay for the added latency"
         self.results.note("batching", f"two 1024² requests in one batch: x{gain:.2f} denoise throughput; {verdict}.")
 
     def section_cache(self) -> None:
-        """First-Block-Cache at `--cache-threshold` on top of the lossless path: speed and deviation."""
-        pipe = self.ensure("lossless")
-        references = {task: self.lossless_reference(task) for task in TASKS}
-        fast.enable_step_cache(pipe, self.args.cache_threshold)
+        """The served step cache (`pipeline.set_step_cache`, First-Block-Cache at `--cache-threshold`) on top of the
+        lossless path, as a request gets it: T2I only, since serving turns it off with structure images."""
+        from diffusers.hooks.hooks import HookRegistry
+
+        from reimagine.worker.pipeline import set_step_cache
+
+        pipe = self.lossless()
+        steps, key = self.short_steps, self.size_key(SQUARE)
+        reference = self.lossless_reference("t2i", steps)
+        self.results.row(
+            f"{key} canny+depth step-cache",
+            skipped_reason="the served step cache is off with structure images (pipeline._step_cache)",
+        )
+        set_step_cache(pipe, self.args.cache_threshold)
+        transformer = fast.denoisers(pipe)[0]
+        head = HookRegistry.check_if_exists_or_initialize(transformer.transformer_blocks[0])
+        state = head.get_hook("fbc_leader_block_hook").state_manager
+        skipped = [0]
+
+        def count(module: Any, args: Any, output: Any) -> None:
+            skipped[0] += not state.get_state().should_compute
+
+        handle = transformer.register_forward_hook(count)
         try:
-            for task in TASKS:
-                run = measure(pipe, SQUARE, task, self.args)
-                err = self.rel_err(run["latents"], references[task])
-                self.record(
-                    f"{self.size_key(SQUARE)} {task} step-cache",
-                    SQUARE,
-                    task,
-                    run,
-                    rel_err=err,
-                    note=f"threshold {self.args.cache_threshold}, {run['skipped']}/{self.args.steps} steps "
-                    "skipped; rel err vs lossless",
-                )
+            run = self.image_row(f"{key} t2i step-cache", SQUARE, "t2i", steps)
+            self.results.row(
+                f"{key} t2i step-cache",
+                rel_err=self.rel_err(run["latents"], reference),
+                note=f"threshold {self.args.cache_threshold}, {skipped[0]} steps skipped over all runs; rel err vs "
+                f"lossless; {self.projected(steps)}".rstrip("; "),
+            )
         finally:
-            fast.disable_step_cache(pipe)
+            handle.remove()
+            set_step_cache(pipe, 0.0)
 
     def section_fp8(self) -> None:
-        """FP8 linears (torchao) on top of the lossless path; skipped, with the reason, where unsupported."""
-        pipe = self.ensure("lossless")
-        supported = fast.fp8_supported(self.device)
-        references = {task: self.lossless_reference(task) if supported else None for task in TASKS}
-        for task in TASKS:
-            key = f"{self.size_key(SQUARE)} {task} fp8"
-            if not fast.fp8_supported(self.device):
-                self.results.row(key, skipped_reason=f"fp8 needs CUDA sm89+, not {self.device.type}")
-                continue
-            if self.state != "fp8":
-                fast.enable_fp8(fast.denoisers(pipe))
-                self.state = "fp8"
-            fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=len(TASKS[task]))
-            run = measure(pipe, SQUARE, task, self.args)
-            self.record(
-                key,
-                SQUARE,
-                task,
-                run,
-                rel_err=self.rel_err(run["latents"], references[task]),
-                note="rel err vs lossless",
-            )
+        """FP8 linears (torchao) on top of the lossless path, then undone (the plain-weight graphs stay cached)."""
+        pipe = self.lossless()
+        steps, key = self.short_steps, self.size_key(SQUARE)
+        if not fast.fp8_supported(self.device):
+            for task in TASKS:
+                self.results.row(f"{key} {task} fp8", skipped_reason=f"fp8 needs CUDA sm89+, not {self.device.type}")
+            return
+        references = {task: self.lossless_reference(task, steps) for task in TASKS}
+        models = fast.denoisers(pipe)
+        saved = linear_weights(models)
+        try:
+            fast.enable_fp8(models)
+            for task in TASKS:
+                row = f"{key} {task} fp8"
+                self.gate(row)
+                start = time.perf_counter()
+                fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=len(TASKS[task]))
+                warm_s = time.perf_counter() - start
+                run = self.image_row(row, SQUARE, task, steps)
+                self.results.row(
+                    row,
+                    rel_err=self.rel_err(run["latents"], references[task]),
+                    note=f"rel err vs lossless; warm {warm_s:.1f}s; {self.projected(steps)}".rstrip("; "),
+                )
+        finally:
+            restore_linear_weights(saved)
+            for model in models:
+                model._reimagine_fp8 = False
 
-    def section_cold(self) -> None:
-        """Start-up as a worker does it: `load_pipeline` from a local folder (the random weights, saved once to
-        `--work`), the fast path, and warming all nine buckets. Run it as its own process, twice (`--only cold`):
-        first with an empty compile cache, then as a restart with a warm one."""
-        from reimagine.worker.pipeline import load_pipeline
 
-        model_dir = self.work / f"model-{'tiny' if self.args.tiny else 'full'}-{self.device.type}"
-        if not (model_dir / "controlnet" / "config.json").exists():
-            pipe = self.ensure("eager")
-            pipe.bria.save_pretrained(model_dir)
-            pipe.controlnet.nets[0].save_pretrained(model_dir / "controlnet")
-        disk_gb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 1e9
-        self.pipe, self.state = None, "none"
-        torch._dynamo.reset()
-        gc.collect()
-        cache = self.settings.data_dir / "compile-cache" / "inductor"  # fast.configure_compile_cache
-        was_warm = cache.exists() and any(cache.iterdir())
-        state = "no compile" if self.options().compile == "none" else f"{'warm' if was_warm else 'empty'} compile cache"
-        settings = Settings(  # type: ignore[call-arg]
-            model=str(model_dir), offline=True, data_dir=self.settings.data_dir, device=str(self.device)
-        )
-        sync(self.device)
+# --- the run ---------------------------------------------------------------------------------------------------------
+
+
+def quiet_libraries() -> None:
+    """Library warnings (the default negative prompt's truncation, experimental-API notices) would flood the output
+    tail the GPU tool returns: off. Errors still print."""
+    warnings.filterwarnings("ignore")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    logging.getLogger("torch._inductor").setLevel(logging.ERROR)
+
+
+def arm_budget(budget_s: float) -> None:
+    """SIGINT to this process at `budget_s` from start (the bench's own stop, before the tool's limit)."""
+    if not math.isfinite(budget_s):
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        print(f"[budget] {budget_s:.0f}s reached: interrupting", flush=True)
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, max(0.01, budget_s - Bench.elapsed()))
+
+
+def run(bench: Bench, only: list[str]) -> int:
+    """The sections in the order given, each isolated. 0: all ran (or stopped at the deadline); 1: a section or
+    row failed; 3: interrupted (the budget's SIGINT)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.fail_on_recompile_limit_hit = True  # else it silently runs eager under a "lossless" label
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return _run_sections(bench, only)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def _run_sections(bench: Bench, only: list[str]) -> int:
+    for index, name in enumerate(only):
         start = time.perf_counter()
-        pipe = load_pipeline(settings)
-        sync(self.device)
-        load_s = time.perf_counter() - start
-        if getattr(pipe, "_fast_options", None) is None:  # load_pipeline did not apply it itself
-            fast.apply_fast_path(pipe, settings, options=self.options())
-        warm = fast.warm_buckets(pipe, [scaled(size) for size in SIZES.values()], conditions=1)
-        total = time.perf_counter() - start
-        self.results.note(
-            f"cold start ({state})",
-            f"{total:.1f}s = load_pipeline {load_s:.1f}s ({disk_gb:.1f} GB from local disk, page cache as found) "
-            f"+ fast path and warming 9 buckets {total - load_s:.1f}s (slowest bucket {max(warm.values()):.1f}s)",
-        )
-        self.pipe, self.state = pipe, "lossless"
+        try:
+            bench.gate(f"section {name}")
+            print(f"[{name}] start at {bench.elapsed():.0f}s (expected ~{SECTIONS[name][0]}s on an H200)", flush=True)
+            with torch.no_grad():
+                said = getattr(bench, f"section_{name}")()
+            status = f"done in {time.perf_counter() - start:.1f}s" + (f": {said}" if said else "")
+        except DeadlinePassed as exc:
+            status = str(exc)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one must not break the write below
+            bench.results.section(name, f"interrupted after {time.perf_counter() - start:.1f}s (SIGINT / budget)")
+            for rest in only[index + 1 :]:
+                bench.results.section(rest, "not started: interrupted")
+            return 3
+        except Exception as exc:
+            traceback.print_exc()
+            bench.failed.append(name)
+            status = f"FAILED after {time.perf_counter() - start:.1f}s: {type(exc).__name__}: {str(exc)[:300]}"
+        bench.results.section(name, status)
+        print(f"[{name}] {status}", flush=True)
+    return 1 if bench.failed else 0
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--out", default=str(ROOT / "bench"), help="where RESULTS.md, results.json, speed.png go")
+    parser.add_argument("--steps", type=int, default=30, help="steps of the headline rows (eager/lossless T2I)")
+    parser.add_argument("--short-steps", type=int, default=10, help="steps of rows that need the per-step time")
+    parser.add_argument("--out", default=None, help="RESULTS.md, results.json, speed.png (default: bench/ on a GPU)")
     parser.add_argument(
         "--work",
         default=str(Path(tempfile.gettempdir()) / "reimagine-speed"),
         help="scratch dir: reference latents (relative errors across runs) and the inductor cache",
     )
-    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list, run in order, of {list(SECTIONS)}")
+    parser.add_argument("--deadline", type=float, default=math.inf, help="no section or row starts after S seconds")
+    parser.add_argument("--budget", type=float, default=math.inf, help="SIGINT itself at S seconds from start")
     parser.add_argument("--device", default="")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=None, help="timed runs per measurement (3 GPU, 1 tiny)")
+    parser.add_argument("--warmup", type=int, default=1, help="2-step runs before each timed row")
+    parser.add_argument("--repeat", type=int, default=None, help="timed runs per row (2 GPU, 1 tiny)")
     parser.add_argument("--compile", choices=["regional", "full", "none"], default=None)
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     parser.add_argument("--dynamic", action="store_true", help="one dynamic-shape graph instead of one per bucket")
@@ -718,35 +1040,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=int, default=None, help="divide each image side by this (default 4 tiny, 1)")
     parser.add_argument("--cache-threshold", type=float, default=0.05)
     args = parser.parse_args(argv)
-    args.repeat = args.repeat or (1 if args.tiny else 3)
+    args.repeat = args.repeat or (1 if args.tiny else 2)
     args.scale = args.scale or (4 if args.tiny else 1)
+    if args.out is None:  # a CPU run never overwrites the GPU figures in bench/
+        args.out = str(Path(args.work) / "out") if args.tiny or not torch.cuda.is_available() else str(ROOT / "bench")
     global SCALE
     SCALE = args.scale
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
     if unknown:
-        parser.error(f"--only: unknown sections {sorted(unknown)}; choose from {SECTIONS}")
-    bench = Bench(args)
-    order = {
-        "peak": bench.section_peak,
-        "t2i": lambda: bench.section_task("t2i"),
-        "control": lambda: bench.section_task("canny+depth"),
-        "ablate": bench.section_ablate,
-        "sizes": bench.section_sizes,
-        "batch": bench.section_batch,
-        "cache": bench.section_cache,
-        "fp8": bench.section_fp8,
-        "cold": bench.section_cold,
-    }
-    for name in SECTIONS:
-        if name in only:
-            start = time.perf_counter()
-            with torch.no_grad():
-                order[name]()
-            print(f"[{name}] done in {time.perf_counter() - start:.1f}s", flush=True)
-    if not math.isfinite(bench.results.data["meta"].get("peak_tflops", 0.0)):
-        raise SystemExit("peak measurement failed")
+        parser.error(f"--only: unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
+    return args, only
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, only = parse_args(argv)
+    quiet_libraries()
+    arm_budget(args.budget)
+    bench: Bench | None = None
+    try:
+        bench = Bench(args, only)
+        code = run(bench, only)
+    except KeyboardInterrupt:
+        code = 3
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if bench is None:
+        print("interrupted before the first section", flush=True)
+        return code
+    print(f"\nresults in {args.out} after {bench.elapsed():.0f}s; sections:", flush=True)
+    for name, status in bench.results.data["sections"].items():
+        print(f"  {name}: {status}")
+    if bench.failed:
+        print(f"FAILED: {', '.join(bench.failed)}")
+    print("\n" + "\n".join(bench.results.ratio_lines()), flush=True)  # last: the tool returns the output's tail
+    return code
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

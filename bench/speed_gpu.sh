@@ -1,54 +1,72 @@
 #!/usr/bin/env bash
-# bench/speed.py on a lent GPU machine (see /work/.library/device/README.md), in commands of < 10 minutes.
+# The speed part of the one GPU command: bench/speed.py under a hard wall budget, results straight into $OUT/speed.
+# bench/README.md has the plan, the exact call and the expected seconds per section.
 #
-#   here, once:   bash bench/speed_gpu.sh wheels          # diffusers, transformers, torchao, pydantic... -> .whl/
-#   on the GPU:   run(command="bash bench/speed_gpu.sh run peak,t2i,control", carry=[".whl"], timeout_s=600)
-#                 run(command="bash bench/speed_gpu.sh run sizes", carry=[".whl"])
-#                 run(command="bash bench/speed_gpu.sh run batch,cache,fp8", carry=[".whl"])
-#                 run(command="bash bench/speed_gpu.sh run ablate", carry=[".whl"])
-#                 run(command="bash bench/speed_gpu.sh run cold", carry=[".whl"])   # twice: empty, then warm cache
-#   then here:    copy RESULTS.md, results.json, speed.png from the reply's files_at into bench/ and commit.
+#   here, once:   bash bench/speed_gpu.sh wheels        # bench/gpu-wheels.txt -> .whl/ (git-ignored), prints its size
+#   on the GPU:   bash bench/speed_gpu.sh install && bash bench/speed_gpu.sh run        # inside the one `run` call,
+#                 with carry=[".whl"]; the whole call is in bench/README.md
+#   dry run here: bash bench/speed_gpu.sh run                                           # no GPU: tiny CPU smoke
 #
-# Results accumulate in /tmp/speed on the device while it stays warm; a fresh machine is seeded from the committed
-# bench/results.json (kept only if it came from the same GPU). Extra arguments go to bench/speed.py.
-set -euo pipefail
+#   run [SECTIONS [BUDGET_S]] [bench/speed.py args...]
+#       SECTIONS: comma list in the order to run (default: the plan below); BUDGET_S: the wall budget of this part
+#       (default 340): no row starts after BUDGET_S-40, Python interrupts itself (SIGINT) at BUDGET_S-15, `timeout`
+#       sends SIGINT at BUDGET_S-5 and SIGKILL at BUDGET_S. Whatever was measured is in $OUT/speed: RESULTS.md,
+#       results.json and speed.png are rewritten after every row, log.txt as lines come. Exit 0: ran or stopped at
+#       the deadline; 1: a section or row failed; 3: interrupted at the budget; 124/137: killed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
+
+PLAN=peak,t2i,control,fp8,batch,ablate,cache,sizes
+SITE=${SITE:-/tmp/site}
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python   # a dev checkout; the GPU image has python3
 
 case "${1:-}" in
 wheels)
-    exclude=$(git rev-parse --git-path info/exclude)
-    mkdir -p "$(dirname "$exclude")"
-    grep -qsx '/.whl/' "$exclude" || echo '/.whl/' >>"$exclude"
-    # The GPU image has torch 2.11, tokenizers, safetensors, huggingface-hub, numpy, pillow, matplotlib, opencv;
-    # torchao 0.18 is the release built for torch 2.11.
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    rm -rf .whl
+    # shellcheck disable=SC2046
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
-        diffusers==0.42.1 transformers==5.24.0 torchao==0.18.0 pydantic==2.14.4 pydantic-core==2.50.5 \
-        pydantic-settings==2.16.3 python-dotenv==1.2.4 typing-inspection==0.4.5 annotated-types==0.8.0 \
-        importlib-metadata==10.2.0
+        $(sed -e 's/#.*//' bench/gpu-wheels.txt) || exit
     du -sh .whl
+    echo "travels with the tree: $(git ls-files -z | du -ch --files0-from=- 2>/dev/null | tail -1 | cut -f1) tracked"
+    ;;
+install)
+    if ! "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+        echo "[install] no CUDA device: skipped (a dry run here uses this environment's packages)"
+        exit 0
+    fi
+    start=$SECONDS
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+        || exit
+    echo "[install] $(ls .whl | wc -l) wheels in $((SECONDS - start))s"
     ;;
 run)
-    sections=${2:-peak,t2i,control}
-    shift 2 || shift $#
-    site=${SITE:-/tmp/site}
-    if [ ! -f "$site/.installed" ]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
-        touch "$site/.installed"
+    sections=${2:-$PLAN}
+    budget=${3:-340}
+    shift $(($# < 3 ? $# : 3))
+    out=${OUT:-/tmp/speed-out}/speed
+    mkdir -p "$out"
+    export PYTHONPATH=$SITE:$PWD/src:$PWD PYTHONUNBUFFERED=1
+    args=(--out "$out" --only "$sections" --deadline $((budget - 40)) --budget $((budget - 15)))
+    note="[speed] budget ${budget}s: sections $sections"
+    if ! "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+        note="$note; no CUDA device: tiny CPU smoke run (the same code, figures mean nothing)"
+        args+=(--tiny --steps 2 --short-steps 1)
     fi
-    export PYTHONPATH=$site:$PWD/src PYTHONUNBUFFERED=1
-    mkdir -p /tmp/speed
-    [ -f /tmp/speed/results.json ] || cp bench/results.json /tmp/speed/ 2>/dev/null || true
-    nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu,memory.used --format=csv,noheader || true
-    status=0
-    python3 bench/speed.py --only "$sections" --out /tmp/speed "$@" 2>&1 | grep -v -e Warning -e 'experimental feature' \
-        | tee "/tmp/speed/log-${sections//,/-}.txt" || status=$?
-    cp /tmp/speed/RESULTS.md /tmp/speed/results.json /tmp/speed/speed.png "${OUT:-/tmp}/" 2>/dev/null || true
-    exit "$status"
+    {
+        echo "$note"
+        nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,memory.used --format=csv,noheader 2>/dev/null
+        timeout -s INT -k 5 $((budget - 5)) "$PY" bench/speed.py "${args[@]}" "$@"
+        status=$?
+        echo "[speed] exit $status"
+        exit $status
+    } 2>&1 | tee "$out/log.txt"
+    exit "${PIPESTATUS[0]}"
     ;;
 *)
-    echo "usage: bash bench/speed_gpu.sh wheels | run SECTIONS [bench/speed.py args]" >&2
+    echo "usage: bash bench/speed_gpu.sh wheels | install | run [SECTIONS [BUDGET_S]] [bench/speed.py args]" >&2
     exit 2
     ;;
 esac

@@ -17,7 +17,7 @@ from reimagine.config import Settings
 from reimagine.generation import Controls, NullHooks
 from reimagine.schemas import ReimagineInput
 from reimagine.worker import fast
-from reimagine.worker.pipeline import ReimaginePipeline, generate, load_pipeline
+from reimagine.worker.pipeline import ReimaginePipeline, generate, load_pipeline, set_step_cache
 
 NEGATIVE = "Logo,Watermark,Ugly"
 
@@ -102,40 +102,6 @@ def test_apply_fast_path_on_cpu_matches_eager_and_skips_fp8_cleanly(caplog: pyte
     assert set(fast.warm_buckets(pipe, [(64, 64), (96, 64)])) == {"64x64", "96x64"}
 
 
-def test_step_cache_threshold_zero_equals_no_cache() -> None:
-    pipe = _pipe()
-    reference = _image(pipe, _controls(), num_inference_steps=4)
-    fast.enable_step_cache(pipe, 0.0)
-    assert torch.equal(_image(pipe, _controls(), num_inference_steps=4), reference)
-    assert fast.step_cache_skips(pipe) == 0
-    fast.disable_step_cache(pipe)
-    assert torch.equal(_image(pipe, _controls(), num_inference_steps=4), reference)
-
-
-def test_step_cache_skips_controlnet_residuals_without_counting_them_twice() -> None:
-    pipe = _pipe()
-    transformer, controlnet = fast.denoisers(pipe)[:2]
-    inputs = _inputs_for(128)
-    mode = torch.zeros(2, 1, dtype=torch.long)
-    with torch.no_grad():
-        double, single = controlnet(
-            controlnet_cond=inputs["hidden_states"] * 0.5, controlnet_mode=mode, conditioning_scale=1.0, **inputs
-        )
-        kwargs = dict(inputs, controlnet_block_samples=double, controlnet_single_block_samples=single)
-        computed = transformer(**kwargs, return_dict=False)[0]
-        fast.enable_step_cache(pipe, 0.5)
-        first = transformer(**kwargs, return_dict=False)[0]
-        # same inputs: the first block's residual did not change, so the other blocks are skipped; the cached
-        # residual already holds the ControlNet additions, which must not be added again
-        second = transformer(**kwargs, return_dict=False)[0]
-        assert fast.step_cache_skips(pipe) == 1
-        restart = transformer(**{**kwargs, "timestep": torch.full((2,), 1000.0)}, return_dict=False)[0]
-        assert fast.step_cache_skips(pipe) == 1  # t = 1000 is a new request's first step: computed
-    torch.testing.assert_close(first, computed, rtol=0, atol=0)
-    torch.testing.assert_close(second, computed, rtol=1e-5, atol=1e-5)
-    assert restart.shape == computed.shape
-
-
 def test_fast_path_keeps_the_pipelines_own_step_cache() -> None:
     """`load_pipeline` may enable First-Block-Cache itself: the fast path takes it off around compilation, puts it
     back, and `warm_buckets` runs the transformer inside a cache context."""
@@ -143,7 +109,7 @@ def test_fast_path_keeps_the_pipelines_own_step_cache() -> None:
     transformer = fast.denoisers(pipe)[0]
     assert transformer.is_cache_enabled
     fast.apply_fast_path(pipe, pipe.settings, options=fast.FastOptions(bf16=False, compile="none"))
-    assert transformer.is_cache_enabled and not getattr(pipe, "_step_cache_handles", None)
+    assert transformer.is_cache_enabled
     fast.warm_buckets(pipe, [(64, 64)])
     assert _image(pipe).shape == _image(pipe, _controls()).shape
 
@@ -164,14 +130,35 @@ def test_apply_fast_path_twice_compiles_once_and_caches_under_the_data_dir(
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"].startswith(str(tmp_path.resolve()))
 
 
-def test_step_cache_with_controls_skips_steps_through_generate() -> None:
+def test_set_step_cache_is_the_one_step_cache_and_turns_off_cleanly() -> None:
     pipe = _pipe()
-    reference = _image(pipe, _controls(), num_inference_steps=8)
-    fast.enable_step_cache(pipe, 0.3)
-    cached = _image(pipe, _controls(), num_inference_steps=8)
-    skipped = fast.step_cache_skips(pipe)
-    assert skipped is not None and 0 < skipped < 8
-    assert (cached - reference).abs().mean() < 8  # mean deviation in 8-bit levels: an approximation, not noise
+    transformer = fast.denoisers(pipe)[0]
+    reference = _image(pipe, num_inference_steps=4)
+    set_step_cache(pipe, 0.3)
+    assert transformer.is_cache_enabled and pipe.step_cache == 0.3
+    assert _image(pipe, num_inference_steps=4).shape == reference.shape
+    set_step_cache(pipe, 0.0)
+    assert not transformer.is_cache_enabled and pipe.step_cache == 0.0
+    assert torch.equal(_image(pipe, num_inference_steps=4), reference)
+
+
+def test_an_attention_backend_whose_probe_call_fails_falls_back_to_sdpa_saying_why() -> None:
+    pipe = _pipe()
+    models = fast.denoisers(pipe)
+    # cuDNN attention cannot run on a CPU: the probe call fails, as it would for an unsupported head dim on a GPU
+    assert fast.probe_attention("_native_cudnn", torch.device("cpu"), heads=2, head_dim=8) is not None
+    chosen = fast.set_attention_backend(models, "_native_cudnn")
+    assert chosen.startswith("native (fallback: _native_cudnn")
+    assert fast.probe_attention("native", torch.device("cpu"), heads=2, head_dim=8) is None
+
+
+def test_library_changes_to_inductor_settings_are_undone() -> None:
+    import torch._inductor.config as inductor_config
+
+    before = inductor_config.coordinate_descent_tuning
+    with fast._inductor_config_kept():
+        inductor_config.coordinate_descent_tuning = not before  # what importing torchao does
+    assert inductor_config.coordinate_descent_tuning == before
 
 
 def test_deterministic_pins_the_attention_backend_and_stops_autotuning() -> None:

@@ -14,8 +14,9 @@ kernels). CUDA graphs: `FastOptions(compile_mode="max-autotune")`, off by defaul
 large GEMMs, so launch overhead is small, and graphs cost memory per bucket (measure: `bench/speed.py
 --compile-mode max-autotune`). Control images are VAE-encoded once per request by `pipeline.generate` itself.
 
-Lossy, off by default: FP8 dynamic activation + weight quantisation of the block linears (torchao, CUDA sm89+),
-and First-Block-Cache step skipping (`Settings.step_cache`), made ControlNet-aware here.
+Lossy, off by default: FP8 dynamic activation + weight quantisation of the block linears (torchao, CUDA sm89+).
+First-Block-Cache step skipping (`Settings.step_cache`) is the pipeline's own (`pipeline.set_step_cache`, off with
+structure images): the fast path only keeps its hooks outside the compiled blocks.
 
 Nothing here knows how `generate` runs the denoise loop: it finds the transformer and the ControlNet(s) as the
 modules of `pipe` that have `transformer_blocks` and `single_transformer_blocks`, and only wraps
@@ -43,7 +44,6 @@ from reimagine.schemas import SIZES
 logger = logging.getLogger(__name__)
 
 TEXT_TOKENS = 128  # Bria always zero-pads T5 embeddings to 128 tokens (bria-model.md §1.3)
-_FIRST_TIMESTEP = 999.5  # sigma 1 -> t = 1000 on every request's first step: the step cache resets there
 
 
 @dataclass(frozen=True)
@@ -117,18 +117,46 @@ def pick_attention_backend(device: torch.device) -> str:
         return "_native_cudnn"
 
 
-def set_attention_backend(models: Iterable[nn.Module], backend: str) -> str:
-    """Set `backend` on every model; a backend this install cannot run falls back to SDPA, logged."""
-    models = list(models)
+def probe_attention(backend: str, device: torch.device, heads: int, head_dim: int) -> str | None:
+    """Run one small bf16 attention call of the model's head shape under `backend`; the error text, or None.
+
+    cuDNN's fused attention depends on the cuDNN build and the head dimension (Bria: 96), so choosing it without a
+    call can fail at the first request instead of at start-up."""
+    if backend != "_native_cudnn":
+        return None
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, heads, 256, head_dim, device=device, dtype=torch.bfloat16)
     try:
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return None if bool(torch.isfinite(out).all()) else "non-finite output"
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def set_attention_backend(models: Iterable[nn.Module], backend: str) -> str:
+    """Set `backend` on every model; a backend this install cannot run (import error, or the probe call of
+    `probe_attention` fails) falls back to SDPA, logged. Returns what was set, with the reason for a fallback."""
+    models = list(models)
+    param = next(models[0].parameters())
+    config: Any = getattr(models[0], "config", None)
+    heads = getattr(config, "num_attention_heads", 24)
+    head_dim = getattr(config, "attention_head_dim", 96)
+    failure = probe_attention(backend, param.device, heads, head_dim)
+    try:
+        if failure is not None:
+            raise RuntimeError(f"probe call failed: {failure}")
         for model in models:
             model.set_attention_backend(backend)  # type: ignore[operator]
         return backend
     except (ImportError, RuntimeError, ValueError) as exc:
-        logger.info("attention backend %s unavailable (%s); using native SDPA", backend, exc)
+        logger.warning("attention backend %s unavailable (%s); using native SDPA", backend, exc)
         for model in models:
             model.set_attention_backend("native")  # type: ignore[operator]
-        return "native"
+        return f"native (fallback: {backend} {exc})"
 
 
 #: The attention backend of `Settings.deterministic`: PyTorch's FlashAttention-2, whatever else is installed.
@@ -236,7 +264,8 @@ def serving_options(settings: Settings, options: FastOptions | None = None) -> F
 
 
 def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | None = None) -> None:
-    """Apply the compiled, bf16-tolerant fast path (and `settings.fp8` / `settings.step_cache`) to `pipe` in place.
+    """Apply the compiled, bf16-tolerant fast path (and `settings.fp8`) to `pipe` in place; keeps the pipeline's
+    step cache (`pipeline.set_step_cache`).
 
     Call once after the pipe is on its device, then `warm_buckets(pipe)`. Output matches eager within bf16
     tolerance (`bench/speed.py` reports the relative error). With `settings.deterministic` the attention backend is
@@ -253,6 +282,7 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
             fuse_qkv(model)
     backend = pick_attention_backend(device) if options.attention == "auto" else options.attention
     backend = set_attention_backend(models, backend)
+    pipe._fast_attention = backend  # the bench reports it
     if settings.fp8:
         enable_fp8(models)
     bria = _bria(pipe)
@@ -280,8 +310,6 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
             )
     if pipeline_cache is not None:
         transformer.enable_cache(pipeline_cache)
-    elif settings.step_cache > 0 and not getattr(pipe, "_step_cache_handles", None):
-        enable_step_cache(pipe, settings.step_cache)
     pipe._fast_options = options  # marks the pipe as done (the bench's cold start checks it)
     logger.info(
         "fast path (compiled, bf16-tolerant): %s, fused QKV %s, attention %s, compile %s, fp8 %s, step cache %s, "
@@ -330,7 +358,7 @@ def warm_buckets(
                 encoder_hidden_states=text, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
             )  # fmt: skip
             residuals = {"controlnet_block_samples": block, "controlnet_single_block_samples": single}
-        cached = getattr(transformer, "is_cache_enabled", False) and not getattr(pipe, "_step_cache_handles", None)
+        cached = getattr(transformer, "is_cache_enabled", False)
         with transformer.cache_context("warmup") if cached else contextlib.nullcontext():
             transformer(
                 hidden_states=latents, encoder_hidden_states=text, timestep=timestep, img_ids=img_ids,
@@ -345,7 +373,6 @@ def warm_buckets(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds[f"{width}x{height}"] = time.perf_counter() - start
-    reset_step_cache(pipe)
     if getattr(transformer, "is_cache_enabled", False):
         transformer._reset_stateful_cache()
     return seconds
@@ -368,7 +395,8 @@ def enable_fp8(models: Iterable[Any]) -> bool:
     if not fp8_supported(device):
         logger.warning("fp8 requested but unsupported on %s (needs CUDA sm89+); running without it", device)
         return False
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    with _inductor_config_kept():  # torchao switches coordinate-descent tuning on for every later compile
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     def is_block_linear(module: nn.Module, name: str) -> bool:
         return (
@@ -381,107 +409,24 @@ def enable_fp8(models: Iterable[Any]) -> bool:
 
     for model in models:
         if not getattr(model, "_reimagine_fp8", False):
-            quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=is_block_linear)
+            with _inductor_config_kept():
+                config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+                quantize_(model, config, filter_fn=is_block_linear)
             model._reimagine_fp8 = True
     return True
 
 
-# --- lossy: First-Block-Cache ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _inductor_config_kept() -> Iterator[None]:
+    """Undo any inductor setting changed inside (torchao sets `coordinate_descent_tuning` process-wide on import,
+    which makes every later compilation pay for a tuning search nobody asked for)."""
+    import torch._inductor.config as inductor_config
 
-_FBC_HEAD_HOOK = "fbc_leader_block_hook"  # diffusers.hooks.first_block_cache._FBC_LEADER_BLOCK_HOOK
-
-
-class _ResidualsSkippedWhenCached(list):
-    """ControlNet residuals that read as 0 while First-Block-Cache skips the step.
-
-    On a computed step the cached tail residual (last block output - first block output) already contains the
-    ControlNet additions after blocks 0..n-2, but not the one after the last single block (added by the forward
-    after the tail block's output was recorded). So on a skipped step every addition but that last one must be
-    dropped, else they count twice. The transformer forward reads `samples[i // interval]` once per block, in
-    order; the counter tells which read is the last block's.
-    """
-
-    def __init__(self, samples: list[torch.Tensor], state: Any, reads_per_call: int, keep_last: bool) -> None:
-        super().__init__(samples)
-        self.state = state
-        self.reads_per_call = reads_per_call
-        self.keep_last = keep_last
-        self.reads = 0
-
-    def __getitem__(self, index: Any) -> Any:
-        self.reads += 1
-        if self.state().should_compute or (self.keep_last and self.reads == self.reads_per_call):
-            return super().__getitem__(index)
-        return 0.0
-
-
-def enable_step_cache(pipe: Any, threshold: float) -> None:
-    """First-Block-Cache on the transformer: when the first block's residual changed less than `threshold`
-    (relative mean abs) since the last computed step, reuse the cached residual of the other 35 blocks.
-
-    Made to work with our loop without touching it: a forward pre-hook sets the cache context (the Bria
-    pipeline does not call `cache_context`), resets the cache on each request's first step (t = 1000), and wraps
-    the ControlNet residuals so skipped steps do not add them twice (`_ResidualsSkippedWhenCached`). The
-    ControlNet itself still runs every step: its outputs are needed before the transformer decides to skip, so
-    with structure images the saving is the transformer's share only.
-    """
-    from diffusers.hooks.first_block_cache import FirstBlockCacheConfig
-    from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
-
-    from reimagine.worker.controlnet_bria import register_cache_blocks
-
-    register_cache_blocks()  # bria-model.md §2.3 bug 2
-    transformer = denoisers(pipe)[0]
-    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
-    head = transformer.transformer_blocks[0]
-    head_hook: Any = HookRegistry.check_if_exists_or_initialize(head).get_hook(_FBC_HEAD_HOOK)
-    state_manager = head_hook.state_manager
-    n_double = len(transformer.transformer_blocks)
-    n_single = len(transformer.single_transformer_blocks)
-
-    def before_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        timestep = kwargs.get("timestep")
-        if timestep is not None and float(timestep.max()) >= _FIRST_TIMESTEP:
-            module._reset_stateful_cache()  # type: ignore[operator]
-        if state_manager._context is None:
-            _set_cache_context(module, CacheContext("cond"))
-        for key, reads, keep_last in (
-            ("controlnet_block_samples", n_double, False),
-            ("controlnet_single_block_samples", n_single, True),
-        ):
-            if kwargs.get(key) is not None:
-                kwargs[key] = _ResidualsSkippedWhenCached(list(kwargs[key]), state_manager.get_state, reads, keep_last)
-        return args, kwargs
-
-    def after_forward(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not state_manager.get_state().should_compute:
-            pipe._step_cache_skipped += 1
-
-    pipe._step_cache_handles = [
-        transformer.register_forward_pre_hook(before_forward, with_kwargs=True),
-        transformer.register_forward_hook(after_forward),
-    ]
-    pipe._step_cache_skipped = 0
-
-
-def disable_step_cache(pipe: Any) -> None:
-    """Undo `enable_step_cache` (the bench compares paths on one set of weights)."""
-    transformer = denoisers(pipe)[0]
-    for handle in getattr(pipe, "_step_cache_handles", None) or []:
-        handle.remove()
-    if getattr(pipe, "_step_cache_handles", None):
-        transformer.disable_cache()
-    pipe._step_cache_handles = None
-
-
-def reset_step_cache(pipe: Any) -> None:
-    """Forget cached residuals (after warm-up, between benchmark runs); a no-op without the step cache."""
-    transformer = denoisers(pipe)[0]
-    if getattr(pipe, "_step_cache_handles", None):
-        transformer._reset_stateful_cache()
-        pipe._step_cache_skipped = 0
-
-
-def step_cache_skips(pipe: Any) -> int | None:
-    """How many transformer tails the step cache skipped since the last reset (None without the cache)."""
-    return getattr(pipe, "_step_cache_skipped", None)
+    before = inductor_config.get_config_copy()
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if getattr(inductor_config, key) != value:
+                logger.info("inductor setting %s changed by a library; restored to %r", key, value)
+                setattr(inductor_config, key, value)

@@ -40,7 +40,7 @@ from reimagine.worker.controlnet_bria import (
 from reimagine.worker.enhancer import Enhancer, EnhancerFailed, load_enhancer
 from reimagine.worker.preprocess import DepthEstimator, canny_map, fit_to_size, load_depth_estimator
 
-__all__ = ["ReimaginePipeline", "generate", "load_pipeline", "warmup"]
+__all__ = ["ReimaginePipeline", "generate", "load_pipeline", "set_step_cache", "warmup"]
 
 #: Written into a saved tiny pipeline, so a reload still says its images are noise.
 TINY_MARKER = "reimagine_tiny.json"
@@ -171,11 +171,6 @@ def load_pipeline(settings: Settings, *, architecture: dict[str, Any] | None = N
     else:
         bria.to(device)
         multi.to(device)
-    if settings.step_cache > 0:
-        from diffusers import FirstBlockCacheConfig
-
-        register_cache_blocks()
-        bria.transformer.enable_cache(FirstBlockCacheConfig(threshold=settings.step_cache))
     pipe = ReimaginePipeline(
         bria=bria,
         controlnet=multi,
@@ -183,10 +178,10 @@ def load_pipeline(settings: Settings, *, architecture: dict[str, Any] | None = N
         device=device,
         is_tiny=is_tiny,
         enhancer=load_enhancer(settings, device),
-        step_cache=settings.step_cache,
         noise_warning=noise_warning,
         build_depth=build_depth,
     )
+    set_step_cache(pipe, settings.step_cache)
     # The compiled, bf16-tolerant fast path (bf16, fused QKV, attention backend, per-bucket torch.compile) is for
     # CUDA; offloaded components move between devices, which compiled graphs with static placement do not survive.
     if settings.fast and device.type == "cuda" and not settings.cpu_offload:
@@ -194,6 +189,20 @@ def load_pipeline(settings: Settings, *, architecture: dict[str, Any] | None = N
 
         apply_fast_path(pipe, settings)
     return pipe
+
+
+def set_step_cache(pipe: ReimaginePipeline, threshold: float) -> None:
+    """First-Block-Cache on the transformer at `threshold` (0 turns it off): the one step-cache integration, used by
+    serving and measured by `bench/speed.py`. `generate` turns it off for requests with structure images."""
+    transformer = pipe.bria.transformer
+    if getattr(transformer, "is_cache_enabled", False):
+        transformer.disable_cache()
+    pipe.step_cache = threshold
+    if threshold > 0:
+        from diffusers import FirstBlockCacheConfig
+
+        register_cache_blocks()
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
 
 
 def warmup(pipe: ReimaginePipeline) -> None:
