@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import enum
 import sys
+import time
 import types
 import typing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from reimagine.config import Settings
+from reimagine.queue.models import Scope
 from reimagine.schemas import ReimagineInput
 
 _SETTINGS_FOR = {
@@ -106,11 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="Create a key and print it (the last line of stdout)")
     create.add_argument("--name", default="default", help="A label for the key")
-    key_commands.add_parser("list", help="List keys (ids and names, never secrets)")
+    create.add_argument(
+        "--scope",
+        choices=[scope.value for scope in Scope],
+        default=Scope.ADMIN.value,
+        help="read: status/result/listing; submit: submit/run/cancel/upload; admin: everything (default)",
+    )
+    create.add_argument("--expires-in-days", type=float, default=None, help="Stop working after this many days")
+    create.add_argument(
+        "--max-concurrent", type=int, default=None, help="At most this many of its jobs run at once (default: no limit)"
+    )
+    key_commands.add_parser("list", help="List keys (ids, names, scopes, expiry, limits; never secrets)")
     revoke = key_commands.add_parser("revoke", help="Revoke a key by id")
     revoke.add_argument("key_id", help="The key's id (the part before ':')")
     for sub in (create, key_commands.choices["list"], revoke):
         _add_field_flags(sub, Settings, _SETTINGS_FOR["keys"], "s_")
+
+    usage = commands.add_parser("usage", help="Usage per API key and day: images, GPU seconds, bytes in and out")
+    usage.add_argument("--key", default=None, help="One key, by id or name (default: every key)")
+    usage.add_argument("--since", default="", metavar="YYYY-MM-DD", help="From this UTC day on (default: all)")
+    _add_field_flags(usage, Settings, _SETTINGS_FOR["keys"], "s_")
 
     generate = commands.add_parser("generate", help="Generate one image locally, no server needed")
     _add_field_flags(generate, ReimagineInput, None, "i_")
@@ -157,6 +175,8 @@ def _run(parser: argparse.ArgumentParser, settings: Settings, namespace: argpars
         return run_worker(settings)
     if namespace.command == "keys":
         return _keys(settings, namespace)
+    if namespace.command == "usage":
+        return _usage(settings, namespace)
     if namespace.command == "generate":
         return _generate(parser, settings, namespace)
     if namespace.command == "models":
@@ -204,16 +224,61 @@ def _keys(settings: Settings, namespace: argparse.Namespace) -> int:
     else:
         store = open_existing_store(settings)
     if namespace.keys_command == "create":
-        print(store.keys.create(namespace.name))
+        if namespace.max_concurrent is not None and namespace.max_concurrent < 1:
+            print("error: --max-concurrent must be at least 1", file=sys.stderr)
+            return 2
+        expires_at = time.time() + namespace.expires_in_days * 86400 if namespace.expires_in_days is not None else None
+        print(
+            store.keys.create(
+                namespace.name,
+                scope=Scope(namespace.scope),
+                expires_at=expires_at,
+                max_concurrent=namespace.max_concurrent,
+            )
+        )
     elif namespace.keys_command == "list":
+        print("id\tname\tstate\tscope\texpires\tmax_concurrent")
         for key in store.keys.all():
-            state = "revoked" if key.revoked_at else "active"
-            print(f"{key.id}\t{key.name}\t{state}")
+            expired = key.expires_at is not None and key.expires_at <= time.time()
+            state = "revoked" if key.revoked_at else "expired" if expired else "active"
+            expires = _day(key.expires_at) if key.expires_at is not None else "-"
+            limit = str(key.max_concurrent) if key.max_concurrent is not None else "-"
+            print(f"{key.id}\t{key.name}\t{state}\t{key.scope.value}\t{expires}\t{limit}")
     elif namespace.keys_command == "revoke":
         if not store.keys.revoke(namespace.key_id):
             print(f"no active key with id {namespace.key_id!r}", file=sys.stderr)
             return 1
         print(f"revoked {namespace.key_id}")
+    return 0
+
+
+def _day(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _usage(settings: Settings, namespace: argparse.Namespace) -> int:
+    """A tab-separated table, oldest day first, then a total per key."""
+    from reimagine.queue import open_store
+
+    store = open_store(settings.resolved_database_url)
+    try:
+        rows = store.usage.rows(key=namespace.key, since=namespace.since)
+    finally:
+        store.close()
+    print("day\tkey\tname\timages\tfailed\tgpu_s\tinput_bytes\toutput_bytes")
+    totals: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        print(
+            f"{row.day}\t{row.key_id}\t{row.key_name}\t{row.images}\t{row.failed}\t{row.gpu_s:.1f}"
+            f"\t{row.input_bytes}\t{row.output_bytes}"
+        )
+        total = totals.setdefault((row.key_id, row.key_name), [0, 0, 0.0, 0, 0])
+        for i, value in enumerate((row.images, row.failed, row.gpu_s, row.input_bytes, row.output_bytes)):
+            total[i] += value
+    for (key_id, name), (images, failed, gpu_s, input_bytes, output_bytes) in totals.items():
+        print(
+            f"total\t{key_id}\t{name}\t{images:.0f}\t{failed:.0f}\t{gpu_s:.1f}\t{input_bytes:.0f}\t{output_bytes:.0f}"
+        )
     return 0
 
 

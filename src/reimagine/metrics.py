@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from reimagine.jobs import JobStatus
@@ -28,6 +28,9 @@ _RUN_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
 
 class _Store(Protocol):
     def count_by_status(self) -> dict[str, int]: ...
+
+    @property
+    def usage(self) -> Any: ...
 
 
 class _FinishedJob(Protocol):
@@ -70,12 +73,44 @@ class _QueueCollector(Collector):
         yield depth
 
 
+class _UsageCollector(Collector):
+    """Usage totals per API key name (`queue/usage.py`), read from the store on each scrape.
+
+    Counters in Prometheus' sense (they only grow), kept in the store: every replica reports the same totals, so
+    aggregate them across replicas with max(), not sum().
+    """
+
+    _SERIES = (
+        ("images", "reimagine_usage_images", "Images generated, per API key."),
+        ("failed", "reimagine_usage_failed", "Requests that ended without an image, per API key."),
+        ("gpu_s", "reimagine_usage_gpu_seconds", "Seconds of denoising on the device, per API key."),
+        ("input_bytes", "reimagine_usage_input_bytes", "Bytes of request bodies, per API key."),
+        ("output_bytes", "reimagine_usage_output_bytes", "Bytes of files written for requests, per API key."),
+    )
+
+    def __init__(self, store: _Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            totals = self._store.usage.totals()
+        except Exception:
+            logger.warning("metrics: could not read usage", exc_info=True)
+            return
+        for field, name, documentation in self._SERIES:
+            family = CounterMetricFamily(name, documentation, labels=["key"])
+            for row in totals:
+                family.add_metric([row.key_name], getattr(row, field))
+            yield family
+
+
 class Metrics:
     """The registry plus the instruments the API updates."""
 
     def __init__(self, store: _Store) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_QueueCollector(store))
+        self.registry.register(_UsageCollector(store))
         self.job_wait = Histogram(
             "reimagine_job_wait_seconds",
             "Time from submit to a worker starting the job.",

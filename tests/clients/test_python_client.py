@@ -39,7 +39,19 @@ def run_scenario(name: str, server: TlsServe, env: ClientEnv, timeout_s: float =
 
 @pytest.mark.parametrize(
     "scenario",
-    ["run_inputs", "subscribe", "queue", "cancel", "upload", "multipart", "stream", "errors", "webhook", "async"],
+    [
+        "run_inputs",
+        "subscribe",
+        "queue",
+        "cancel",
+        "upload",
+        "multipart",
+        "stream",
+        "errors",
+        "webhook",
+        "async",
+        "platform",
+    ],
 )
 def test_python_client(scenario: str, client_env: ClientEnv) -> None:
     run_scenario(scenario, client_env.server, client_env)

@@ -17,6 +17,8 @@ from PIL import Image
 
 from reimagine.api.routes.storage import router
 from reimagine.config import Settings
+from reimagine.queue import open_store
+from reimagine.queue.models import KeyGrant, Scope
 from reimagine.signing import load_secret, make_token, read_token
 from reimagine.storage.local import LocalStorage
 from tests.files.conftest import AppServer, png_bytes
@@ -29,7 +31,9 @@ def make_app(tmp_path: Path, **overrides: object) -> FastAPI:
     app = FastAPI()
     app.state.settings = settings
     app.state.storage = LocalStorage(settings.files_dir)
-    app.state.authenticate = lambda key: "key-id" if key == KEY else None
+    # Lifecycles (`X-Fal-Object-Lifecycle`) are recorded in the store.
+    app.state.store = open_store(settings.resolved_database_url)
+    app.state.authenticate = lambda key: KeyGrant("key-id", "test", Scope.ADMIN) if key == KEY else None
     app.include_router(router)
     return app
 

@@ -257,7 +257,8 @@ def test_store_keys_create_verify_revoke(store: JobStore) -> None:
     assert store.keys.count() == 0
     key = store.keys.create("ci")
     key_id, _, secret = key.partition(":")
-    assert store.keys.verify(key) == key_id
+    grant = store.keys.verify(key)
+    assert grant is not None and grant.id == key_id
     assert store.keys.verify(f"{key_id}:wrong") is None
     assert store.keys.verify("garbage") is None
     assert [k.name for k in store.keys.all()] == ["ci"]

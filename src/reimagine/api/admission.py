@@ -18,12 +18,13 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from reimagine import ENDPOINT_ID
+from reimagine.api import platform
 from reimagine.api.urls import base_url
 from reimagine.api.wire import validation_detail
 from reimagine.config import Settings
 from reimagine.errors import InputError
 from reimagine.jobs import ErrorType, Priority
-from reimagine.queue.models import Job, NewJob, QueueFull
+from reimagine.queue.models import IdempotencyConflict, Job, NewJob, QueueFull
 from reimagine.schemas import ReimagineInput, StrictReimagineInput
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,9 @@ class Admitted:
     webhook_url: str | None
     start_deadline_at: float | None
     base_url: str
+    options: platform.PlatformOptions = platform.PlatformOptions()
+    #: size of the request body (inline data URIs included), for usage
+    input_bytes: int = 0
 
 
 def _error(detail: Any, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -193,6 +197,11 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
     start_timeout = _start_timeout(request)
     if isinstance(start_timeout, JSONResponse):
         return start_timeout
+    try:
+        options = platform.parse(request.headers, request.query_params)
+    except InputError as exc:
+        where = "query" if exc.field.startswith("fal_") else "header"
+        return _error([{"loc": [where, exc.field], "msg": exc.message, "type": "value_error"}], 422)
 
     # Limits last, so that a malformed request is told what is wrong with it even when the queue is full.
     retry_after = state.limiter.check(key_id)
@@ -213,6 +222,8 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
         webhook_url=webhook_url,
         start_deadline_at=time.time() + start_timeout if start_timeout is not None else None,
         base_url=base_url(request, settings),
+        options=options,
+        input_bytes=len(body),
     )
 
 
@@ -227,8 +238,11 @@ def new_request_id() -> str:
 async def submit_job(
     state: AppState, admitted: Admitted, *, is_sync: bool, job_id: str | None = None
 ) -> tuple[Job, int] | JSONResponse:
-    """Enqueue an admitted request; a 429 answer when the queue is at `max_queue_depth`, 503 when no worker can
-    start (a job queued then would wait forever)."""
+    """Enqueue an admitted request; a 429 answer when a queue is full, a 422 when an `Idempotency-Key` is reused, 503
+    when no worker can start (a job queued then would wait forever).
+
+    With an `Idempotency-Key` already used for the same body, the answer is that earlier job, not a new one.
+    """
     cause = state.unavailable()
     if cause is not None:
         return JSONResponse(
@@ -236,6 +250,7 @@ async def submit_job(
             status_code=503,
             headers={"x-fal-error-type": "runner_scheduling_failure", "retry-after": "30"},
         )
+    options = admitted.options
     new = NewJob(
         id=job_id or new_request_id(),
         key_id=admitted.key_id,
@@ -246,11 +261,34 @@ async def submit_job(
         start_deadline_at=admitted.start_deadline_at,
         is_sync=is_sync,
         base_url=admitted.base_url,
+        no_retry=options.no_retry,
+        store_io=options.store_io,
+        file_ttl_s=options.file_ttl_s,
+        input_bytes=admitted.input_bytes,
+        max_queue_length=options.max_queue_length,
+        idempotency_key=options.idempotency_key,
+        body_hash=(
+            platform.body_hash(admitted.raw, admitted.webhook_url) if options.idempotency_key is not None else None
+        ),
     )
     try:
         job, position = await state.enqueuer.enqueue(new)
-    except QueueFull:
+    except QueueFull as full:
+        if full.per_key:
+            return refusal(
+                f"This key already has {full.queued} requests waiting (fal_max_queue_length)",
+                429,
+                ErrorType.QUEUE_FULL,
+                {"retry-after": "5"},
+            )
         return queue_full()
-    state.notify_workers()
-    logger.info("request queued", extra={"request_id": job.id, "queue_position": position})
+    except IdempotencyConflict as conflict:
+        return _error(
+            [{"loc": ["header", platform.IDEMPOTENCY_HEADER], "msg": str(conflict), "type": "value_error"}], 422
+        )
+    if job.id == new.id:
+        state.notify_workers()
+        logger.info("request queued", extra={"request_id": job.id, "queue_position": position})
+    else:
+        logger.info("idempotent replay", extra={"request_id": job.id})
     return job, position

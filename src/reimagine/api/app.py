@@ -74,6 +74,7 @@ def create_app(
             asyncio.create_task(dispatcher.run(), name="webhooks"),
             asyncio.create_task(_reap(store, settings), name="reaper"),
             asyncio.create_task(_sweep(store, storage, settings), name="retention"),
+            asyncio.create_task(_expire_files(store, storage), name="file-lifecycles"),
         ]
         if store.db.is_sqlite:
             tasks.append(asyncio.create_task(_checkpoint(store), name="checkpoint"))
@@ -82,14 +83,21 @@ def create_app(
                 supervisor.start, on_event=hub.kick, on_webhook_due=dispatcher.kick, loop=asyncio.get_running_loop()
             )
         # --- scale-out: PostgreSQL NOTIFY from other replicas and remote workers (no-op on SQLite) -------------
-        from reimagine.queue.notify import QUEUED, open_listener
+        from reimagine.queue.notify import KEYS, QUEUED, open_listener
 
         def on_notify(payload: str) -> None:
+            if payload == KEYS:
+                if isinstance(keys, KeyCache):
+                    keys.clear()  # a key was revoked on some replica, or notifications were lost
+                return
             hub.kick()  # progress, logs, cancels and results of jobs run anywhere reach this replica's streams
             if payload == QUEUED:
                 app.state.notify_workers()  # a job submitted on another replica: wake our idle embedded workers
 
         listener = open_listener(getattr(store, "database_url", settings.resolved_database_url), on_notify)
+        if isinstance(keys, KeyCache):
+            # Cached keys are trusted only while revocations can reach this replica.
+            keys.is_fresh = lambda: listener.is_live
         # --- end scale-out ---------------------------------------------------------------------------------------
         try:
             yield
@@ -121,7 +129,14 @@ def create_app(
     app.state.metrics = metrics
     app.state.webhook_key = webhook_key
     app.state.limiter = RateLimiter(settings)
-    app.state.authenticate = KeyCache(store.keys.verify) if settings.auth else open_access
+    # SQLite: every request reads its key (on the event loop; tens of microseconds), so a revocation by
+    # `reimagine keys revoke` applies to the next request. PostgreSQL: cached while LISTEN is up (see api/auth.py).
+    keys = (
+        KeyCache(store.keys.verify, ttl_s=0.0, inline=True)
+        if store.reads_inline
+        else KeyCache(store.keys.verify, is_fresh=lambda: False)
+    )
+    app.state.authenticate = keys if settings.auth else open_access
     app.state.check_url = lambda url: check_url(url, settings)
     app.state.check_prompt = _prompt_checker(settings)
     app.state.notify_workers = supervisor.wake if supervisor is not None else (lambda: None)
@@ -265,6 +280,18 @@ async def _checkpoint(store: Any) -> None:
             await asyncio.to_thread(store.checkpoint)
         except Exception:
             logger.exception("checkpoint failed; retrying")
+
+
+async def _expire_files(store: Any, storage: Any, every_s: float = 30.0) -> None:
+    """Delete files whose own lifecycle ended (`X-Fal-Object-Lifecycle-Preference`); until then they answer 410."""
+    while True:
+        try:
+            while keys := await asyncio.to_thread(store.expire_files):
+                for key in keys:
+                    await asyncio.to_thread(storage.delete, key)
+        except Exception:
+            logger.exception("file lifecycle sweep failed; retrying")
+        await asyncio.sleep(every_s)
 
 
 async def _sweep(store: Any, storage: Any, settings: Settings) -> None:

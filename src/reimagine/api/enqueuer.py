@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from reimagine.queue.models import Job, NewJob, QueueFull
+from reimagine.queue.models import IdempotencyConflict, Job, NewJob, QueueFull
 
 #: Jobs per transaction: bounds how long one write holds the lock (the workers write between batches).
 _MAX_BATCH = 64
@@ -28,7 +28,7 @@ class Enqueuer:
         self._flusher: asyncio.Task[None] | None = None
 
     async def enqueue(self, new: NewJob) -> tuple[Job, int]:
-        """The queued job and its position; raises `QueueFull` like `store.enqueue`."""
+        """The queued job and its position; raises `QueueFull` or `IdempotencyConflict` like `store.enqueue`."""
         future: asyncio.Future[tuple[Job, int]] = asyncio.get_running_loop().create_future()
         self._pending.append((new, future))
         if self._flusher is None:
@@ -53,7 +53,7 @@ class Enqueuer:
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
-                    if isinstance(result, QueueFull):
+                    if isinstance(result, (QueueFull, IdempotencyConflict)):
                         future.set_exception(result)
                     else:
                         future.set_result(result)

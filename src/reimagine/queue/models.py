@@ -54,10 +54,18 @@ class Outcome:
     error: str | None = None
     error_type: ErrorType | None = None
     inference_time_s: float | None = None
+    #: seconds of denoising on the device (usage)
+    gpu_s: float | None = None
+    #: bytes of the files the job wrote (usage)
+    output_bytes: int | None = None
 
     @classmethod
-    def succeeded(cls, body: dict[str, Any], inference_time_s: float) -> Outcome:
-        return cls(JobStatus.SUCCEEDED, 200, body, inference_time_s=inference_time_s)
+    def succeeded(
+        cls, body: dict[str, Any], inference_time_s: float, *, gpu_s: float | None = None, output_bytes: int = 0
+    ) -> Outcome:
+        return cls(
+            JobStatus.SUCCEEDED, 200, body, inference_time_s=inference_time_s, gpu_s=gpu_s, output_bytes=output_bytes
+        )
 
     @classmethod
     def failed(cls, error_type: ErrorType, message: str, *, detail: Any = None) -> Outcome:
@@ -76,6 +84,10 @@ class Outcome:
     @classmethod
     def start_timeout(cls) -> Outcome:
         return cls.failed(ErrorType.REQUEST_TIMEOUT, "Request timed out before it started")
+
+    @classmethod
+    def runner_disconnected(cls) -> Outcome:
+        return cls.failed(ErrorType.RUNNER_DISCONNECTED, "Request failed: its worker died (X-Fal-No-Retry)")
 
     @classmethod
     def poisoned(cls, attempts: int) -> Outcome:
@@ -101,6 +113,19 @@ class NewJob:
     start_deadline_at: float | None = None
     is_sync: bool = False
     base_url: str = ""
+    #: `X-Fal-No-Retry`: a worker death fails the job instead of re-running it
+    no_retry: bool = False
+    #: `X-Fal-Store-IO: 0` (False): the input is erased once the job finishes
+    store_io: bool = True
+    #: `X-Fal-Object-Lifecycle-Preference`: the job's files expire this long after they are written
+    file_ttl_s: float | None = None
+    #: size of the request body, for usage
+    input_bytes: int = 0
+    #: `fal_max_queue_length`: refuse (`QueueFull(per_key=True)`) when the key already has this many waiting
+    max_queue_length: int | None = None
+    #: `Idempotency-Key` and the hash of the body it was sent with
+    idempotency_key: str | None = None
+    body_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +154,14 @@ class Job:
     started_at: float | None
     completed_at: float | None
     inference_time_s: float | None
+    #: place in the fair round between keys (claim order: priority, turn, seq)
+    turn: int = 0
+    no_retry: bool = False
+    store_io: bool = True
+    file_ttl_s: float | None = None
+    input_bytes: int = 0
+    gpu_s: float | None = None
+    output_bytes: int | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -158,15 +191,35 @@ class Job:
             started_at=m["started_at"],
             completed_at=m["completed_at"],
             inference_time_s=m["inference_time_s"],
+            turn=int(m["turn"]),
+            no_retry=bool(m["no_retry"]),
+            store_io=bool(m["store_io"]),
+            file_ttl_s=m["file_ttl_s"],
+            input_bytes=int(m["input_bytes"]),
+            gpu_s=m["gpu_s"],
+            output_bytes=m["output_bytes"],
         )
 
 
 class QueueFull(Exception):
-    """`enqueue` refused: the queue already holds its maximum number of waiting jobs."""
+    """`enqueue` refused: the queue (or, `per_key`, the key's share of it) holds its maximum of waiting jobs."""
 
-    def __init__(self, queued: int) -> None:
-        super().__init__(f"{queued} jobs are queued")
+    def __init__(self, queued: int, *, per_key: bool = False) -> None:
+        super().__init__(f"{queued} jobs are queued" + (" for this key" if per_key else ""))
         self.queued = queued
+        self.per_key = per_key
+
+
+class IdempotencyConflict(Exception):
+    """`enqueue` refused: the key's `Idempotency-Key` was used within 24 h for a request with another body."""
+
+
+class DeleteOutcome(StrEnum):
+    #: the job, its events, files and idempotency key are gone
+    DELETED = "DELETED"
+    #: queued or running: cancel it first
+    NOT_FINISHED = "NOT_FINISHED"
+    NOT_FOUND = "NOT_FOUND"
 
 
 class InvalidTransition(Exception):
@@ -219,9 +272,33 @@ class WebhookDelivery:
     attempts: int
 
 
+class Scope(StrEnum):
+    """What an API key may do (`api/auth.py` maps calls to scopes)."""
+
+    #: status, status stream, result, listing
+    READ = "read"
+    #: submit, run, cancel, uploads
+    SUBMIT = "submit"
+    #: everything, including deleting requests
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """A verified key: who it is and what it may do."""
+
+    id: str
+    name: str
+    scope: Scope
+    expires_at: float | None = None
+
+
 @dataclass(frozen=True)
 class ApiKey:
     id: str
     name: str
     created_at: float
     revoked_at: float | None = None
+    scope: Scope = Scope.ADMIN
+    expires_at: float | None = None
+    max_concurrent: int | None = None

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 CHANNEL = "reimagine_events"
 #: payload sent when a job becomes claimable (enqueued, re-queued); job ids are UUIDs, so it cannot collide
 QUEUED = "QUEUED"
+#: payload sent when an API key is revoked: every API replica empties its key cache
+KEYS = "KEYS"
 
 _RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -79,8 +81,10 @@ class Listener:
         with psycopg.connect(self._url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             self.connected.set()
-            # Anything sent while we were not listening is lost: have the caller look at the store once.
+            # Anything sent while we were not listening is lost: have the caller look at the store once, and forget
+            # the keys it cached (a revocation may have been among what was lost).
             self._call(QUEUED)
+            self._call(KEYS)
             while not self._stop.is_set():
                 # Returns after `poll_s` without notifications, so `stop()` is seen promptly; a dead server
                 # raises here and `_run` reconnects.

@@ -17,8 +17,11 @@ _COUNT_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")
 _COUNT_BY_STATUS = sa.text("SELECT status, COUNT(*) FROM jobs GROUP BY status")
 #: Jobs ahead of one in claim order, read from `ix_jobs_queue` alone (tests/store/test_sqlite_plans.py).
 POSITION = sa.text(
-    "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND (priority > :p OR (priority = :p AND seq < :s))"
+    "SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED' AND (priority > :p OR (priority = :p AND"
+    " (turn < :t OR (turn = :t AND seq < :s))))"
 )
+#: A key's jobs, newest first, from `ix_jobs_key_seq`; `{where}` adds the status filter and the cursor.
+_LIST = "SELECT * FROM jobs WHERE key_id = :key_id{where} ORDER BY seq DESC LIMIT :limit"
 _LEASE_STATE = sa.text("SELECT status, fence, cancel_requested FROM jobs WHERE id = :id")
 _RUNNING_OWNERS = sa.text("SELECT DISTINCT lease_owner FROM jobs WHERE status = 'RUNNING'")
 _JOB_EVENTS = sa.text("SELECT * FROM events WHERE job_id = :id AND id > :after ORDER BY id")
@@ -38,12 +41,12 @@ class JobReads:
 
     def get_with_position(self, job_id: str) -> tuple[Job, int] | None:
         with self.db.read() as conn:
-            return _job_with_position(conn, job_id)
+            return job_with_position(conn, job_id)
 
     def status_snapshot(self, job_id: str, after_id: int = 0) -> tuple[Job, int, list[Event]] | None:
         """The job, its queue position and its events after `after_id`, read in one snapshot."""
         with self.db.read() as conn:
-            found = _job_with_position(conn, job_id)
+            found = job_with_position(conn, job_id)
             if found is None:
                 return None
             rows = conn.rows(_JOB_EVENTS, {"id": job_id, "after": after_id})
@@ -78,12 +81,27 @@ class JobReads:
         with self.db.read() as conn:
             return [Event.from_row(row) for row in conn.rows(_EVENTS_SINCE, {"after": after_id, "limit": limit})]
 
+    def list_jobs(
+        self, key_id: str, statuses: tuple[JobStatus, ...] | None, limit: int, before_seq: int | None
+    ) -> list[Job]:
+        """`key_id`'s jobs, newest first: at most `limit`, with one of `statuses`, older than `before_seq`."""
+        where = ""
+        params: dict[str, object] = {"key_id": key_id, "limit": limit}
+        if statuses:
+            where += f" AND status IN ({', '.join(f':s{i}' for i in range(len(statuses)))})"
+            params.update({f"s{i}": status.value for i, status in enumerate(statuses)})
+        if before_seq is not None:
+            where += " AND seq < :before"
+            params["before"] = before_seq
+        with self.db.read() as conn:
+            return [Job.from_row(row) for row in conn.rows(sa.text(_LIST.format(where=where)), params)]
+
     def last_event_id(self) -> int:
         with self.db.read() as conn:
             return int(conn.scalar(_LAST_EVENT))
 
 
-def _job_with_position(conn: Conn, job_id: str) -> tuple[Job, int] | None:
+def job_with_position(conn: Conn, job_id: str) -> tuple[Job, int] | None:
     row = conn.first(_SELECT_JOB, {"id": job_id})
     if row is None:
         return None
@@ -92,4 +110,4 @@ def _job_with_position(conn: Conn, job_id: str) -> tuple[Job, int] | None:
 
 
 def position(conn: Conn, job: Job) -> int:
-    return int(conn.scalar(POSITION, {"p": job.priority, "s": job.seq}))
+    return int(conn.scalar(POSITION, {"p": job.priority, "t": job.turn, "s": job.seq}))

@@ -15,14 +15,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reimagine.jobs import JobStatus
+from reimagine.jobs import TERMINAL, JobStatus
 from reimagine.queue import transitions
 from reimagine.queue.db import Conn, Database
 from reimagine.queue.keys import ApiKeys
 from reimagine.queue.models import (
     CancelOutcome,
+    DeleteOutcome,
     EventKind,
     FileRow,
+    IdempotencyConflict,
     Job,
     LeaseState,
     NewJob,
@@ -30,7 +32,8 @@ from reimagine.queue.models import (
     QueueFull,
 )
 from reimagine.queue.outbox import Outbox
-from reimagine.queue.reads import JobReads, position
+from reimagine.queue.reads import JobReads, job_with_position, position
+from reimagine.queue.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +41,30 @@ _ANY_QUEUED = sa.text("SELECT 1 FROM jobs WHERE status = 'QUEUED' LIMIT 1")
 _COUNT_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")
 _INSERT_JOB = sa.text(
     "INSERT INTO jobs (id, key_id, endpoint, status, priority, input, is_sync, webhook_url, base_url,"
-    " start_deadline_at, created_at, attempts, fence, cancel_requested)"
+    " start_deadline_at, created_at, attempts, fence, cancel_requested, turn, no_retry, store_io, file_ttl_s,"
+    " input_bytes)"
     " VALUES (:id, :key_id, :endpoint, 'QUEUED', :priority, :input, :is_sync, :webhook_url, :base_url,"
-    " :deadline, :now, 0, 0, :false) RETURNING *"
+    " :deadline, :now, 0, 0, :false, :turn, :no_retry, :store_io, :file_ttl_s, :input_bytes) RETURNING *"
 )
-_RUNNING_WEBHOOK = sa.text("SELECT webhook_url FROM jobs WHERE id = :id AND fence = :fence AND status = 'RUNNING'")
+#: The turn at the head of the queue (from `ix_jobs_queue`) and a key's last queued turn (from `ix_jobs_key`).
+_HEAD_TURN = sa.text("SELECT turn FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, turn, seq LIMIT 1")
+_KEY_LAST_TURN = sa.text("SELECT MAX(turn) FROM jobs WHERE key_id = :key_id AND status = 'QUEUED'")
+_KEY_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE key_id = :key_id AND status = 'QUEUED'")
+#: How long an `Idempotency-Key` names its request.
+IDEMPOTENCY_S = 24 * 3600.0
+_IDEMPOTENCY = sa.text(
+    "SELECT body_hash, job_id, created_at FROM idempotency_keys WHERE key_id = :key_id AND idem_key = :idem_key"
+)
+_CLAIM_IDEMPOTENCY = sa.text(
+    "INSERT INTO idempotency_keys (key_id, idem_key, body_hash, job_id, created_at)"
+    " VALUES (:key_id, :idem_key, :body_hash, :job_id, :now) ON CONFLICT (key_id, idem_key) DO NOTHING"
+)
+_FORGET_IDEMPOTENCY = sa.text("DELETE FROM idempotency_keys WHERE key_id = :key_id AND idem_key = :idem_key")
+_STALE_IDEMPOTENCY = sa.text("DELETE FROM idempotency_keys WHERE created_at < :before")
+_RUNNING_WEBHOOK = sa.text(
+    "SELECT webhook_url, file_ttl_s FROM jobs WHERE id = :id AND fence = :fence AND status = 'RUNNING'"
+)
+_JOB_FILE_TTL = sa.text("SELECT file_ttl_s FROM jobs WHERE id = :id")
 _HEARTBEAT = sa.text(
     "UPDATE jobs SET lease_expires_at = :exp WHERE id = :id AND fence = :fence AND status = 'RUNNING'"
     " RETURNING cancel_requested"
@@ -50,16 +72,22 @@ _HEARTBEAT = sa.text(
 _CANCEL_LOOKUP = sa.text("SELECT status, key_id, webhook_url FROM jobs WHERE id = :id")
 _ASK_CANCEL = sa.text("UPDATE jobs SET cancel_requested = :true WHERE id = :id AND status = 'RUNNING'")
 _LOST_LEASES = (
-    "SELECT id, fence, attempts, cancel_requested, webhook_url FROM jobs WHERE status = 'RUNNING' AND ({where})"
+    "SELECT id, fence, attempts, cancel_requested, webhook_url, no_retry FROM jobs"
+    " WHERE status = 'RUNNING' AND ({where})"
 )
 _EXPIRED = sa.text(
     "SELECT id FROM jobs WHERE completed_at IS NOT NULL AND completed_at < :t ORDER BY completed_at LIMIT :n"
 )
 _FILE_EXISTS = sa.text("SELECT 1 FROM files WHERE key = :key")
 _INSERT_FILE = sa.text(
-    "INSERT INTO files (key, job_id, kind, content_type, size, created_at)"
-    " VALUES (:key, :job_id, :kind, :ct, :size, :now)"
+    "INSERT INTO files (key, job_id, kind, content_type, size, created_at, expires_at, key_id)"
+    " VALUES (:key, :job_id, :kind, :ct, :size, :now, :expires_at, :key_id)"
 )
+_FILE_EXPIRY = sa.text("SELECT expires_at FROM files WHERE key = :key")
+_EXPIRED_FILES = sa.text(
+    "SELECT key FROM files WHERE expires_at IS NOT NULL AND expires_at <= :now ORDER BY expires_at LIMIT :n"
+)
+_DELETE_OWNED = sa.text("SELECT status, key_id FROM jobs WHERE id = :id")
 
 
 class JobStore(JobReads):
@@ -71,6 +99,7 @@ class JobStore(JobReads):
         self.clock = clock
         self.outbox = Outbox(db, clock)
         self.keys = ApiKeys(db, clock)
+        self.usage = Usage(db, clock)
         #: see `Database.reads_inline`
         self.reads_inline = db.reads_inline
 
@@ -96,11 +125,13 @@ class JobStore(JobReads):
         submits cannot overshoot it on SQLite; on PostgreSQL by at most the number of concurrent submits).
         """
         result = self.enqueue_many([new], max_queued=max_queued)[0]
-        if isinstance(result, QueueFull):
+        if isinstance(result, (QueueFull, IdempotencyConflict)):
             raise result
         return result
 
-    def enqueue_many(self, news: list[NewJob], *, max_queued: int | None = None) -> list[tuple[Job, int] | QueueFull]:
+    def enqueue_many(
+        self, news: list[NewJob], *, max_queued: int | None = None
+    ) -> list[tuple[Job, int] | QueueFull | IdempotencyConflict]:
         """`enqueue` for several jobs in one transaction (one commit, one turn at the write lock).
 
         Each job gets its own answer, in order: itself and its position, or `QueueFull` once the queue is full.
@@ -110,21 +141,38 @@ class JobStore(JobReads):
 
     def try_enqueue_many(
         self, news: list[NewJob], *, max_queued: int | None = None
-    ) -> list[tuple[Job, int] | QueueFull] | None:
+    ) -> list[tuple[Job, int] | QueueFull | IdempotencyConflict] | None:
         """`enqueue_many` if it can be done without waiting (`Database.write_now`), else None."""
         with self.db.write_now() as conn:
             return None if conn is None else self._enqueue_many(conn, news, max_queued)
 
     def _enqueue_many(
         self, conn: Conn, news: list[NewJob], max_queued: int | None
-    ) -> list[tuple[Job, int] | QueueFull]:
+    ) -> list[tuple[Job, int] | QueueFull | IdempotencyConflict]:
         now = self.clock()
-        results: list[tuple[Job, int] | QueueFull] = []
+        results: list[tuple[Job, int] | QueueFull | IdempotencyConflict] = []
         queued = int(conn.scalar(_COUNT_QUEUED)) if max_queued is not None else 0
         for new in news:
+            if new.idempotency_key is not None:
+                earlier = self._idempotent(conn, new, now)
+                if earlier is not None:
+                    results.append(earlier)
+                    continue
             if max_queued is not None and queued >= max_queued:
                 results.append(QueueFull(queued))
+                self._forget_idempotency(conn, new)
                 continue
+            if new.max_queue_length is not None:
+                waiting = int(conn.scalar(_KEY_QUEUED, {"key_id": new.key_id}))
+                if waiting >= new.max_queue_length:
+                    results.append(QueueFull(waiting, per_key=True))
+                    self._forget_idempotency(conn, new)
+                    continue
+            # Start-time fair queueing: one turn after the key's own last queued job, and never before the head of
+            # the queue, so a key's 10,000-job batch takes every other turn once another key queues.
+            head = conn.first(_HEAD_TURN)
+            last = conn.scalar(_KEY_LAST_TURN, {"key_id": new.key_id})
+            turn = max(int(head[0]) if head is not None else 0, int(last or 0)) + 1
             params = {
                 "id": new.id,
                 "key_id": new.key_id,
@@ -137,12 +185,49 @@ class JobStore(JobReads):
                 "deadline": new.start_deadline_at,
                 "now": now,
                 "false": False,
+                "turn": turn,
+                "no_retry": new.no_retry,
+                "store_io": new.store_io,
+                "file_ttl_s": new.file_ttl_s,
+                "input_bytes": new.input_bytes,
             }
             job = Job.from_row(conn.rows(_INSERT_JOB, params)[0])
             transitions.add_event(conn, job.id, EventKind.STATUS, {"status": JobStatus.QUEUED.value}, now)
             results.append((job, position(conn, job)))
             queued += 1
         return results
+
+    def _idempotent(self, conn: Conn, new: NewJob, now: float) -> tuple[Job, int] | IdempotencyConflict | None:
+        """The earlier job `new`'s `Idempotency-Key` names, a conflict, or None after claiming the key for `new`.
+
+        The key is claimed before the job is inserted (`ON CONFLICT DO NOTHING`): two replicas submitting the same
+        key at once cannot both make a job; the second sees the first's row once it commits.
+        """
+        ids = {"key_id": new.key_id, "idem_key": new.idempotency_key}
+        for _ in range(2):
+            row = conn.first(_IDEMPOTENCY, ids)
+            if row is not None and row[2] >= now - IDEMPOTENCY_S:
+                if row[0] != new.body_hash:
+                    return IdempotencyConflict(
+                        "this Idempotency-Key was used in the last 24 hours for a request with another body"
+                    )
+                found = job_with_position(conn, row[1])
+                if found is not None:
+                    return found
+            if row is not None:
+                # Expired, or its request was deleted: the key is free.
+                conn.changed(_FORGET_IDEMPOTENCY, ids)
+            claimed = conn.changed(
+                _CLAIM_IDEMPOTENCY, {**ids, "body_hash": new.body_hash, "job_id": new.id, "now": now}
+            )
+            if claimed == 1:
+                return None
+        raise RuntimeError(f"Idempotency-Key {new.idempotency_key!r} kept changing hands")
+
+    def _forget_idempotency(self, conn: Conn, new: NewJob) -> None:
+        """A refused submission leaves its `Idempotency-Key` free (a retry must not replay the refusal's id)."""
+        if new.idempotency_key is not None:
+            conn.changed(_FORGET_IDEMPOTENCY, {"key_id": new.key_id, "idem_key": new.idempotency_key})
 
     # -- the worker's side: claim, lease, complete -------------------------------------------------------------
 
@@ -202,7 +287,7 @@ class JobStore(JobReads):
             return False
         finished = transitions.finish(conn, job_id, row[0], outcome, now, old=JobStatus.RUNNING, fence=fence)
         for file in files or ():
-            _add_file(conn, file, job_id, now)
+            _add_file(conn, file, job_id, now, ttl_s=row[1])
         return finished
 
     def requeue(self, job_id: str, fence: int) -> bool:
@@ -246,12 +331,15 @@ class JobStore(JobReads):
             params.update({f"o{i}": owner for i, owner in enumerate(owners)})
         touched: list[str] = []
         with self.db.write() as conn:
-            for job_id, fence, attempts, cancel_requested, webhook_url in conn.rows(
+            for job_id, fence, attempts, cancel_requested, webhook_url, no_retry in conn.rows(
                 sa.text(_LOST_LEASES.format(where=" OR ".join(clauses))), params
             ):
                 fence, attempts = int(fence), int(attempts)
                 if cancel_requested:
                     outcome = Outcome.cancelled()
+                    transitions.finish(conn, job_id, webhook_url, outcome, now, old=JobStatus.RUNNING, fence=fence)
+                elif no_retry:
+                    outcome = Outcome.runner_disconnected()
                     transitions.finish(conn, job_id, webhook_url, outcome, now, old=JobStatus.RUNNING, fence=fence)
                 elif attempts >= self.max_attempts:
                     outcome = Outcome.poisoned(attempts)
@@ -282,9 +370,11 @@ class JobStore(JobReads):
                 keys += [
                     row[0] for row in conn.rows(sa.text(f"SELECT key FROM files WHERE job_id IN ({among})"), chosen)
                 ]
-                for table, column in (("events", "job_id"), ("files", "job_id"), ("jobs", "id")):
+                for table, column in _JOB_TABLES:
                     conn.changed(sa.text(f"DELETE FROM {table} WHERE {column} IN ({among})"), chosen)
             if len(ids) < batch:
+                with self.db.write() as conn:
+                    conn.changed(_STALE_IDEMPOTENCY, {"before": self.clock() - IDEMPOTENCY_S})
                 return keys
             # The writers that queued for the lock meanwhile go first (the lock is not fair: without a pause this
             # loop would take it straight back).
@@ -301,11 +391,73 @@ class JobStore(JobReads):
             return transitions.add_log(conn, job_id, message, level, self.clock())
 
     def add_file(self, key: str, *, job_id: str | None, kind: str, content_type: str, size: int) -> None:
+        """Record a file of a job (a preview, a map); it expires with the job's lifecycle, if it has one."""
         with self.db.write() as conn:
-            _add_file(conn, FileRow(key, kind, content_type, size), job_id, self.clock())
+            ttl_s = conn.first(_JOB_FILE_TTL, {"id": job_id}) if job_id is not None else None
+            now = self.clock()
+            _add_file(conn, FileRow(key, kind, content_type, size), job_id, now, ttl_s=ttl_s[0] if ttl_s else None)
+
+    def add_upload(self, key: str, *, key_id: str, content_type: str, ttl_s: float) -> None:
+        """Record an upload that expires `ttl_s` from now (`X-Fal-Object-Lifecycle`); uploads without one are
+        not recorded (they follow the retention)."""
+        with self.db.write() as conn:
+            _add_file(conn, FileRow(key, "upload", content_type, 0), None, self.clock(), ttl_s=ttl_s, key_id=key_id)
+
+    def file_expiry(self, key: str) -> float | None:
+        """When the file stops being served; None if it has no expiry of its own (or is unknown)."""
+        with self.db.read() as conn:
+            row = conn.first(_FILE_EXPIRY, {"key": key})
+        return None if row is None or row[0] is None else float(row[0])
+
+    def expire_files(self, *, batch: int = 500) -> list[str]:
+        """Forget files whose lifecycle ended; returns their keys, for the caller to delete from storage."""
+        with self.db.write() as conn:
+            keys = [row[0] for row in conn.rows(_EXPIRED_FILES, {"now": self.clock(), "n": batch})]
+            if keys:
+                chosen = {f"f{n}": key for n, key in enumerate(keys)}
+                among = ", ".join(f":{name}" for name in chosen)
+                conn.changed(sa.text(f"DELETE FROM files WHERE key IN ({among})"), chosen)
+        return keys
+
+    # -- a key's own requests ------------------------------------------------------------------------------------
+
+    def delete_job(self, job_id: str, key_id: str) -> tuple[DeleteOutcome, list[str]]:
+        """Remove a finished job of `key_id`: its row (input, result), events, files and `Idempotency-Key`.
+
+        Returns the file keys, for the caller to delete from storage. Another key's job is NOT_FOUND.
+        """
+        with self.db.write() as conn:
+            row = conn.first(_DELETE_OWNED, {"id": job_id})
+            if row is None or row[1] != key_id:
+                return DeleteOutcome.NOT_FOUND, []
+            if JobStatus(row[0]) not in TERMINAL:
+                return DeleteOutcome.NOT_FINISHED, []
+            keys = [r[0] for r in conn.rows(sa.text("SELECT key FROM files WHERE job_id = :i0"), {"i0": job_id})]
+            for table, column in _JOB_TABLES:
+                conn.changed(sa.text(f"DELETE FROM {table} WHERE {column} IN (:i0)"), {"i0": job_id})
+        return DeleteOutcome.DELETED, keys
 
 
-def _add_file(conn: Conn, file: FileRow, job_id: str | None, now: float) -> None:
+#: What a job leaves in the store, deleted with it (the job's row last).
+_JOB_TABLES = (
+    ("events", "job_id"),
+    ("files", "job_id"),
+    ("idempotency_keys", "job_id"),
+    ("webhook_outbox", "job_id"),
+    ("jobs", "id"),
+)
+
+
+def _add_file(
+    conn: Conn,
+    file: FileRow,
+    job_id: str | None,
+    now: float,
+    *,
+    ttl_s: float | None = None,
+    key_id: str | None = None,
+) -> None:
     if conn.first(_FILE_EXISTS, {"key": file.key}) is None:
         params = {"key": file.key, "job_id": job_id, "kind": file.kind, "ct": file.content_type, "size": file.size}
-        conn.changed(_INSERT_FILE, {**params, "now": now})
+        expires_at = now + ttl_s if ttl_s is not None else None
+        conn.changed(_INSERT_FILE, {**params, "now": now, "expires_at": expires_at, "key_id": key_id})

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from reimagine.jobs import TERMINAL, JobStatus, can_transition
-from reimagine.queue import outbox
+from reimagine.queue import outbox, usage
 from reimagine.queue.db import Conn
 from reimagine.queue.models import EventKind, InvalidTransition, Job, Outcome
 from reimagine.queue.notify import QUEUED
@@ -25,22 +25,33 @@ _INSERT_EVENT = sa.text(
     "INSERT INTO events (job_id, kind, data, created_at) VALUES (:job_id, :kind, :data, :now) RETURNING id"
 )
 _EXPIRED_STARTS = sa.text("SELECT id, webhook_url FROM jobs WHERE status = 'QUEUED' AND start_deadline_at < :now")
-#: The claim's pick: the first queued job in claim order, read from `ix_jobs_queue` (tests/store/test_sqlite_plans.py).
-CLAIM_PICK = "SELECT seq FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, seq LIMIT 1"
+#: The claim's pick: the first queued job in claim order (priority, then the fair turn between keys, then age), read
+#: from `ix_jobs_queue` (tests/store/test_sqlite_plans.py); `{skip}` leaves out keys at their concurrency limit.
+CLAIM_PICK = "SELECT seq FROM jobs WHERE status = 'QUEUED'{skip} ORDER BY priority DESC, turn, seq LIMIT 1"
 _CLAIM = (
     "UPDATE jobs SET status = 'RUNNING', lease_owner = :owner, lease_expires_at = :exp,"
     " fence = fence + 1, attempts = attempts + 1, started_at = :now"
     " WHERE seq = ({pick}) AND status = 'QUEUED' RETURNING *"
 )
-_CLAIM_SQLITE = sa.text(_CLAIM.format(pick=CLAIM_PICK))
-_CLAIM_PG = sa.text(_CLAIM.format(pick=CLAIM_PICK + " FOR UPDATE SKIP LOCKED"))
+#: Keys running as many jobs as their `max_concurrent` allows. Read on every claim: `api_keys` holds one row per
+#: key, and each count reads the key's running jobs from `ix_jobs_key`.
+_SATURATED = sa.text(
+    "SELECT k.id FROM api_keys k WHERE k.max_concurrent IS NOT NULL"
+    " AND k.max_concurrent <= (SELECT COUNT(*) FROM jobs j WHERE j.key_id = k.id AND j.status = 'RUNNING')"
+)
+#: Claim statements by (dialect, number of keys skipped): a handful of fixed strings.
+_CLAIMS: dict[tuple[bool, int], sa.TextClause] = {}
 _FINISH = (
     "UPDATE jobs SET status = :status, result_status = :rs, result_body = :rb, error = :error,"
     " error_type = :error_type, completed_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
-    " inference_time_s = :it WHERE id = :id AND status = :old"
+    " inference_time_s = :it, gpu_s = :gpu_s, output_bytes = :output_bytes,"
+    # `X-Fal-Store-IO: 0`: the input is needed until the job ends (a re-run reads it), and not after.
+    " input = CASE WHEN store_io THEN input ELSE '{}' END"
+    " WHERE id = :id AND status = :old"
 )
-_FINISH_ANY = sa.text(_FINISH)
-_FINISH_FENCED = sa.text(_FINISH + " AND fence = :fence")
+_FINISHED = " RETURNING key_id, input_bytes"
+_FINISH_ANY = sa.text(_FINISH + _FINISHED)
+_FINISH_FENCED = sa.text(_FINISH + " AND fence = :fence" + _FINISHED)
 _REQUEUE = sa.text(
     "UPDATE jobs SET status = 'QUEUED', lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - :undo"
     " WHERE id = :id AND status = 'RUNNING' AND fence = :fence"
@@ -73,11 +84,28 @@ def add_log(conn: Conn, job_id: str, message: str, level: str, now: float) -> in
     return add_event(conn, job_id, EventKind.LOG, data, now)
 
 
+def _claim_statement(is_sqlite: bool, skipped: int) -> sa.TextClause:
+    statement = _CLAIMS.get((is_sqlite, skipped))
+    if statement is None:
+        skip = f" AND key_id NOT IN ({', '.join(f':k{i}' for i in range(skipped))})" if skipped else ""
+        pick = CLAIM_PICK.format(skip=skip) + ("" if is_sqlite else " FOR UPDATE SKIP LOCKED")
+        statement = _CLAIMS[(is_sqlite, skipped)] = sa.text(_CLAIM.format(pick=pick))
+    return statement
+
+
 def claim_next(conn: Conn, owner: str, lease_s: float, now: float) -> Job | None:
-    """QUEUED -> RUNNING for the next job (priority, then age) under `owner`'s lease; expired start deadlines first."""
+    """QUEUED -> RUNNING for the next job in claim order under `owner`'s lease; expired start deadlines first.
+
+    Claim order is priority, then turn (a fair round between keys: `store.enqueue` gives each job its turn), then
+    age. Jobs of a key already running `max_concurrent` jobs are passed over: they wait, and others go first. On
+    PostgreSQL two claims at the same instant may both take a job of a key one below its limit (each counts the
+    other's claim only once it commits), so a limit can be exceeded by the number of simultaneous claimers.
+    """
     expire_start_deadlines(conn, now)
-    claim = _CLAIM_SQLITE if conn.is_sqlite else _CLAIM_PG
-    row = conn.first(claim, {"owner": owner, "exp": now + lease_s, "now": now})
+    saturated = [row[0] for row in conn.rows(_SATURATED)]
+    params: dict[str, object] = {"owner": owner, "exp": now + lease_s, "now": now}
+    params.update({f"k{i}": key_id for i, key_id in enumerate(saturated)})
+    row = conn.first(_claim_statement(conn.is_sqlite, len(saturated)), params)
     if row is None:
         return None
     job = Job.from_row(row)
@@ -97,7 +125,8 @@ def finish(
 ) -> bool:
     """`old` -> the outcome's terminal status (only if the job still has `old`, and `fence` when given).
 
-    Returns whether the job changed; writes its terminal event and, with a `webhook_url`, its outbox row.
+    Returns whether the job changed; writes its terminal event, its key's usage and, with a `webhook_url`, its
+    outbox row.
     """
     if outcome.status not in TERMINAL:
         raise InvalidTransition(f"an outcome ends a job; {outcome.status.value} does not")
@@ -110,15 +139,26 @@ def finish(
         "error_type": outcome.error_type.value if outcome.error_type is not None else None,
         "now": now,
         "it": outcome.inference_time_s,
+        "gpu_s": outcome.gpu_s,
+        "output_bytes": outcome.output_bytes,
         "id": job_id,
         "old": old.value,
     }
     if fence is None:
-        changed = conn.changed(_FINISH_ANY, params)
+        finished = conn.first(_FINISH_ANY, params)
     else:
-        changed = conn.changed(_FINISH_FENCED, {**params, "fence": fence})
-    if changed != 1:
+        finished = conn.first(_FINISH_FENCED, {**params, "fence": fence})
+    if finished is None:
         return False
+    usage.add(
+        conn,
+        finished[0],
+        now,
+        succeeded=outcome.status == JobStatus.SUCCEEDED,
+        gpu_s=outcome.gpu_s,
+        input_bytes=int(finished[1]),
+        output_bytes=outcome.output_bytes,
+    )
     data = {
         "status": outcome.status.value,
         "error": outcome.error,

@@ -8,6 +8,7 @@ by the real `generate`, so a worker with a fake `generate` starts in a fraction 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -63,6 +64,8 @@ class Worker:
         self._notify = notify or (lambda _message: None)
         self._beat = _Heartbeat(store, settings)
         self._files: list[FileRow] = []
+        #: bytes of the files the current job wrote (its usage)
+        self._output_bytes = 0
 
     def run(self, stop: threading.Event, wait: Callable[[float], None]) -> None:
         """Run jobs until `stop` is set; between jobs, `wait(timeout)` returns early when woken."""
@@ -92,6 +95,7 @@ class Worker:
         logger.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         self._beat.hold(job)
         self._files = []
+        self._output_bytes = 0
         try:
             outcome = self._execute(job, self._beat)
         except LeaseLost:
@@ -126,6 +130,7 @@ class Worker:
             generated = self.generate(inputs, controls, hooks)
             hooks.check_cancelled()
             body = self._store_result(job, inputs, generated, hooks.timings, cpu_started)
+            gpu_s = generated.timings.get("denoise")
         except JobCancelled:
             return Outcome.cancelled()
         except InputError as exc:
@@ -141,7 +146,9 @@ class Worker:
                 outcome = Outcome.internal(exc)
             hooks.log(outcome.error or "", "ERROR")
             return outcome
-        return Outcome.succeeded(body, inference_time_s=round(time.monotonic() - started, 4))
+        return Outcome.succeeded(
+            body, inference_time_s=round(time.monotonic() - started, 4), gpu_s=gpu_s, output_bytes=self._output_bytes
+        )
 
     def _load_controls(self, job: Job, inputs: ReimagineInput) -> Controls:
         from reimagine.images import load_image
@@ -162,8 +169,9 @@ class Worker:
         from reimagine.images import encode_png
 
         data = encode_png(image)
-        stored = self.storage.put(data, "image/png", f"{kind}.png")
+        stored = self.storage.put(data, "image/png", f"{kind}.png", key=_job_file_key(job, data, "image/png"))
         self.store.add_file(stored.key, job_id=job.id, kind=kind, content_type="image/png", size=len(data))
+        self._output_bytes += len(data)
         return str(stored.key)
 
     def _store_result(
@@ -188,7 +196,9 @@ class Worker:
             # sync_mode: the image travels in the response only; nothing is stored.
             url = data_uri(data, content_type)
         else:
-            stored = self.storage.put(data, content_type, f"image.{output_format.value}")
+            key = _job_file_key(job, data, content_type)
+            stored = self.storage.put(data, content_type, f"image.{output_format.value}", key=key)
+            self._output_bytes += len(data)
             # Recorded in the job's completing transaction.
             self._files.append(FileRow(stored.key, "image", content_type, len(data)))
             url = f"{job.base_url}/files/{stored.key}"
@@ -210,6 +220,14 @@ class Worker:
             },
         )
         return output.model_dump(mode="json")
+
+
+def _job_file_key(job: Job, data: bytes, content_type: str) -> str:
+    """A file's key: its content and its job, so that a re-run writes the same key, and two jobs with the same output
+    own two files (deleting one request, or its lifecycle ending, never takes another's file)."""
+    from reimagine.storage import extension_for
+
+    return hashlib.sha256(job.id.encode() + data).hexdigest() + extension_for(content_type)
 
 
 class _Heartbeat:

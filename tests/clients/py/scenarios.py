@@ -441,6 +441,67 @@ def scenario_async() -> None:
     asyncio.run(_async_scenario())
 
 
+def _wait_gone(url: str) -> int:
+    """Poll a file URL until it no longer serves (the request's lifecycle expired it); its final status code."""
+    deadline = time.monotonic() + 30
+    with http() as client:
+        while True:
+            code = client.get(url).status_code
+            if code != 200:
+                return code
+            assert time.monotonic() < deadline, f"{url} still served after its expiry"
+            time.sleep(0.1)
+
+
+def scenario_platform() -> None:
+    """fal's platform headers, sent the way fal-client sends them (`headers=`, `lifecycle=`, `path=`)."""
+    lifecycle = {"X-Fal-Object-Lifecycle-Preference": json.dumps({"expiration_duration_seconds": 2})}
+    with call("fal_client.subscribe with X-Fal-Object-Lifecycle-Preference (2 s)"):
+        result = fal_client.subscribe(ENDPOINT, arguments=inputs(), headers=lifecycle)
+        check_image(result)
+    with call("the output file expires: 410, then 404 once swept"):
+        assert _wait_gone(result["image"]["url"]) in (404, 410)
+    with call("fal_client.upload with lifecycle=StorageSettings(expires_in=2)"):
+        uploaded = fal_client.upload(
+            b"short-lived", "text/plain", lifecycle=fal_client.client.StorageSettings(expires_in=2)
+        )
+        with http() as client:
+            assert client.get(uploaded).content == b"short-lived"
+        assert _wait_gone(uploaded) in (404, 410)
+
+    with call("fal_client.submit with X-Fal-No-Retry: its worker dies"):
+        handle = fal_client.submit(ENDPOINT, arguments=inputs("crash once"), headers={"X-Fal-No-Retry": "1"})
+    with expect_http_error("SyncRequestHandle.get of a request whose worker died", 503) as caught:
+        handle.get()
+    assert caught[0].error_type == "runner_disconnected", caught[0]
+    with call("fal_client.status after the death"):
+        done = fal_client.status(ENDPOINT, handle.request_id)
+        assert isinstance(done, fal_client.Completed) and done.error_type == "runner_disconnected", done
+
+    key = {"Idempotency-Key": f"order-{time.time_ns()}"}
+    with call("fal_client.submit twice with one Idempotency-Key"):
+        first = fal_client.submit(ENDPOINT, arguments=inputs("idempotent"), headers=key)
+        second = fal_client.submit(ENDPOINT, arguments=inputs("idempotent"), headers=key)
+        assert second.request_id == first.request_id
+        check_image(second.get())
+    with call("fal_client.run with the same Idempotency-Key joins the same request"):
+        check_image(fal_client.run(ENDPOINT, arguments=inputs("idempotent"), headers=key))
+    with expect_http_error("fal_client.submit with the same Idempotency-Key and another body", 422) as caught:
+        fal_client.submit(ENDPOINT, arguments=inputs("something else"), headers=key)
+    assert "idempotency-key" in json.dumps(caught[0].message).lower(), caught[0].message
+
+    # fal-client has no query-parameter argument: `path` is appended to the URL, which carries the parameter. It
+    # retries a 429 (ten attempts, backing off), so a refused submit is sent again until the key has room.
+    with call("fal_client.submit to keep the worker busy, and one behind it"):
+        busy = fal_client.submit(ENDPOINT, arguments=inputs("sleep=0.05 hold the worker", num_inference_steps=40))
+        _wait_in_progress(busy)
+        waiting = fal_client.submit(ENDPOINT, arguments=inputs("waits"))
+    with call("fal_client.submit with fal_max_queue_length=1: refused (429) until the waiting one started"):
+        fal_client.submit(ENDPOINT, arguments=inputs("after"), path="?fal_max_queue_length=1")
+        # Admitted at once, it would have found `waiting` still queued behind the 2 s job.
+        assert not isinstance(waiting.status(), fal_client.Queued), "admitted while the key's queue was full"
+
+
 def scenario_tiny() -> None:
     """End to end on `--model tiny`: an uploaded scene with depth and canny preprocessing, via subscribe."""
     with call("fal_client.upload_file"):

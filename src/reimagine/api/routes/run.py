@@ -14,14 +14,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from reimagine.api.admission import AppState, admit, new_request_id, submit_job
-from reimagine.api.auth import ApiKeyDep, require_key
+from reimagine.api.auth import SubmitKeyDep, authorize
 from reimagine.api.deps import SettingsDep
 from reimagine.api.reads import read
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, result_response, status_body
 from reimagine.config import Settings
 from reimagine.jobs import TERMINAL, ErrorType
-from reimagine.queue.models import Event, Job
+from reimagine.queue.models import Event, Job, Scope
 from reimagine.schemas import ReimagineOutput
 
 router = APIRouter(redirect_slashes=False)
@@ -41,13 +41,14 @@ class _Disconnected(Exception):
 
 
 async def _wait_terminal(
-    request: Request, state: AppState, job_id: str, queue: asyncio.Queue[Event], timeout_s: float
+    request: Request, state: AppState, job_id: str, queue: asyncio.Queue[Event], timeout_s: float, *, joined: bool
 ) -> Job | None:
     """The finished job, once the hub delivers its terminal status event (or a read finds it finished)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    # Subscribed before submitting, so no event is missed; the periodic read covers a lost hub tail.
-    check_store = False
+    # Subscribed before submitting, so no event is missed; the periodic read covers a lost hub tail. A job joined
+    # through `Idempotency-Key` is read first: it may have finished before the subscription.
+    check_store = joined
     while True:
         if check_store:
             job: Job | None = state.hub.finished(job_id) or await read(state.store, state.store.get, job_id)
@@ -79,8 +80,11 @@ async def _cancel_if_unfinished(state: AppState, job_id: str, key_id: str) -> No
 
 async def _submit_watched(
     request: Request, settings: Settings, key_id: str
-) -> tuple[Job, asyncio.Queue[Event]] | JSONResponse:
-    """Admit and enqueue a sync run, subscribed to its events; or the refusal to send back."""
+) -> tuple[Job, asyncio.Queue[Event], bool] | JSONResponse:
+    """Admit and enqueue a sync run, subscribed to its events; or the refusal to send back.
+
+    The flag says the run joined an earlier job (`Idempotency-Key`) instead of making one.
+    """
     state: AppState = request.app.state
     admitted = await admit(request, settings, key_id)
     if isinstance(admitted, JSONResponse):
@@ -92,21 +96,26 @@ async def _submit_watched(
     if isinstance(submitted, JSONResponse):
         state.hub.unsubscribe(job_id, queue)
         return submitted
-    return submitted[0], queue
+    job = submitted[0]
+    if job.id != job_id:
+        # An `Idempotency-Key` replay: this run waits for the earlier job (finished already, perhaps).
+        state.hub.unsubscribe(job_id, queue)
+        return job, state.hub.subscribe(job.id), True
+    return job, queue, False
 
 
 async def run_sync(request: Request) -> Response:
     """Run and wait: the model's answer, or its error, in the response."""
     state: AppState = request.app.state
     # Plain calls, not FastAPI dependencies, on this hot route: see the note in queue.py.
-    settings, key_id = state.settings, await require_key(request)
+    settings, key_id = state.settings, (await authorize(request, Scope.SUBMIT)).id
     watched = await _submit_watched(request, settings, key_id)
     if isinstance(watched, JSONResponse):
         return watched
-    job, queue = watched
+    job, queue, joined = watched
     finished = False
     try:
-        done = await _wait_terminal(request, state, job.id, queue, settings.sync_timeout_s)
+        done = await _wait_terminal(request, state, job.id, queue, settings.sync_timeout_s, joined=joined)
         finished = True
     except _Disconnected:
         error_type = ErrorType.CLIENT_DISCONNECTED.value
@@ -117,8 +126,9 @@ async def run_sync(request: Request) -> Response:
         )
     finally:
         state.hub.unsubscribe(job.id, queue)
-        if not finished:
-            # The client went away (task cancelled by the server on disconnect).
+        if not finished and not joined:
+            # The client went away (task cancelled by the server on disconnect). A joined job is left alone: the
+            # call that made it may still be waiting for it.
             await asyncio.shield(_cancel_if_unfinished(state, job.id, key_id))
     if done is None:
         # `X-Fal-Request-Timeout-Type: user` is what makes this 504 final for both clients: @fal-ai/client retries
@@ -141,13 +151,13 @@ async def run_sync(request: Request) -> Response:
     return result_response(done)
 
 
-async def run_stream(request: Request, settings: SettingsDep, key_id: ApiKeyDep) -> StreamingResponse | JSONResponse:
+async def run_stream(request: Request, settings: SettingsDep, key_id: SubmitKeyDep) -> StreamingResponse | JSONResponse:
     """Run and stream status events as server-sent events; the last event is the result (or its error)."""
     state: AppState = request.app.state
     watched = await _submit_watched(request, settings, key_id)
     if isinstance(watched, JSONResponse):
         return watched
-    job, queue = watched
+    job, queue, joined = watched
     base = base_url(request, settings)
 
     async def events() -> AsyncIterator[bytes]:
@@ -178,7 +188,7 @@ async def run_stream(request: Request, settings: SettingsDep, key_id: ApiKeyDep)
                     history.append(queue.get_nowait())
         finally:
             state.hub.unsubscribe(job.id, queue)
-            if not finished:
+            if not finished and not joined:
                 await asyncio.shield(_cancel_if_unfinished(state, job.id, key_id))
 
     return StreamingResponse(

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import secrets
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -33,11 +34,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from reimagine.api.auth import ApiKeyDep
+from reimagine.api.auth import SubmitKeyDep
 from reimagine.api.deps import SettingsDep, StorageDep
+from reimagine.api.platform import UPLOAD_LIFECYCLE_HEADERS, lifecycle_ttl_s
+from reimagine.api.reads import read
 from reimagine.api.urls import base_url
 from reimagine.api.wire import validation_detail
 from reimagine.config import Settings
+from reimagine.errors import InputError
 from reimagine.signing import load_secret, make_token, read_token, token_expiry
 from reimagine.storage import Storage, StoredFile, extension_for, is_valid_key, new_key
 
@@ -121,7 +125,7 @@ CdnTokenDep = Annotated[str, Depends(_require_cdn_token)]
 
 
 @router.post("/storage/auth/token")
-def create_cdn_token(request: Request, key_id: ApiKeyDep, settings: SettingsDep, secret: SecretDep) -> JSONResponse:
+def create_cdn_token(request: Request, key_id: SubmitKeyDep, settings: SettingsDep, secret: SecretDep) -> JSONResponse:
     """A short-lived upload token for the Python client's CDN uploads."""
     token = make_token(secret, _CDN, key_id, ttl_s=CDN_TOKEN_TTL_S)
     return JSONResponse(
@@ -134,36 +138,65 @@ def create_cdn_token(request: Request, key_id: ApiKeyDep, settings: SettingsDep,
     )
 
 
+def _upload_ttl_s(request: Request) -> float | None:
+    """`X-Fal-Object-Lifecycle(-Preference)` of an upload: seconds until the file expires, or None (retention)."""
+    for header in UPLOAD_LIFECYCLE_HEADERS:
+        raw = request.headers.get(header)
+        if raw is not None:
+            try:
+                return lifecycle_ttl_s(raw, header)
+            except InputError as exc:
+                raise HTTPException(
+                    status_code=422, detail=[{"loc": ["header", header], "msg": exc.message, "type": "value_error"}]
+                ) from None
+    return None
+
+
+async def _expire_upload(request: Request, key: str, key_id: str, content_type: str, ttl_s: float | None) -> None:
+    """Record an upload's own expiry (the sweep deletes it then; until the sweep, it answers 410)."""
+    if ttl_s is not None:
+        store = request.app.state.store
+        await run_in_threadpool(store.add_upload, key, key_id=key_id, content_type=content_type, ttl_s=ttl_s)
+
+
 @router.post("/files/upload")
 async def upload_file(
-    request: Request, _key_id: CdnTokenDep, settings: SettingsDep, storage: StorageDep
+    request: Request, key_id: CdnTokenDep, settings: SettingsDep, storage: StorageDep
 ) -> JSONResponse:
     """Single-shot upload: the body is the file."""
+    ttl_s = _upload_ttl_s(request)
     content_type = request.headers.get("content-type") or "application/octet-stream"
     file_name = request.headers.get("x-fal-file-name") or None
     async with _staged_body(request, settings) as (path, digest):
-        key = digest.hexdigest() + extension_for(content_type)
+        # Content-keyed (the same bytes are one file); a file with its own expiry gets a key of its own, so that
+        # its expiry cannot cut short another upload of the same bytes.
+        key = digest.hexdigest() + extension_for(content_type) if ttl_s is None else new_key(content_type)
         stored: StoredFile = await run_in_threadpool(storage.put_file, path, content_type, file_name, key=key)
+    await _expire_upload(request, stored.key, key_id, content_type, ttl_s)
     return JSONResponse(_described(stored, _file_url(request, settings, stored.key)))
 
 
 @router.post("/files/upload/multipart")
 async def create_multipart_upload(
-    request: Request, _key_id: CdnTokenDep, settings: SettingsDep, storage: StorageDep, secret: SecretDep
+    request: Request, key_id: CdnTokenDep, settings: SettingsDep, storage: StorageDep, secret: SecretDep
 ) -> JSONResponse:
     """Start a Python-client multipart upload; the file will be served at `access_url`."""
+    ttl_s = _upload_ttl_s(request)
     content_type = request.headers.get("content-type") or "application/octet-stream"
     key, upload = await _start_multipart(storage, secret, content_type, request.headers.get("x-fal-file-name"))
+    await _expire_upload(request, key, key_id, content_type, ttl_s)
     return JSONResponse({"access_url": _file_url(request, settings, key), "uploadId": upload})
 
 
 @router.post("/storage/upload/initiate", openapi_extra=_json_request_body(InitiateUpload))
 async def initiate_upload(
-    request: Request, _key_id: ApiKeyDep, settings: SettingsDep, secret: SecretDep
+    request: Request, key_id: SubmitKeyDep, settings: SettingsDep, secret: SecretDep
 ) -> JSONResponse:
     """A signed PUT URL for one file (Python `fal` repository, JS single-shot)."""
+    ttl_s = _upload_ttl_s(request)
     body = _json_body(await _read_body(request, MAX_JSON_BODY_BYTES, "Body"), InitiateUpload)
     key = new_key(body.content_type)
+    await _expire_upload(request, key, key_id, body.content_type, ttl_s)
     subject = json.dumps({"key": key, "file_name": body.file_name, "content_type": body.content_type})
     token = make_token(secret, _PUT, subject, ttl_s=UPLOAD_URL_TTL_S)
     file_url = _file_url(request, settings, key)
@@ -173,14 +206,16 @@ async def initiate_upload(
 @router.post("/storage/upload/initiate-multipart", openapi_extra=_json_request_body(InitiateUpload))
 async def initiate_multipart_upload(
     request: Request,
-    _key_id: ApiKeyDep,
+    key_id: SubmitKeyDep,
     settings: SettingsDep,
     storage: StorageDep,
     secret: SecretDep,
 ) -> JSONResponse:
     """Start a JS-client multipart upload: parts go to `{upload_url}/{n}`, then `{upload_url}/complete`."""
+    ttl_s = _upload_ttl_s(request)
     body = _json_body(await _read_body(request, MAX_JSON_BODY_BYTES, "Body"), InitiateUpload)
     key, upload = await _start_multipart(storage, secret, body.content_type, body.file_name)
+    await _expire_upload(request, key, key_id, body.content_type, ttl_s)
     file_url = _file_url(request, settings, key)
     return JSONResponse({"upload_url": f"{file_url}/multipart/{upload}", "file_url": file_url})
 
@@ -255,6 +290,7 @@ async def complete_multipart_upload(
         206: {"description": "The requested byte range", "content": {"*/*": {"schema": {"type": "string"}}}},
         307: {"description": "Redirect to the file in the bucket (--s3-presign)"},
         404: {"description": "No such file (expired or never uploaded)"},
+        410: {"description": "The file's lifecycle expired it (X-Fal-Object-Lifecycle-Preference)"},
         416: {"description": "The Range lies outside the file"},
     },
 )
@@ -262,6 +298,11 @@ async def get_file(request: Request, key: str, storage: StorageDep) -> Response:
     """A stored file, with the content type it was uploaded with; single byte ranges (`Range`) are honoured."""
     if not is_valid_key(key):
         return _error(404, "File not found")
+    store = request.app.state.store
+    expires_at = await read(store, store.file_expiry, key)
+    if expires_at is not None and expires_at <= time.time():
+        # Gone until the sweep deletes it, then 404 (fal's CDN answers either).
+        return _error(410, "File expired")
     # S3 with --s3-presign: the bytes come from the bucket; the URL handed out stays this stable one.
     direct = storage.public_url(key)
     if direct is not None:
