@@ -103,3 +103,33 @@ def test_a_job_claimed_as_a_drain_began_is_given_back_unstarted(settings: Settin
     assert returned is not None and returned.status == JobStatus.QUEUED and returned.lease_owner is None
     assert returned.attempts == 0, "an attempt that never started does not count towards poisoning"
     assert _statuses(store, second) == ["QUEUED", "RUNNING", "QUEUED"]
+
+
+def _stored_previews(settings: Settings) -> list[Path]:
+    return [p for p in settings.files_dir.rglob("*.png") if ".uploads" not in p.parts]
+
+
+def test_only_the_latest_preview_is_kept_and_none_once_the_job_ends(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, preview_interval_s=0)
+    store = open_store(settings.resolved_database_url)
+    job_id = store.enqueue(new_job())[0].id
+    seen: list[int] = []
+
+    def generate(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated:
+        for step in range(1, 6):
+            hooks.on_step(step, 5, Image.new("RGB", (16, 16), (step * 40, 0, 0)))
+            seen.append(len(_stored_previews(settings)))
+        return Generated(image=Image.new("RGB", (8, 8)), prompt=inputs.prompt)
+
+    stop = threading.Event()
+    _worker(settings, store, generate).run(stop, lambda _timeout: stop.set())
+    store.close()
+    assert seen == [1, 1, 1, 1, 1], "each preview replaces the previous one"
+    previews = [
+        e.data["preview_key"]
+        for e in open_store(settings.resolved_database_url).events(job_id)
+        if "preview_key" in e.data
+    ]
+    assert len(set(previews)) == 5
+    remaining = _stored_previews(settings)
+    assert len(remaining) == 1 and remaining[0].name not in previews, "only the result is left"

@@ -23,9 +23,36 @@ from reimagine.config import Settings
 from reimagine.queue.models import Scope
 from reimagine.schemas import ReimagineInput
 
+#: Settings only the HTTP side reads: `worker --help` leaves them out.
+_API_ONLY = {
+    "host",
+    "port",
+    "tls_cert",
+    "tls_key",
+    "public_base_url",
+    "trusted_proxies",
+    "cors_origins",
+    "s3_presign",
+    "result_retention_s",
+    "workers",
+    "worker_start_failures",
+    "strict_inputs",
+    "max_request_bytes",
+    "max_upload_bytes",
+    "max_queue_depth",
+    "submit_rate_per_min",
+    "sync_timeout_s",
+    "webhook_max_attempts",
+    "webhook_window_s",
+    "webhook_timeout_s",
+    "webhook_user_id",
+    "auth",
+    "metrics_token",
+}
+
 _SETTINGS_FOR = {
     "serve": None,  # every setting
-    "worker": None,
+    "worker": tuple(name for name in Settings.model_fields if name not in _API_ONLY),
     "generate": (
         "model",
         "controlnet",
@@ -69,23 +96,45 @@ def _add_flag(parser: argparse.ArgumentParser, name: str, info: FieldInfo, dest_
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         annotation, origin = args[0], typing.get_origin(args[0])
-    default_text = "" if info.is_required() else f" (default: {info.get_default(call_default_factory=True)!r})"
+    default_text = "" if info.is_required() else f" (default: {_shown(info.get_default(call_default_factory=True))})"
     help_text = (info.description or "") + default_text
-    kwargs: dict[str, Any] = {"dest": dest_prefix + name, "default": argparse.SUPPRESS, "help": help_text}
+    # The metavar is the flag's own name: argparse would show the `dest`, prefixed for routing (S_PORT, I_SEED).
+    kwargs: dict[str, Any] = {
+        "dest": dest_prefix + name,
+        "default": argparse.SUPPRESS,
+        "help": help_text.replace("%", "%%"),
+        "metavar": name.upper(),
+    }
     if annotation is bool:
+        del kwargs["metavar"]
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
     elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        del kwargs["metavar"]
         parser.add_argument(flag, choices=[member.value for member in annotation], **kwargs)
     elif origin is typing.Literal:
+        del kwargs["metavar"]
         parser.add_argument(flag, choices=list(typing.get_args(annotation)), **kwargs)
     elif origin is list:
-        parser.add_argument(flag, metavar="A,B", **kwargs)
+        parser.add_argument(flag, **{**kwargs, "metavar": "A,B"})
     elif annotation is int:
         parser.add_argument(flag, type=int, **kwargs)
     elif annotation is float:
         parser.add_argument(flag, type=float, **kwargs)
     else:
-        parser.add_argument(flag, metavar=name.upper(), **kwargs)
+        parser.add_argument(flag, **kwargs)
+
+
+def _shown(value: object) -> str:
+    """A default as the user would type it: `1:1`, not `<AspectRatio.SQUARE: '1:1'>`; a path, not `PosixPath(...)`."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value) or "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None or value == "":
+        return "none"
+    return str(value)
 
 
 def _split(namespace: argparse.Namespace, prefix: str) -> dict[str, Any]:
@@ -141,14 +190,29 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands = models.add_subparsers(dest="models_command", required=True)
     pull = model_commands.add_parser("pull", help="Download the model weights into the Hugging Face cache")
     _add_field_flags(pull, Settings, _SETTINGS_FOR["models"], "s_")
+    _mark_leaves(parser)
     return parser
+
+
+def _mark_leaves(parser: argparse.ArgumentParser) -> None:
+    """Each command's parser records itself in the namespace, so errors print that command's usage."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _mark_leaves(sub)
+            return
+    parser.set_defaults(command_parser=parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     from reimagine.errors import ConfigError, ModelMissing
 
     parser = build_parser()
-    namespace = parser.parse_args(argv)
+    namespace, extra = parser.parse_known_args(argv)
+    if extra:
+        # The command's own usage, not the top level's: `generate --bogus` shows generate's flags.
+        leaf: argparse.ArgumentParser = getattr(namespace, "command_parser", parser)
+        leaf.error(f"unrecognized arguments: {' '.join(extra)}")
     settings = Settings(**_split(namespace, "s_"))
     from reimagine.logs import configure_logging
 

@@ -79,6 +79,7 @@ _EXPIRED = sa.text(
     "SELECT id FROM jobs WHERE completed_at IS NOT NULL AND completed_at < :t ORDER BY completed_at LIMIT :n"
 )
 _FILE_EXISTS = sa.text("SELECT 1 FROM files WHERE key = :key")
+_DELETE_FILE = sa.text("DELETE FROM files WHERE key = :key")
 _INSERT_FILE = sa.text(
     "INSERT INTO files (key, job_id, kind, content_type, size, created_at, expires_at, key_id)"
     " VALUES (:key, :job_id, :kind, :ct, :size, :now, :expires_at, :key_id)"
@@ -436,6 +437,11 @@ class JobStore(JobReads):
             for table, column in _JOB_TABLES:
                 conn.changed(sa.text(f"DELETE FROM {table} WHERE {column} IN (:i0)"), {"i0": job_id})
         return DeleteOutcome.DELETED, keys
+
+    def remove_file(self, key: str) -> None:
+        """Forget a file the caller deleted from storage (a job's superseded preview)."""
+        with self.db.write() as conn:
+            conn.changed(_DELETE_FILE, {"key": key})
 
 
 #: What a job leaves in the store, deleted with it (the job's row last).

@@ -29,6 +29,7 @@ from reimagine.generation import Controls, Generate, Generated
 from reimagine.jobs import ErrorType
 from reimagine.queue.models import EventKind, FileRow, Job, LeaseState, Outcome
 from reimagine.schemas import CONTENT_TYPES, ImageFile, OutputFormat, ReimagineInput, ReimagineOutput
+from reimagine.storage import new_key
 from reimagine.worker.messages import JobDone, JobEvent, WorkerMessage
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,13 @@ class Worker:
 
     def _execute(self, job: Job, beat: _Heartbeat) -> Outcome:
         hooks = _JobHooks(self, job, beat)
+        try:
+            return self._execute_with(job, hooks)
+        finally:
+            # A finished job's previews have served their purpose: the result replaces them.
+            hooks.drop_preview()
+
+    def _execute_with(self, job: Job, hooks: _JobHooks) -> Outcome:
         started = time.monotonic()
         cpu_started = time.process_time()
         try:
@@ -164,12 +172,12 @@ class Worker:
             )
         return Controls(depth=loaded["depth"], canny=loaded["canny"])
 
-    def _put_png(self, job: Job, image: Image.Image, kind: str) -> str:
-        """Store a PNG (a preview or a derived map) as a file of the job."""
+    def _put_png(self, job: Job, image: Image.Image, kind: str, *, key: str | None = None) -> str:
+        """Store a PNG (a preview or a derived map) as a file of the job; under its content key unless `key`."""
         from reimagine.images import encode_png
 
         data = encode_png(image)
-        stored = self.storage.put(data, "image/png", f"{kind}.png", key=_job_file_key(job, data, "image/png"))
+        stored = self.storage.put(data, "image/png", f"{kind}.png", key=key or _job_file_key(job, data, "image/png"))
         self.store.add_file(stored.key, job_id=job.id, kind=kind, content_type="image/png", size=len(data))
         self._output_bytes += len(data)
         return str(stored.key)
@@ -275,6 +283,8 @@ class _JobHooks:
         self._job = job
         self._beat = beat
         self._last_preview = 0.0
+        #: the job's only stored preview: each new one replaces it (a 20-step job used to keep 20 PNGs)
+        self._preview_key: str | None = None
         #: the worker's own phases of this job, in seconds (reported in the result's `timings`)
         self.timings: dict[str, float] = {"progress": 0.0}
 
@@ -295,9 +305,25 @@ class _JobHooks:
         interval = self._worker.settings.preview_interval_s
         if preview is not None and (now - self._last_preview >= interval or step == total):
             self._last_preview = now
-            data["preview_key"] = self._worker._put_png(self._job, preview, "preview")
+            # A random key, not the content's: two jobs with the same preview must not delete each other's.
+            key = self._worker._put_png(self._job, preview, "preview", key=new_key("image/png"))
+            data["preview_key"] = key
         self._worker.store.add_event(self._job.id, EventKind.PROGRESS, data)
         self._worker._notify(_EVENT)
+        if "preview_key" in data:
+            self.drop_preview()  # the previous one, now that the event names the new one
+            self._preview_key = data["preview_key"]
+
+    def drop_preview(self) -> None:
+        """Delete the stored preview, if any (best effort: the retention sweep removes what is left)."""
+        key, self._preview_key = self._preview_key, None
+        if key is None:
+            return
+        try:
+            self._worker.storage.delete(key)
+            self._worker.store.remove_file(key)
+        except Exception:
+            logger.warning("could not delete preview %s", key, exc_info=True, extra={"request_id": self._job.id})
 
     def check_cancelled(self) -> None:
         state = self._beat.state

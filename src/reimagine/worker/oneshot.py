@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from reimagine.config import Settings
@@ -91,6 +91,11 @@ def _read_image(source: str, field: str) -> Image.Image:
             data = Path(source).expanduser().read_bytes()
         image = Image.open(io.BytesIO(data))
         image.load()
+    except UnidentifiedImageError as exc:
+        # PIL's own message names its BytesIO object, not the file.
+        raise InputError(
+            field, f"{source[:100]!r} is not an image (PNG, JPEG, WebP or another format PIL reads)"
+        ) from exc
     except (OSError, ValueError, binascii.Error, httpx.HTTPError) as exc:
         raise InputError(field, f"cannot read an image from {source[:100]!r}: {exc}") from exc
     return image.convert("RGB")
