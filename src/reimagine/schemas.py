@@ -139,9 +139,15 @@ class ReimagineInput(BaseModel):
         description="What to avoid. Empty means no negative prompt.",
     )
     truncate_prompt: bool = Field(
-        True, description="Cut prompts longer than 128 T5 tokens; when false, a longer prompt is an error."
+        True,
+        description="Cut prompts longer than 128 T5 tokens; when false, a longer prompt is an error. It guards your "
+        "own prompt: an enhancer's rewrite is cut at 128 tokens either way.",
     )
-    prompt_enhancer: bool = Field(True, description="Rewrite the prompt with the server's enhancer, if one is set up.")
+    prompt_enhancer: bool = Field(
+        True,
+        description="Rewrite the prompt with the server's enhancer (an LLM the operator sets up). Without one, as by "
+        "default, the prompt is used as written; if the enhancer fails, too.",
+    )
     sync_mode: bool = Field(
         False, description="Return the image as a data URI in the response instead of a stored file URL."
     )
