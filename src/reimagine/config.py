@@ -29,6 +29,11 @@ class Settings(BaseSettings):
         description="Reverse proxies (IPs or CIDRs) whose X-Forwarded-Proto/Host/Prefix headers are honoured; "
         "from anyone else they are ignored.",
     )
+    header_timeout_s: float = Field(10.0, gt=0, description="Time a client has to send a request's headers.")
+    body_timeout_s: float = Field(30.0, gt=0, description="Longest pause allowed while a request body arrives.")
+    max_connections: int = Field(
+        4096, ge=1, description="Open connections beyond which new ones are closed (lowered to the descriptor limit)."
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Browser origins allowed to call the API ('*').")
 
     # --- state ---------------------------------------------------------------------------------------------------

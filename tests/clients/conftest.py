@@ -90,7 +90,12 @@ def _start(tmp_path_factory: pytest.TempPathFactory, ca_pem: tuple[trustme.CA, P
 @pytest.fixture(scope="session")
 def tls_server(tmp_path_factory: pytest.TempPathFactory, ca_pem: tuple[trustme.CA, Path]) -> Iterator[TlsServe]:
     """Fake generate, one worker; loopback admitted by the fetcher (webhook receiver, image host)."""
-    server = _start(tmp_path_factory, ca_pem, "--allow-hosts", "127.0.0.1", "--cors-origins", BROWSER_ORIGIN)
+    # The Python client goes multipart above 100 MiB, our default upload limit: its scenario needs a larger one.
+    server = _start(
+        tmp_path_factory,
+        ca_pem,
+        *("--allow-hosts", "127.0.0.1", "--cors-origins", BROWSER_ORIGIN, "--max-upload-bytes", str(256 * 1024 * 1024)),
+    )
     yield server
     server.stop()
 

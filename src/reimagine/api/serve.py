@@ -20,6 +20,7 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from reimagine.api.app import create_app
+    from reimagine.api.connections import connection_cap, guarded_http_protocol, raise_descriptor_limit
     from reimagine.queue import open_store
     from reimagine.weights import check_weights
 
@@ -38,11 +39,25 @@ def serve(settings: Settings) -> int:
             logger.warning("--model tiny: random tiny weights, the images are noise (for tests and demos)")
         elif settings.is_random:
             logger.warning("--model %s: full-size random weights, the images are noise (for measuring)", settings.model)
+        descriptors = raise_descriptor_limit()
+        max_connections = connection_cap(settings.max_connections, descriptors)
         app = create_app(settings, store=store)
         scheme = "https" if settings.tls_cert else "http"
-        logger.info("serving on %s://%s:%s", scheme, settings.host, sock.getsockname()[1])
+        logger.info(
+            "serving on %s://%s:%s (at most %d connections, %d descriptors)",
+            scheme,
+            settings.host,
+            sock.getsockname()[1],
+            max_connections,
+            descriptors,
+        )
         config = uvicorn.Config(
             app,
+            http=guarded_http_protocol(
+                header_timeout_s=settings.header_timeout_s,
+                body_timeout_s=settings.body_timeout_s,
+                max_connections=max_connections,
+            ),
             ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
             ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
             log_config=None,
