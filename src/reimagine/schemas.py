@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 #: Bria's recommended negative prompt (BRIA-3.2 README), fal's default.
 DEFAULT_NEGATIVE_PROMPT = (
@@ -51,6 +52,24 @@ MAX_URL_CHARS = 8_192
 #: Longest image field overall: a data URI of an image at the fetcher's default limit (32 MiB, base64 is 4/3).
 #: The exact byte limit (`--fetch-max-bytes`) is checked again when the image is read.
 MAX_DATA_URI_CHARS = 48 * 1024 * 1024
+
+
+#: What `_url_scheme` admits, for the OpenAPI document: an http(s) URL, a data URI, or nothing (spaces around).
+_IMAGE_URL_PATTERN = r"^\s*(https?://[^\s\x00-\x1f\x7f]+|data:[^,\r\n\u2028\u2029]*,[^\r\n\u2028\u2029]*)?\s*$"
+_HTTP_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f]+")
+#: Line breaks a data URI may not hold (the pattern's `.`-like class; `in` tests are fast on megabytes).
+_LINE_BREAKS = ("\r", "\n", "\u2028", "\u2029")
+
+
+def _json_integer(value: object) -> object:
+    """Integers as JSON has them: 30 and 30.0, not "30" or true (pydantic's lax mode would take those)."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError("must be an integer")
+    return value
+
+
+#: An int field that takes what the published schema says, and no more.
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 def size_for(aspect_ratio: AspectRatio | str) -> tuple[int, int]:
@@ -99,25 +118,28 @@ class ReimagineInput(BaseModel):
         max_length=MAX_PROMPT_CHARS,
         description="What to generate.",
         examples=["a cozy cabin in the woods"],
+        json_schema_extra={"pattern": r"\S"},  # not blank; enforced by `_prompt_not_blank`
     )
     depth_image_url: str = Field(
         "",
         description="Structure reference for depth guidance: a URL, a data URI or an uploaded file's URL. "
         "Empty means no depth condition.",
         max_length=MAX_DATA_URI_CHARS,
-        json_schema_extra={"x-fal-file": "image"},
+        json_schema_extra={"x-fal-file": "image", "pattern": _IMAGE_URL_PATTERN},
     )
-    depth_scale: float = Field(0.5, ge=0.0, le=1.0, description="Strength of the depth condition.")
-    depth_preprocess: bool = Field(True, description="Derive the depth map from an ordinary photo first.")
+    depth_scale: float = Field(0.5, strict=True, ge=0.0, le=1.0, description="Strength of the depth condition.")
+    depth_preprocess: bool = Field(True, strict=True, description="Derive the depth map from an ordinary photo first.")
     canny_image_url: str = Field(
         "",
         description="Structure reference for edge guidance: a URL, a data URI or an uploaded file's URL. "
         "Empty means no canny condition.",
         max_length=MAX_DATA_URI_CHARS,
-        json_schema_extra={"x-fal-file": "image"},
+        json_schema_extra={"x-fal-file": "image", "pattern": _IMAGE_URL_PATTERN},
     )
-    canny_scale: float = Field(0.5, ge=0.0, le=1.0, description="Strength of the canny condition.")
-    canny_preprocess: bool = Field(True, description="Derive the canny edge map from an ordinary photo first.")
+    canny_scale: float = Field(0.5, strict=True, ge=0.0, le=1.0, description="Strength of the canny condition.")
+    canny_preprocess: bool = Field(
+        True, strict=True, description="Derive the canny edge map from an ordinary photo first."
+    )
     aspect_ratio: AspectRatio = Field(
         AspectRatio.SQUARE,
         description="Aspect ratio of the generated image. When a structure image is given (depth or canny, scale "
@@ -126,12 +148,12 @@ class ReimagineInput(BaseModel):
         # What leaving the field out means, for forms (the playground offers it as a choice of its own).
         json_schema_extra={"x-unset": "follow the structure image (1:1 without one)"},
     )
-    num_inference_steps: int = Field(30, ge=20, le=50, description="Number of denoising steps.")
-    seed: int = Field(
+    num_inference_steps: JsonInt = Field(30, ge=20, le=50, description="Number of denoising steps.")
+    seed: JsonInt = Field(
         5555, ge=0, le=2_147_483_647, description="Random seed; same inputs and seed give the same image."
     )
     guidance_scale: float = Field(
-        5.0, ge=0.0, le=20.0, description="Classifier-free guidance scale (our documented bound: 0..20)."
+        5.0, strict=True, ge=0.0, le=20.0, description="Classifier-free guidance scale (our documented bound: 0..20)."
     )
     negative_prompt: str = Field(
         DEFAULT_NEGATIVE_PROMPT,
@@ -140,16 +162,18 @@ class ReimagineInput(BaseModel):
     )
     truncate_prompt: bool = Field(
         True,
+        strict=True,
         description="Cut prompts longer than 128 T5 tokens; when false, a longer prompt is an error. It guards your "
         "own prompt: an enhancer's rewrite is cut at 128 tokens either way.",
     )
     prompt_enhancer: bool = Field(
         True,
+        strict=True,
         description="Rewrite the prompt with the server's enhancer (an LLM the operator sets up). Without one, as by "
         "default, the prompt is used as written; if the enhancer fails, too.",
     )
     sync_mode: bool = Field(
-        False, description="Return the image as a data URI in the response instead of a stored file URL."
+        False, strict=True, description="Return the image as a data URI in the response instead of a stored file URL."
     )
     # --- our extension beyond fal's schema (fal clients pass unknown fields through) -------------------------
     output_format: OutputFormat = Field(
@@ -157,7 +181,7 @@ class ReimagineInput(BaseModel):
         description="Encoding of the image: png (lossless, ~2.6 MB at 1 MP), jpeg or webp (a tenth of that at 90). "
         "Extension beyond fal's schema.",
     )
-    output_quality: int = Field(
+    output_quality: JsonInt = Field(
         90,
         ge=1,
         le=100,
@@ -175,10 +199,20 @@ class ReimagineInput(BaseModel):
     @classmethod
     def _url_scheme(cls, value: str) -> str:
         value = value.strip()
-        if value and not value.startswith(("http://", "https://", "data:")):
+        if not value:
+            return value
+        if value.startswith("data:"):
+            if any(brk in value for brk in _LINE_BREAKS):
+                raise ValueError("a data URI may not contain line breaks")
+            if "," not in value:
+                raise ValueError("malformed data URI: no ',' before the data")
+            return value
+        if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL, a data URI, or empty")
-        if len(value) > MAX_URL_CHARS and not value.startswith("data:"):
+        if len(value) > MAX_URL_CHARS:
             raise ValueError(f"an http(s) URL may be at most {MAX_URL_CHARS} characters")
+        if _HTTP_URL.fullmatch(value) is None:
+            raise ValueError("an http(s) URL needs a host and may not contain spaces or control characters")
         return value
 
 

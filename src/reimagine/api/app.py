@@ -218,6 +218,9 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 components.setdefault(name, sub)
             components[model.__name__] = definition
         schema["x-fal-endpoint"] = ENDPOINT_ID
+        from reimagine.api.openapi import describe
+
+        schema = describe(schema)
         app.openapi_schema = schema
         return schema
 
