@@ -48,6 +48,7 @@ _API_ONLY = {
     "webhook_user_id",
     "auth",
     "metrics_token",
+    "metrics_key",
 }
 
 _SETTINGS_FOR = {

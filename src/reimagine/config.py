@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     # --- auth ----------------------------------------------------------------------------------------------------
     auth: bool = Field(True, description="Require `Authorization: Key ...` on the API.")
 
+    metrics_token: str = Field(
+        "", description="Bearer token /metrics requires (Authorization: Bearer ...); empty: no token."
+    )
+    metrics_key: bool = Field(False, description="/metrics requires an admin API key (Authorization: Key ...).")
+
     # --- logging -------------------------------------------------------------------------------------------------
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(False, description="Log JSON lines instead of text.")

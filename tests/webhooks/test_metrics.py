@@ -14,6 +14,7 @@ from reimagine.api.routes import wellknown
 from reimagine.jobs import JobStatus
 from reimagine.metrics import Metrics
 from reimagine.queue import JobStore, NewJob
+from reimagine.queue.models import KeyGrant, Scope
 from reimagine.webhooks import WebhookKey, verify_signature
 from tests.webhooks.conftest import finish_job, settings_for
 
@@ -59,6 +60,7 @@ def test_failed_job_counts_its_error_type(store: JobStore) -> None:
 def test_wellknown_routes_serve_jwks_and_metrics(tmp_path: Path, store: JobStore) -> None:
     key = WebhookKey.load_or_create(settings_for(tmp_path))
     app = FastAPI()
+    app.state.settings = settings_for(tmp_path)
     app.state.webhook_key = key
     app.state.metrics = Metrics(store)
     app.include_router(wellknown.router)
@@ -76,3 +78,25 @@ def test_wellknown_routes_serve_jwks_and_metrics(tmp_path: Path, store: JobStore
     assert verify_signature(jwks.json(), headers, b"{}", now=now)
     assert scrape.status_code == 200 and "reimagine_queue_depth 0.0" in scrape.text
     assert scrape.headers["content-type"].startswith("text/plain")
+
+
+def test_metrics_can_require_a_bearer_token_or_an_admin_key(tmp_path: Path, store: JobStore) -> None:
+    grants = {
+        "admin:secret": KeyGrant(id="admin", name="ops", scope=Scope.ADMIN),
+        "reader:secret": KeyGrant(id="reader", name="ro", scope=Scope.READ),
+    }
+    app = FastAPI()
+    app.state.metrics = Metrics(store)
+    app.state.authenticate = grants.get
+    app.include_router(wellknown.router)
+    with TestClient(app) as client:
+        app.state.settings = settings_for(tmp_path, metrics_token="t0ken")
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer t0ken"}).status_code == 200
+        assert client.get("/metrics", headers={"Authorization": "Key admin:secret"}).status_code == 401
+
+        app.state.settings = settings_for(tmp_path, metrics_key=True)
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Key reader:secret"}).status_code == 403
+        assert client.get("/metrics", headers={"Authorization": "Key admin:secret"}).status_code == 200
