@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from reimagine.schemas import AspectRatio
+
 
 class Settings(BaseSettings):
     """Every setting of `serve`, `worker`, `keys`, `generate`; env `REIMAGINE_<FIELD>`, flag `--<field-with-dashes>`."""
@@ -62,6 +64,11 @@ class Settings(BaseSettings):
         True,
         description="Compiled, bf16-tolerant fast path on CUDA (bf16, fused QKV, cuDNN attention, torch.compile per "
         "aspect bucket, cuDNN autotuning): within bf16 rounding of eager, not bit-identical to it.",
+    )
+    warmup_aspect_ratios: list[AspectRatio] = Field(
+        default_factory=list,
+        description="Aspect ratios a worker compiles before it is ready (the fast path compiles one graph per size); "
+        "empty: all nine. A ratio left out compiles on its first request instead.",
     )
     deterministic: bool = Field(
         False,
@@ -136,7 +143,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(False, description="Log JSON lines instead of text.")
 
-    @field_validator("cors_origins", "allow_hosts", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "allow_hosts", "trusted_proxies", "warmup_aspect_ratios", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

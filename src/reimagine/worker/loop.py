@@ -362,8 +362,9 @@ def load_generate(settings: Settings, log: Callable[[str], None] = logger.info) 
     started = time.monotonic()
     pipe = load_pipeline(settings)
     log(f"model loaded in {time.monotonic() - started:.1f}s; warming up")
-    warmup(pipe)
-    log(f"model ready after {time.monotonic() - started:.1f}s")
+    buckets = warmup(pipe)
+    warmed = ", ".join(f"{size} {seconds:.1f}s" for size, seconds in buckets.items())
+    log(f"model ready after {time.monotonic() - started:.1f}s" + (f" (compiled: {warmed})" if warmed else ""))
     return functools.partial(pipeline_generate, pipe)
 
 

@@ -29,7 +29,7 @@ from reimagine.config import Settings
 from reimagine.errors import ConfigError, ModelMissing, OutOfMemory
 from reimagine.generation import Controls, Generated, Hooks, NullHooks, aspect_ratio_for
 from reimagine.prompt import MAX_PROMPT_TOKENS, check_prompt_length, count_tokens, truncate_to_tokens
-from reimagine.schemas import ReimagineInput, size_for
+from reimagine.schemas import SIZES, ReimagineInput, size_for
 from reimagine.worker.controlnet_bria import (
     BRIA_CONTROL_MODES,
     BriaControlledTransformer2DModel,
@@ -205,20 +205,26 @@ def set_step_cache(pipe: ReimaginePipeline, threshold: float) -> None:
         transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
 
 
-def warmup(pipe: ReimaginePipeline) -> None:
-    """One small generation with both conditions, so kernels, allocators and lazy imports are ready before a job.
+def warmup(pipe: ReimaginePipeline) -> dict[str, float]:
+    """One small generation with both conditions, so kernels, allocators and lazy imports are ready before a job;
+    on the fast path, then every aspect bucket of `Settings.warmup_aspect_ratios` is compiled. Returns the seconds
+    per bucket (empty without the fast path).
 
     The depth map is given, not derived: the depth model stays unloaded until a request needs it.
     """
+    compiled = getattr(pipe, "_fast_options", None) is not None
+    sizes = [size_for(ratio) for ratio in pipe.settings.warmup_aspect_ratios or SIZES]
     image = Image.new("RGB", (64, 64), "gray")
     inputs = ReimagineInput.model_validate({"prompt": "warm up", "prompt_enhancer": False, "depth_preprocess": False})
     inputs = inputs.model_copy(update={"num_inference_steps": 2})  # below the API minimum: only a warm-up
-    generate(pipe, inputs, Controls(depth=image, canny=image), NullHooks(), _size=(256, 256))
-    if getattr(pipe, "_fast_options", None) is not None:
-        from reimagine.worker.fast import warm_buckets
+    # Compiled, at a served size: a graph for any other size would be compiled for nothing.
+    generate(pipe, inputs, Controls(depth=image, canny=image), NullHooks(), _size=sizes[0] if compiled else (256, 256))
+    if not compiled:
+        return {}
+    from reimagine.worker.fast import warm_buckets
 
-        # Compile every aspect bucket now: readiness waits for it, so no request pays a compile.
-        warm_buckets(pipe)
+    # Compile the aspect buckets now (all nine by default): readiness waits for it, so no request pays a compile.
+    return warm_buckets(pipe, sizes)
 
 
 @torch.no_grad()
@@ -237,6 +243,8 @@ def generate(
     with _out_of_memory_as_error(), _test_out_of_memory(pipe, inputs.seed):
         bria, timings = pipe.bria, {}
         device = pipe.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
         # 1. Output size from the one aspect-ratio table (the structure image's ratio when the request left
         #    `aspect_ratio` out); every random draw comes from this generator
@@ -384,6 +392,8 @@ def generate(
         image = bria.image_processor.postprocess(decoded, output_type="pil")[0]
         bria.maybe_free_model_hooks()
         timings["decode"] = time.perf_counter() - started
+        if device.type == "cuda":  # the models included; bench/serve_gpu.py reads it from the request's logs
+            hooks.log(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
         return Generated(image=image, maps=maps, prompt=prompt, timings=timings)
 
 
