@@ -542,14 +542,18 @@ def main(argv: list[str] | None = None) -> int:
                 assert key, "no API key was printed"
                 client = Client(first.url, key)
                 reference = first_request_rows(report, client, body)
-                # Keep what a warm restart and a request after it cost (estimated from the cold start's share).
-                reserve = min(cold, 60.0) + 25.0
-                window = min(args.load_s, left() - reserve)
+                # What a restart costs once the compile cache is warm: the cold start less most of its warm-up.
+                loaded = first.seconds_logged(r"model loaded in ([\d.]+)s") or 0.0
+                warm_up = (first.seconds_logged(r"model ready after ([\d.]+)s") or loaded) - loaded
+                warm = cold - 0.7 * warm_up
+                window = min(args.load_s, left() - warm - 20)  # 20 s: stopping, and one request after the restart
+                if window < 30:  # the load comes first (priority order); the restart only if it still fits
+                    window = min(args.load_s, left() - 10)
                 if window >= 10:
                     load_rows(report, first.url, key, args, window, bench)
                 else:
                     report.row("load through the queue", "skipped", f"{left():.0f} s left of the budget")
-            if left() > min(cold, 60.0) + 10:
+            if left() > warm + 10:
                 with server(args, data_dir) as second:
                     warm = start_row(report, second, "restart to /health/ready, warm compile cache (s)")
                     again = Client(second.url, key).run(body)
@@ -561,7 +565,6 @@ def main(argv: list[str] | None = None) -> int:
                     )
             else:
                 report.row("restart with a warm compile cache", "skipped", f"{left():.0f} s left of the budget")
-                warm = cold
             extras: dict[str, Callable[[], None]] = {
                 "deterministic": lambda: deterministic_rows(report, args, Path(tmp), body, cold, warm),
                 "two-workers": lambda: two_worker_rows(report, args, data_dir, key, warm),
