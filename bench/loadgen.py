@@ -86,9 +86,10 @@ def drive(
     requests: int | None = None,
     seconds: float | None = None,
     concurrency: int = 1,
+    expect: int = 200,
 ) -> Run:
     """`concurrency` connections, each sending its next request once the previous one is answered, until
-    `requests` have been sent or `seconds` have passed. Every answer must be a 200."""
+    `requests` have been sent or `seconds` have passed. Every answer must have the status `expect`."""
     assert (requests is None) != (seconds is None), "give requests or seconds"
     connections = [Connection(url, headers) for _ in range(concurrency)]
     latencies: list[float] = []
@@ -110,7 +111,7 @@ def drive(
                 started = time.perf_counter()
                 status, answer = connection.request(method, path, body)
                 elapsed = time.perf_counter() - started
-                if status != 200:
+                if status != expect:
                     raise AssertionError(f"{method} {path}: {status} {answer[:300]!r}")
                 with lock:
                     latencies.append(elapsed)

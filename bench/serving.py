@@ -54,6 +54,48 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def big_input_uri(megabytes: float = 8.0) -> str:
+    """A PNG data URI of about `megabytes` MB (random noise does not compress), the README walk-through's shape."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    side = int((megabytes * 1e6 * 3 / 4 / 3) ** 0.5)
+    image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    png = io.BytesIO()
+    image.save(png, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+
+
+def status_with_big_inputs(seconds: float, concurrency: int, jobs: int = 4) -> float:
+    """Status requests/s on a queued job whose input holds an 8 MB data URI (`jobs` such jobs wait, no worker).
+
+    What one client polling a large request costs the API: a status read that parsed the job's input paid for
+    the whole JSON document on every poll (issue 12 item 2).
+    """
+    body = {"prompt": "noop", "depth_image_url": big_input_uri()}
+    with tempfile.TemporaryDirectory() as tmp:
+        serve = ServeProcess(Path(tmp), "--workers", "0", "--submit-rate-per-min", "0", "--log-level", "WARNING")
+        serve.start()
+        try:
+            headers = serve.headers()
+            with httpx.Client(base_url=serve.url, headers=headers, timeout=120) as client:
+                ids = []
+                for _ in range(jobs):
+                    response = client.post(ENDPOINT, json=body)
+                    assert response.status_code == 200, response.text[:500]
+                    ids.append(response.json()["request_id"])
+            # 202: still queued (there is no worker).
+            status = drive(
+                serve.url, "GET", f"/bria/reimagine/requests/{ids[-1]}/status", headers=headers, seconds=seconds,
+                concurrency=concurrency, expect=202,
+            )  # fmt: skip
+            return status.rate
+        finally:
+            serve.stop()
+
+
 def queued_runs(client: httpx.Client, n: int, ids: list[str]) -> list[float]:
     """Submit, then follow the status stream until COMPLETED: what a streaming client waits."""
     latencies = []
@@ -131,7 +173,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "SERVING.md")
     parser.add_argument("--cog-python", default="", help="a Python with cog==0.16.x installed: measure cog too")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each measuring everything once, interleaved")
+    parser.add_argument(
+        "--big-input-only", action="store_true", help="print only status requests/s with 8 MB inputs queued"
+    )
     args = parser.parse_args()
+    if args.big_input_only:
+        print(f"{status_with_big_inputs(args.seconds, args.concurrency):.0f}")
+        return
     n = max(1, args.requests // args.rounds)
     k = args.concurrency
 
@@ -196,6 +244,7 @@ def main() -> None:
             )  # fmt: skip
         finally:
             serve.stop()
+        big_status = status_with_big_inputs(args.seconds, k)
         db = sqlite3.connect(Path(tmp) / "reimagine.db")
         # The jobs followed through the status stream, one at a time: the service's own time, without queueing.
         server_side = [row[0] for row in db.execute(
@@ -223,6 +272,7 @@ def main() -> None:
         (f"jobs/s, sync runs, sync_mode, {k} connections", rate("many_inline")),
         (f"jobs/s, queue submits, {k} connections (until the last COMPLETED)", rate("queue")),
         (f"status requests/s, {k} connections", f"{status.rate:.0f}"),
+        (f"status requests/s, {k} connections, 8 MB data-URI inputs queued", f"{big_status:.0f}"),
         (
             f"server CPU per job, API / worker process (ms; sync runs, {k} connections)",
             f"{statistics.median(cpu_api) * 1e3:.2f} / {statistics.median(cpu_worker) * 1e3:.2f}",
