@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -309,6 +310,22 @@ def test_store_delete_expired_works_through_a_backlog_in_batches(store: JobStore
     assert sorted(keys) == sorted(f"cc/{n}.png" for n in range(7))
     assert all(store.get(job.id) is None and store.events(job.id) == [] for job in expired)
     assert store.get(fresh.id) is not None, "finished after the cut-off: kept"
+
+
+def test_store_status_reads_never_read_the_input(store: JobStore) -> None:
+    # Issue 12 item 2: an input may be megabytes of data URI; status polls and streams must not pay for it.
+    job, _ = store.enqueue(_new())
+    assert job.input == {"prompt": "a cat"}
+    with store.db.write() as conn:
+        conn.changed(sa.text("UPDATE job_inputs SET input = 'not json' WHERE job_id = :id"), {"id": job.id})
+    found = store.get_with_position(job.id)
+    assert found is not None and found[0].id == job.id and found[1] == 0
+    snapshot = store.status_snapshot(job.id)
+    assert snapshot is not None and snapshot[0].status == JobStatus.QUEUED and len(snapshot[2]) == 1
+    result = store.get_result(job.id)
+    assert result is not None and result.result_body is None
+    with pytest.raises(json.JSONDecodeError):
+        store.get(job.id)  # the full read does parse it: only workers and tools make it
 
 
 # -- transitions ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from reimagine.api.wire import validation_detail
 from reimagine.config import Settings
 from reimagine.errors import InputError
 from reimagine.jobs import ErrorType, Priority
-from reimagine.queue.models import IdempotencyConflict, Job, NewJob, QueueFull
+from reimagine.queue.models import IdempotencyConflict, JobState, NewJob, QueueFull
 from reimagine.schemas import ReimagineInput, StrictReimagineInput
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,7 @@ def new_request_id() -> str:
 
 async def submit_job(
     state: AppState, admitted: Admitted, *, is_sync: bool, job_id: str | None = None
-) -> tuple[Job, int] | JSONResponse:
+) -> tuple[JobState, int] | JSONResponse:
     """Enqueue an admitted request; a 429 answer when a queue is full, a 422 when an `Idempotency-Key` is reused, 503
     when no worker can start (a job queued then would wait forever).
 

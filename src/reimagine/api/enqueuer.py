@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from reimagine.queue.models import IdempotencyConflict, Job, NewJob, QueueFull
+from reimagine.queue.models import IdempotencyConflict, JobState, NewJob, QueueFull
 
 #: Jobs per transaction: bounds how long one write holds the lock (the workers write between batches).
 _MAX_BATCH = 64
@@ -24,12 +24,12 @@ class Enqueuer:
     def __init__(self, store: Any, *, max_queued: int | None) -> None:
         self._store = store
         self._max_queued = max_queued
-        self._pending: list[tuple[NewJob, asyncio.Future[tuple[Job, int]]]] = []
+        self._pending: list[tuple[NewJob, asyncio.Future[tuple[JobState, int]]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def enqueue(self, new: NewJob) -> tuple[Job, int]:
+    async def enqueue(self, new: NewJob) -> tuple[JobState, int]:
         """The queued job and its position; raises `QueueFull` or `IdempotencyConflict` like `store.enqueue`."""
-        future: asyncio.Future[tuple[Job, int]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[JobState, int]] = asyncio.get_running_loop().create_future()
         self._pending.append((new, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="enqueue")

@@ -19,7 +19,7 @@ from typing import Any
 
 from reimagine.api.reads import read
 from reimagine.jobs import TERMINAL
-from reimagine.queue.models import Event, Job
+from reimagine.queue.models import Event, JobResult
 from reimagine.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ _BATCH = 1000
 
 
 class EventHub:
-    def __init__(self, store: Any, *, poll_s: float = 0.1, on_terminal: Callable[[Job], None] | None = None) -> None:
+    def __init__(
+        self, store: Any, *, poll_s: float = 0.1, on_terminal: Callable[[JobResult], None] | None = None
+    ) -> None:
         self._store = store
         self._on_terminal = on_terminal
         self._poll_s = poll_s
@@ -41,7 +43,7 @@ class EventHub:
         self._kicked = Wakeup()
         self._last_id = 0
         self._gaps: dict[int, float] = {}
-        self._finished: OrderedDict[str, Job] = OrderedDict()
+        self._finished: OrderedDict[str, JobResult] = OrderedDict()
 
     async def run(self) -> None:
         kicked = self._kicked.attach()
@@ -86,7 +88,7 @@ class EventHub:
             if batch < _BATCH:
                 return
 
-    def _read(self, after_id: int, last_id: int, gaps: set[int]) -> tuple[int, int, list[Event], list[Job]]:
+    def _read(self, after_id: int, last_id: int, gaps: set[int]) -> tuple[int, int, list[Event], list[JobResult]]:
         """Events after `after_id` not delivered yet, and the jobs they finish (read here, once, for all waiters).
 
         Also returns the raw batch's size and last id, so the caller knows whether and where more rows wait.
@@ -96,12 +98,12 @@ class EventHub:
         finished = []
         for event in events:
             if event.kind == "status" and event.data["status"] in _TERMINAL:
-                job = self._store.get(event.job_id)
+                job = self._store.get_result(event.job_id)
                 if job is not None and job.status.value in _TERMINAL:
                     finished.append(job)
         return len(batch), (batch[-1].id if batch else after_id), events, finished
 
-    def finished(self, job_id: str) -> Job | None:
+    def finished(self, job_id: str) -> JobResult | None:
         """The finished job, if the hub read it when it delivered the job's terminal event."""
         return self._finished.get(job_id)
 

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from reimagine.jobs import FAL_STATUS, JobStatus
-from reimagine.queue.models import Event, Job
+from reimagine.queue.models import Event, JobResult, JobState
 
 QUEUE_PREFIX = "bria/reimagine"
 _FINISHED = frozenset((JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED))
@@ -58,7 +58,13 @@ def extras(base: str, events: list[Event]) -> dict[str, Any]:
 
 
 def status_body(
-    job: Job, base: str, *, position: int, events: list[Event], with_logs: bool, extra: dict[str, Any] | None = None
+    job: JobState,
+    base: str,
+    *,
+    position: int,
+    events: list[Event],
+    with_logs: bool,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     # Built directly (same keys, same order as `QueueStatus.model_dump()`): this runs for every status call.
     response_url = f"{base}/{QUEUE_PREFIX}/requests/{job.id}"
@@ -86,7 +92,7 @@ def job_headers(job_id: str) -> dict[str, str]:
     return {"x-fal-request-id": job_id}
 
 
-def result_response(job: Job) -> Response:
+def result_response(job: JobResult) -> Response:
     """Replay the model's answer exactly: status code, body, and fal's error headers."""
     assert job.result_status is not None and job.result_body is not None
     headers = job_headers(job.id)

@@ -8,9 +8,10 @@ and message.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from reimagine.jobs import CANCELLED_MESSAGE, ErrorType, JobStatus
 
@@ -129,33 +130,82 @@ class NewJob:
 
 
 @dataclass(frozen=True)
-class Job:
+class JobState:
+    """A job as a status call answers it: no input and no result body (either may be megabytes of data URI)."""
+
     seq: int
     id: str
     key_id: str
-    endpoint: str
     status: JobStatus
     priority: int
+    #: place in the fair round between keys (claim order: priority, turn, seq)
+    turn: int
+    result_status: int | None
+    error: str | None
+    error_type: ErrorType | None
+    attempts: int
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    inference_time_s: float | None
+
+    #: the columns a status read selects (`reads.py`)
+    COLUMNS: ClassVar[str] = (
+        "seq, id, key_id, status, priority, turn, result_status, error, error_type, attempts, created_at,"
+        " started_at, completed_at, inference_time_s"
+    )
+
+    @classmethod
+    def from_row(cls, row: Row) -> Self:
+        return cls(**cls._values(row._mapping))
+
+    @staticmethod
+    def _values(m: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "seq": int(m["seq"]),
+            "id": m["id"],
+            "key_id": m["key_id"],
+            "status": JobStatus(m["status"]),
+            "priority": int(m["priority"]),
+            "turn": int(m["turn"]),
+            "result_status": m["result_status"],
+            "error": m["error"],
+            "error_type": ErrorType(m["error_type"]) if m["error_type"] is not None else None,
+            "attempts": int(m["attempts"]),
+            "created_at": m["created_at"],
+            "started_at": m["started_at"],
+            "completed_at": m["completed_at"],
+            "inference_time_s": m["inference_time_s"],
+        }
+
+
+@dataclass(frozen=True)
+class JobResult(JobState):
+    """A job with the answer its result call replays (a finished job's `result_body` is that answer's JSON)."""
+
+    result_body: str | None
+
+    COLUMNS: ClassVar[str] = JobState.COLUMNS + ", result_body"
+
+    @staticmethod
+    def _values(m: Mapping[str, Any]) -> dict[str, Any]:
+        return {**JobState._values(m), "result_body": m["result_body"]}
+
+
+@dataclass(frozen=True)
+class Job(JobResult):
+    """All of a job: what a worker claims (its `input`, kept in the `job_inputs` table) and runs it under."""
+
+    endpoint: str
     input: dict[str, Any]
     is_sync: bool
     webhook_url: str | None
     base_url: str
-    result_status: int | None
-    result_body: str | None
-    error: str | None
-    error_type: ErrorType | None
-    attempts: int
     lease_owner: str | None
     lease_expires_at: float | None
     fence: int
     cancel_requested: bool
     start_deadline_at: float | None
-    created_at: float
-    started_at: float | None
-    completed_at: float | None
-    inference_time_s: float | None
-    #: place in the fair round between keys (claim order: priority, turn, seq)
-    turn: int = 0
     no_retry: bool = False
     store_io: bool = True
     file_ttl_s: float | None = None
@@ -164,41 +214,35 @@ class Job:
     output_bytes: int | None = None
 
     @classmethod
-    def from_row(cls, row: Row) -> Job:
+    def from_row(cls, row: Row, *, input: dict[str, Any] | None = None) -> Self:
+        """A `jobs` row with its `input` column joined in, or `input` as a dict when the caller has it already."""
         m = row._mapping
-        return cls(
-            seq=int(m["seq"]),
-            id=m["id"],
-            key_id=m["key_id"],
-            endpoint=m["endpoint"],
-            status=JobStatus(m["status"]),
-            priority=int(m["priority"]),
-            input=json.loads(m["input"]),
-            is_sync=bool(m["is_sync"]),
-            webhook_url=m["webhook_url"],
-            base_url=m["base_url"],
-            result_status=m["result_status"],
-            result_body=m["result_body"],
-            error=m["error"],
-            error_type=ErrorType(m["error_type"]) if m["error_type"] is not None else None,
-            attempts=int(m["attempts"]),
-            lease_owner=m["lease_owner"],
-            lease_expires_at=m["lease_expires_at"],
-            fence=int(m["fence"]),
-            cancel_requested=bool(m["cancel_requested"]),
-            start_deadline_at=m["start_deadline_at"],
-            created_at=m["created_at"],
-            started_at=m["started_at"],
-            completed_at=m["completed_at"],
-            inference_time_s=m["inference_time_s"],
-            turn=int(m["turn"]),
-            no_retry=bool(m["no_retry"]),
-            store_io=bool(m["store_io"]),
-            file_ttl_s=m["file_ttl_s"],
-            input_bytes=int(m["input_bytes"]),
-            gpu_s=m["gpu_s"],
-            output_bytes=m["output_bytes"],
-        )
+        if input is None:
+            # None when the job has no input row any more (`X-Fal-Store-IO: 0` keeps `{}` instead, see transitions).
+            raw = m["input"]
+            input = json.loads(raw) if raw is not None else {}
+        return cls(**cls._values(m), input=input)
+
+    @staticmethod
+    def _values(m: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            **JobResult._values(m),
+            "endpoint": m["endpoint"],
+            "is_sync": bool(m["is_sync"]),
+            "webhook_url": m["webhook_url"],
+            "base_url": m["base_url"],
+            "lease_owner": m["lease_owner"],
+            "lease_expires_at": m["lease_expires_at"],
+            "fence": int(m["fence"]),
+            "cancel_requested": bool(m["cancel_requested"]),
+            "start_deadline_at": m["start_deadline_at"],
+            "no_retry": bool(m["no_retry"]),
+            "store_io": bool(m["store_io"]),
+            "file_ttl_s": m["file_ttl_s"],
+            "input_bytes": int(m["input_bytes"]),
+            "gpu_s": m["gpu_s"],
+            "output_bytes": m["output_bytes"],
+        }
 
 
 class QueueFull(Exception):

@@ -10,9 +10,14 @@ import sqlalchemy as sa
 
 from reimagine.jobs import JobStatus
 from reimagine.queue.db import Conn, Database
-from reimagine.queue.models import Event, Job, LeaseState
+from reimagine.queue.models import Event, Job, JobResult, JobState, LeaseState
 
-_SELECT_JOB = sa.text("SELECT * FROM jobs WHERE id = :id")
+#: All of a job, its input joined in from `job_inputs`: for workers and tools, never for a status call.
+_FULL = "SELECT j.*, i.input FROM jobs j LEFT JOIN job_inputs i ON i.job_id = j.id"
+_SELECT_JOB = sa.text(_FULL + " WHERE j.id = :id")
+#: Status polls and streams select only what they answer: never the input, nor the result body.
+_SELECT_STATE = sa.text(f"SELECT {JobState.COLUMNS} FROM jobs WHERE id = :id")
+_SELECT_RESULT = sa.text(f"SELECT {JobResult.COLUMNS} FROM jobs WHERE id = :id")
 _COUNT_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")
 _COUNT_BY_STATUS = sa.text("SELECT status, COUNT(*) FROM jobs GROUP BY status")
 #: Jobs ahead of one in claim order, read from `ix_jobs_queue` alone (tests/store/test_sqlite_plans.py).
@@ -21,7 +26,7 @@ POSITION = sa.text(
     " (turn < :t OR (turn = :t AND seq < :s))))"
 )
 #: A key's jobs, newest first, from `ix_jobs_key_seq`; `{where}` adds the status filter and the cursor.
-_LIST = "SELECT * FROM jobs WHERE key_id = :key_id{where} ORDER BY seq DESC LIMIT :limit"
+_LIST = _FULL + " WHERE j.key_id = :key_id{where} ORDER BY j.seq DESC LIMIT :limit"
 _LEASE_STATE = sa.text("SELECT status, fence, cancel_requested FROM jobs WHERE id = :id")
 _RUNNING_OWNERS = sa.text("SELECT DISTINCT lease_owner FROM jobs WHERE status = 'RUNNING'")
 _JOB_EVENTS = sa.text("SELECT * FROM events WHERE job_id = :id AND id > :after ORDER BY id")
@@ -35,16 +40,24 @@ class JobReads:
     db: Database
 
     def get(self, job_id: str) -> Job | None:
+        """All of a job, its input parsed: for workers and tools, never for a status call."""
         with self.db.read() as conn:
             row = conn.first(_SELECT_JOB, {"id": job_id})
         return Job.from_row(row) if row is not None else None
 
-    def get_with_position(self, job_id: str) -> tuple[Job, int] | None:
+    def get_result(self, job_id: str) -> JobResult | None:
+        """The job with its result body (the answer a finished job's result call replays), without its input."""
+        with self.db.read() as conn:
+            row = conn.first(_SELECT_RESULT, {"id": job_id})
+        return JobResult.from_row(row) if row is not None else None
+
+    def get_with_position(self, job_id: str) -> tuple[JobState, int] | None:
+        """The job's status columns and its queue position (0 unless queued)."""
         with self.db.read() as conn:
             return job_with_position(conn, job_id)
 
-    def status_snapshot(self, job_id: str, after_id: int = 0) -> tuple[Job, int, list[Event]] | None:
-        """The job, its queue position and its events after `after_id`, read in one snapshot."""
+    def status_snapshot(self, job_id: str, after_id: int = 0) -> tuple[JobState, int, list[Event]] | None:
+        """The job's status columns, its queue position and its events after `after_id`, read in one snapshot."""
         with self.db.read() as conn:
             found = job_with_position(conn, job_id)
             if found is None:
@@ -88,10 +101,10 @@ class JobReads:
         where = ""
         params: dict[str, object] = {"key_id": key_id, "limit": limit}
         if statuses:
-            where += f" AND status IN ({', '.join(f':s{i}' for i in range(len(statuses)))})"
+            where += f" AND j.status IN ({', '.join(f':s{i}' for i in range(len(statuses)))})"
             params.update({f"s{i}": status.value for i, status in enumerate(statuses)})
         if before_seq is not None:
-            where += " AND seq < :before"
+            where += " AND j.seq < :before"
             params["before"] = before_seq
         with self.db.read() as conn:
             return [Job.from_row(row) for row in conn.rows(sa.text(_LIST.format(where=where)), params)]
@@ -101,13 +114,13 @@ class JobReads:
             return int(conn.scalar(_LAST_EVENT))
 
 
-def job_with_position(conn: Conn, job_id: str) -> tuple[Job, int] | None:
-    row = conn.first(_SELECT_JOB, {"id": job_id})
+def job_with_position(conn: Conn, job_id: str) -> tuple[JobState, int] | None:
+    row = conn.first(_SELECT_STATE, {"id": job_id})
     if row is None:
         return None
-    job = Job.from_row(row)
+    job = JobState.from_row(row)
     return job, (position(conn, job) if job.status == JobStatus.QUEUED else 0)
 
 
-def position(conn: Conn, job: Job) -> int:
+def position(conn: Conn, job: JobState) -> int:
     return int(conn.scalar(POSITION, {"p": job.priority, "t": job.turn, "s": job.seq}))

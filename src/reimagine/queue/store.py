@@ -26,6 +26,7 @@ from reimagine.queue.models import (
     FileRow,
     IdempotencyConflict,
     Job,
+    JobState,
     LeaseState,
     NewJob,
     Outcome,
@@ -40,13 +41,14 @@ logger = logging.getLogger(__name__)
 _ANY_QUEUED = sa.text("SELECT 1 FROM jobs WHERE status = 'QUEUED' LIMIT 1")
 _COUNT_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")
 _INSERT_JOB = sa.text(
-    "INSERT INTO jobs (id, key_id, endpoint, status, priority, input, is_sync, webhook_url, base_url,"
+    "INSERT INTO jobs (id, key_id, endpoint, status, priority, is_sync, webhook_url, base_url,"
     " start_deadline_at, created_at, attempts, fence, cancel_requested, turn, no_retry, store_io, file_ttl_s,"
     " input_bytes)"
-    " VALUES (:id, :key_id, :endpoint, 'QUEUED', :priority, :input, :is_sync, :webhook_url, :base_url,"
+    " VALUES (:id, :key_id, :endpoint, 'QUEUED', :priority, :is_sync, :webhook_url, :base_url,"
     " :deadline, :now, 0, 0, :false, :turn, :no_retry, :store_io, :file_ttl_s, :input_bytes) RETURNING *"
 )
 #: The turn at the head of the queue (from `ix_jobs_queue`) and a key's last queued turn (from `ix_jobs_key`).
+_INSERT_INPUT = sa.text("INSERT INTO job_inputs (job_id, input) VALUES (:id, :input)")
 _HEAD_TURN = sa.text("SELECT turn FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, turn, seq LIMIT 1")
 _KEY_LAST_TURN = sa.text("SELECT MAX(turn) FROM jobs WHERE key_id = :key_id AND status = 'QUEUED'")
 _KEY_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE key_id = :key_id AND status = 'QUEUED'")
@@ -119,7 +121,7 @@ class JobStore(JobReads):
 
     # -- submit --------------------------------------------------------------------------------------------------
 
-    def enqueue(self, new: NewJob, *, max_queued: int | None = None) -> tuple[Job, int]:
+    def enqueue(self, new: NewJob, *, max_queued: int | None = None) -> tuple[JobState, int]:
         """Insert a queued job; returns it and its queue position (jobs ahead of it).
 
         Raises `QueueFull` when `max_queued` jobs already wait (checked in the same transaction, so concurrent
@@ -132,7 +134,7 @@ class JobStore(JobReads):
 
     def enqueue_many(
         self, news: list[NewJob], *, max_queued: int | None = None
-    ) -> list[tuple[Job, int] | QueueFull | IdempotencyConflict]:
+    ) -> list[tuple[JobState, int] | QueueFull | IdempotencyConflict]:
         """`enqueue` for several jobs in one transaction (one commit, one turn at the write lock).
 
         Each job gets its own answer, in order: itself and its position, or `QueueFull` once the queue is full.
@@ -142,16 +144,16 @@ class JobStore(JobReads):
 
     def try_enqueue_many(
         self, news: list[NewJob], *, max_queued: int | None = None
-    ) -> list[tuple[Job, int] | QueueFull | IdempotencyConflict] | None:
+    ) -> list[tuple[JobState, int] | QueueFull | IdempotencyConflict] | None:
         """`enqueue_many` if it can be done without waiting (`Database.write_now`), else None."""
         with self.db.write_now() as conn:
             return None if conn is None else self._enqueue_many(conn, news, max_queued)
 
     def _enqueue_many(
         self, conn: Conn, news: list[NewJob], max_queued: int | None
-    ) -> list[tuple[Job, int] | QueueFull | IdempotencyConflict]:
+    ) -> list[tuple[JobState, int] | QueueFull | IdempotencyConflict]:
         now = self.clock()
-        results: list[tuple[Job, int] | QueueFull | IdempotencyConflict] = []
+        results: list[tuple[JobState, int] | QueueFull | IdempotencyConflict] = []
         queued = int(conn.scalar(_COUNT_QUEUED)) if max_queued is not None else 0
         for new in news:
             if new.idempotency_key is not None:
@@ -179,7 +181,6 @@ class JobStore(JobReads):
                 "key_id": new.key_id,
                 "endpoint": new.endpoint,
                 "priority": new.priority,
-                "input": json.dumps(new.input),
                 "is_sync": new.is_sync,
                 "webhook_url": new.webhook_url,
                 "base_url": new.base_url,
@@ -192,13 +193,14 @@ class JobStore(JobReads):
                 "file_ttl_s": new.file_ttl_s,
                 "input_bytes": new.input_bytes,
             }
-            job = Job.from_row(conn.rows(_INSERT_JOB, params)[0])
+            job = Job.from_row(conn.rows(_INSERT_JOB, params)[0], input=new.input)
+            conn.changed(_INSERT_INPUT, {"id": new.id, "input": json.dumps(new.input)})
             transitions.add_event(conn, job.id, EventKind.STATUS, {"status": JobStatus.QUEUED.value}, now)
             results.append((job, position(conn, job)))
             queued += 1
         return results
 
-    def _idempotent(self, conn: Conn, new: NewJob, now: float) -> tuple[Job, int] | IdempotencyConflict | None:
+    def _idempotent(self, conn: Conn, new: NewJob, now: float) -> tuple[JobState, int] | IdempotencyConflict | None:
         """The earlier job `new`'s `Idempotency-Key` names, a conflict, or None after claiming the key for `new`.
 
         The key is claimed before the job is inserted (`ON CONFLICT DO NOTHING`): two replicas submitting the same
@@ -450,6 +452,7 @@ _JOB_TABLES = (
     ("files", "job_id"),
     ("idempotency_keys", "job_id"),
     ("webhook_outbox", "job_id"),
+    ("job_inputs", "job_id"),
     ("jobs", "id"),
 )
 

@@ -44,12 +44,13 @@ _CLAIMS: dict[tuple[bool, int], sa.TextClause] = {}
 _FINISH = (
     "UPDATE jobs SET status = :status, result_status = :rs, result_body = :rb, error = :error,"
     " error_type = :error_type, completed_at = :now, lease_owner = NULL, lease_expires_at = NULL,"
-    " inference_time_s = :it, gpu_s = :gpu_s, output_bytes = :output_bytes,"
-    # `X-Fal-Store-IO: 0`: the input is needed until the job ends (a re-run reads it), and not after.
-    " input = CASE WHEN store_io THEN input ELSE '{}' END"
+    " inference_time_s = :it, gpu_s = :gpu_s, output_bytes = :output_bytes"
     " WHERE id = :id AND status = :old"
 )
-_FINISHED = " RETURNING key_id, input_bytes"
+_FINISHED = " RETURNING key_id, input_bytes, store_io"
+#: `X-Fal-Store-IO: 0`: the input is needed until the job ends (a re-run reads it), and not after.
+_ERASE_INPUT = sa.text("UPDATE job_inputs SET input = '{}' WHERE job_id = :id")
+_SELECT_INPUT = sa.text("SELECT input FROM job_inputs WHERE job_id = :id")
 _FINISH_ANY = sa.text(_FINISH + _FINISHED)
 _FINISH_FENCED = sa.text(_FINISH + " AND fence = :fence" + _FINISHED)
 _REQUEUE = sa.text(
@@ -108,7 +109,8 @@ def claim_next(conn: Conn, owner: str, lease_s: float, now: float) -> Job | None
     row = conn.first(_claim_statement(conn.is_sqlite, len(saturated)), params)
     if row is None:
         return None
-    job = Job.from_row(row)
+    stored = conn.first(_SELECT_INPUT, {"id": row._mapping["id"]})
+    job = Job.from_row(row, input=json.loads(stored[0]) if stored is not None else {})
     add_event(conn, job.id, EventKind.STATUS, {"status": JobStatus.RUNNING.value, "attempt": job.attempts}, now)
     return job
 
@@ -150,6 +152,8 @@ def finish(
         finished = conn.first(_FINISH_FENCED, {**params, "fence": fence})
     if finished is None:
         return False
+    if not finished[2]:
+        conn.changed(_ERASE_INPUT, {"id": job_id})
     usage.add(
         conn,
         finished[0],

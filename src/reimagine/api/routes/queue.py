@@ -17,7 +17,7 @@ from reimagine.api.reads import read
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, log_entry, request_urls, result_response, status_body
 from reimagine.jobs import FAL_STATUS, TERMINAL, JobStatus
-from reimagine.queue.models import CancelOutcome, DeleteOutcome, Job, Scope
+from reimagine.queue.models import CancelOutcome, DeleteOutcome, Job, JobResult, Scope
 from reimagine.schemas import QueueStatus, ReimagineOutput
 
 router = APIRouter(redirect_slashes=False)
@@ -59,10 +59,10 @@ def _is_possible_id(job_id: str) -> bool:
     return job_id.isprintable()
 
 
-def _owned(request: Request, job_id: str, key_id: str) -> Job | None:
+def _owned_result(request: Request, job_id: str, key_id: str) -> JobResult | None:
     if not _is_possible_id(job_id):
         return None
-    job: Job | None = request.app.state.store.get(job_id)
+    job: JobResult | None = request.app.state.store.get_result(job_id)
     # Another key's request is indistinguishable from a missing one.
     return job if job is not None and job.key_id == key_id else None
 
@@ -110,8 +110,9 @@ async def stream_status(
 ) -> StreamingResponse | JSONResponse:
     """Server-sent status events until COMPLETED; resumable with Last-Event-ID."""
     state: AppState = request.app.state
-    job = await read(request.app.state.store, _owned, request, request_id, key_id)
-    if job is None:
+    found = await read(state.store, state.store.get_with_position, request_id) if _is_possible_id(request_id) else None
+    # Another key's request is indistinguishable from a missing one.
+    if found is None or found[0].key_id != key_id:
         return _not_found(request_id)
     with_logs = _flag(request.query_params.get("logs"))
     base = base_url(request, settings)
@@ -169,7 +170,7 @@ async def stream_status(
 
 async def get_result(request: Request, key_id: ApiKeyDep, request_id: str) -> Response:
     """The model's answer, replayed exactly (errors included); 400 while the request is not completed."""
-    job = await read(request.app.state.store, _owned, request, request_id, key_id)
+    job = await read(request.app.state.store, _owned_result, request, request_id, key_id)
     if job is None:
         return _not_found(request_id)
     if job.status not in TERMINAL:

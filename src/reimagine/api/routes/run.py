@@ -21,7 +21,7 @@ from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, result_response, status_body
 from reimagine.config import Settings
 from reimagine.jobs import TERMINAL, ErrorType
-from reimagine.queue.models import Event, Job, Scope
+from reimagine.queue.models import Event, JobResult, JobState, Scope
 from reimagine.schemas import ReimagineOutput
 
 router = APIRouter(redirect_slashes=False)
@@ -42,7 +42,7 @@ class _Disconnected(Exception):
 
 async def _wait_terminal(
     request: Request, state: AppState, job_id: str, queue: asyncio.Queue[Event], timeout_s: float, *, joined: bool
-) -> Job | None:
+) -> JobResult | None:
     """The finished job, once the hub delivers its terminal status event (or a read finds it finished)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -51,7 +51,9 @@ async def _wait_terminal(
     check_store = joined
     while True:
         if check_store:
-            job: Job | None = state.hub.finished(job_id) or await read(state.store, state.store.get, job_id)
+            job: JobResult | None = state.hub.finished(job_id)
+            if job is None:
+                job = await read(state.store, state.store.get_result, job_id)
             if job is not None and job.status in TERMINAL:
                 return job
         remaining = deadline - loop.time()
@@ -80,7 +82,7 @@ async def _cancel_if_unfinished(state: AppState, job_id: str, key_id: str) -> No
 
 async def _submit_watched(
     request: Request, settings: Settings, key_id: str
-) -> tuple[Job, asyncio.Queue[Event], bool] | JSONResponse:
+) -> tuple[JobState, asyncio.Queue[Event], bool] | JSONResponse:
     """Admit and enqueue a sync run, subscribed to its events; or the refusal to send back.
 
     The flag says the run joined an earlier job (`Idempotency-Key`) instead of making one.
@@ -175,8 +177,9 @@ async def run_stream(request: Request, settings: SettingsDep, key_id: SubmitKeyD
                 first = False
                 if current.status in TERMINAL:
                     finished = True
-                    assert current.result_body is not None
-                    yield f"data: {current.result_body}\n\n".encode()
+                    done = await read(state.store, state.store.get_result, job.id)
+                    assert done is not None and done.result_body is not None
+                    yield f"data: {done.result_body}\n\n".encode()
                     return
                 body = status_body(current, base, position=position, events=history, with_logs=True)
                 yield f"data: {json.dumps(body)}\n\n".encode()
