@@ -126,9 +126,8 @@ def test_openai_enhancer_is_deterministic_chat_completion() -> None:
 def test_enhancer_backends_from_settings() -> None:
     device = torch.device("cpu")
     assert load_enhancer(Settings(), device) is None
-    assert isinstance(
-        load_enhancer(Settings(enhancer="openai:http://x/v1", enhancer_model="m"), device), OpenAIEnhancer
-    )
+    remote = load_enhancer(Settings(enhancer="openai:http://x/v1", enhancer_model="m", enhancer_timeout_s=7), device)
+    assert isinstance(remote, OpenAIEnhancer) and remote.client.timeout.read == 7
     with pytest.raises(ConfigError):
         load_enhancer(Settings(enhancer="openai:http://x/v1"), device)
     with pytest.raises(ConfigError):
