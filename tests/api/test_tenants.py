@@ -91,6 +91,8 @@ def test_delete_removes_input_result_and_files_of_a_finished_request(
 
     done = submit(client, {"prompt": "to delete", "canny_image_url": _scene_uri()})["request_id"]
     wait_completed(client, done)
+    listed = client.get(REQUESTS, params={"limit": 1}).json()["requests"][0]
+    assert listed["input"]["canny_image_url"].startswith("data:image/png;base64,... ("), "not the megabytes"
     image_url = client.get(f"{REQUESTS}/{done}").json()["image"]["url"]
     assert client.get(image_url).status_code == 200
     with _as(served, served[1].keys.create("other")) as stranger:

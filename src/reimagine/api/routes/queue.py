@@ -258,8 +258,15 @@ def listed(job: Job, base: str) -> dict[str, Any]:
         "error_type": job.error_type,
         "metrics": {"inference_time": job.inference_time_s},
         # `X-Fal-Store-IO: 0` erased the input once the job finished: null here.
-        "input": job.input or None,
+        "input": {name: _summarised(value) for name, value in job.input.items()} or None,
     }
+
+
+def _summarised(value: Any) -> Any:
+    """An inline image is megabytes: a page of 100 would be too, so the listing names its type and size instead."""
+    if isinstance(value, str) and value.startswith("data:") and len(value) > 256:
+        return f"{value[: value.find(',') + 1]}... ({len(value)} characters)"
+    return value
 
 
 def _iso(timestamp: float | None) -> str | None:
