@@ -1,4 +1,4 @@
-"""`reimagine serve | worker | keys | generate | models`: flags are built from `Settings` and `ReimagineInput`.
+"""`reimagine serve | worker | keys | usage | requests | queue | generate | models`; flags from the schemas.
 
 Every setting is a flag named after its field (`data_dir` -> `--data-dir`), and every input field of the endpoint
 is a flag of `generate`; a flag overrides the `REIMAGINE_*` environment, which overrides the defaults.
@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--canny-image", default=None, metavar="PATH|URL", help="Canny structure image")
     generate.add_argument("-o", "--output", type=Path, default=Path("out.png"), help="Output PNG (default out.png)")
 
+    from reimagine import admin
+
+    admin.add_commands(commands, lambda sub: _add_field_flags(sub, Settings, admin.SETTINGS, "s_"))
+
     models = commands.add_parser("models", help="Model weights")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     pull = model_commands.add_parser("pull", help="Download the model weights into the Hugging Face cache")
@@ -242,6 +246,14 @@ def _run(parser: argparse.ArgumentParser, settings: Settings, namespace: argpars
         return _keys(settings, namespace)
     if namespace.command == "usage":
         return _usage(settings, namespace)
+    if namespace.command in ("requests", "queue"):
+        from reimagine import admin
+
+        store = open_existing_store(settings)
+        try:
+            return admin.run(settings, namespace, store)
+        finally:
+            store.close()
     if namespace.command == "generate":
         return _generate(parser, settings, namespace)
     if namespace.command == "models":

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from reimagine.jobs import TERMINAL, JobStatus
 from reimagine.queue import transitions
+from reimagine.queue.admin import Admin
 from reimagine.queue.db import Conn, Database
 from reimagine.queue.keys import ApiKeys
 from reimagine.queue.models import (
@@ -103,6 +104,7 @@ class JobStore(JobReads):
         self.outbox = Outbox(db, clock)
         self.keys = ApiKeys(db, clock)
         self.usage = Usage(db, clock)
+        self.admin = Admin(self)
         #: see `Database.reads_inline`
         self.reads_inline = db.reads_inline
 

@@ -33,6 +33,8 @@ _CLAIM = (
     " fence = fence + 1, attempts = attempts + 1, started_at = :now"
     " WHERE seq = ({pick}) AND status = 'QUEUED' RETURNING *"
 )
+#: `reimagine queue pause` (reimagine.queue.admin): a row here stops every claim.
+PAUSED = sa.text("SELECT 1 FROM queue_state WHERE name = 'paused'")
 #: Keys running as many jobs as their `max_concurrent` allows. Read on every claim: `api_keys` holds one row per
 #: key, and each count reads the key's running jobs from `ix_jobs_key`.
 _SATURATED = sa.text(
@@ -103,6 +105,8 @@ def claim_next(conn: Conn, owner: str, lease_s: float, now: float) -> Job | None
     other's claim only once it commits), so a limit can be exceeded by the number of simultaneous claimers.
     """
     expire_start_deadlines(conn, now)
+    if conn.first(PAUSED) is not None:
+        return None  # `reimagine queue pause`: nothing new starts; submits still queue
     saturated = [row[0] for row in conn.rows(_SATURATED)]
     params: dict[str, object] = {"owner": owner, "exp": now + lease_s, "now": now}
     params.update({f"k{i}": key_id for i, key_id in enumerate(saturated)})

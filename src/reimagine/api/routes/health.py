@@ -37,4 +37,6 @@ async def ready(request: Request) -> JSONResponse:
     cause = state.unavailable()
     if cause is not None:
         body.update(status="unavailable", detail=cause)
+    if store_ok and await asyncio.to_thread(state.store.admin.is_paused):
+        body["queue"] = "paused"  # still ready: submits queue (`reimagine queue resume` starts them)
     return JSONResponse(body, status_code=200 if is_ready else 503)
