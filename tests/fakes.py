@@ -37,7 +37,8 @@ def fake_generate(inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> G
             raise RuntimeError("boom")
         if per_step:
             time.sleep(per_step)
-        preview = Image.new("RGB", (32, 32), (step * 8 % 256, 0, 0)) if "preview" in prompt else None
+        wanted = "preview" in prompt and hooks.wants_preview(step, total)
+        preview = Image.new("RGB", (32, 32), (step * 8 % 256, 0, 0)) if wanted else None
         hooks.on_step(step, total, preview)
     color = (inputs.seed % 256, int(inputs.depth_scale * 255), int(inputs.canny_scale * 255))
     image = Image.new("RGB", (width, height), color)

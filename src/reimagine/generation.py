@@ -41,8 +41,13 @@ def aspect_ratio_for(inputs: ReimagineInput, controls: Controls) -> AspectRatio:
 class Hooks(Protocol):
     """Callbacks `generate` calls; they never raise, except `check_cancelled`."""
 
+    def wants_preview(self, step: int, total: int) -> bool:
+        """Asked when step `step` (1-based) is queued: will its `on_step` use a preview? A preview costs a copy from
+        the device, so `generate` makes one only when asked."""
+
     def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
-        """After denoising step `step` (1-based) of `total`; `preview` is a low-res decode of the latents, if cheap."""
+        """After denoising step `step` (1-based) of `total`; `preview` is a low-res view of the latents when
+        `wants_preview` said so, else None. Called once the next step is queued (one step behind the device)."""
 
     def check_cancelled(self) -> None:
         """Raise `reimagine.errors.JobCancelled` if the job was cancelled; called at every step boundary."""
@@ -67,6 +72,9 @@ class Generate(Protocol):
 
 class NullHooks:
     """Hooks that do nothing: the CLI and tests that do not watch progress."""
+
+    def wants_preview(self, step: int, total: int) -> bool:
+        return False
 
     def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
         return None

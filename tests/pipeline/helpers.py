@@ -35,13 +35,18 @@ def pixels(image: Image.Image) -> np.ndarray:
 
 
 class RecordingHooks:
-    """Hooks that remember steps and logs; `cancel_at` makes the n-th cancel check raise."""
+    """Hooks that remember steps and logs; `cancel_at` makes the n-th cancel check raise; `previews` says whether
+    it wants a preview of every step."""
 
-    def __init__(self, cancel_at: int | None = None) -> None:
+    def __init__(self, cancel_at: int | None = None, *, previews: bool = True) -> None:
         self.steps: list[tuple[int, int, Image.Image | None]] = []
         self.logs: list[tuple[str, str]] = []
         self.checks = 0
         self.cancel_at = cancel_at
+        self.previews = previews
+
+    def wants_preview(self, step: int, total: int) -> bool:
+        return self.previews
 
     def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
         self.steps.append((step, total, preview))

@@ -177,3 +177,26 @@ def _with_transformer(pipe: ReimaginePipeline, transformer: BriaControlledTransf
     bria = BriaPipeline(**components)
     bria.set_progress_bar_config(disable=True)
     return dataclasses.replace(pipe, bria=bria, step_cache=step_cache)
+
+
+def test_one_batched_forward_for_two_conditions_matches_one_forward_each() -> None:
+    multi = BriaMultiControlNetModel([build_tiny_controlnet()])
+    calls = []
+    multi.nets[0].register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    kwargs = _inputs(batch=2)
+    hidden = kwargs.pop("hidden_states")
+    depth, canny = torch.randn_like(hidden), torch.randn_like(hidden)
+    modes = [torch.tensor([0, 0]), torch.tensor([1, 1])]
+    # a float scale, and one scale per sample (two requests in one batch)
+    for scales in ([0.5, 0.25], [torch.tensor([0.5, 0.9]), torch.tensor([0.25, 0.0])]):
+        results = {}
+        for batched in (True, False):
+            multi.batch_conditions = batched
+            calls.clear()
+            with torch.no_grad():
+                results[batched] = multi(hidden, [depth, canny], modes, scales, **kwargs)
+            assert calls == ([4] if batched else [2, 2])  # one forward of 2 conditions x batch 2, or two of 2
+        for one, each in zip(results[True], results[False], strict=True):
+            assert one is not None and each is not None
+            for a, b in zip(one, each, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

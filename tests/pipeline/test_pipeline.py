@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from reimagine.config import Settings
 from reimagine.errors import InputError, JobCancelled, ModelMissing, OutOfMemory
 from reimagine.generation import Controls, Generate, Generated
 from reimagine.schemas import SIZES
-from reimagine.worker.pipeline import ReimaginePipeline, generate, load_pipeline, warmup
+from reimagine.worker.pipeline import ReimaginePipeline, batch_key, generate, generate_batch, load_pipeline, warmup
 from reimagine.worker.preprocess import fit_to_size
 from tests.pipeline.helpers import RecordingHooks, make_inputs, photo, pixels
 
@@ -179,8 +180,39 @@ def test_cancel_stops_within_one_step(pipe: ReimaginePipeline, cancel_at: int) -
     hooks = RecordingHooks(cancel_at=cancel_at)
     with pytest.raises(JobCancelled):
         generate(pipe, make_inputs(num_inference_steps=4), Controls(canny=photo()), hooks, _size=SMALL)
-    assert len(hooks.steps) <= cancel_at
-    assert len(hooks.steps) == cancel_at - 1
+    # A check before every step: the cancel seen at check n stops the run after n - 1 steps. A step's progress is
+    # published once the next step is queued, so the last step run before the cancel is never reported.
+    assert hooks.checks == cancel_at
+    assert len(hooks.steps) == max(cancel_at - 2, 0)
+
+
+def _uint8_results(run: Callable[[], object]) -> int:
+    """How many conversions to uint8 `run` makes: only the latent preview does one (the final image is converted
+    by numpy), so this counts the previews computed on the device, each followed by its copy to the host."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default and out.dtype == torch.uint8:
+                _Count.count += 1
+            return out
+
+    with _Count():
+        run()
+    return _Count.count
+
+
+def test_no_preview_is_computed_or_copied_without_a_listener(pipe: ReimaginePipeline) -> None:
+    inputs = make_inputs(num_inference_steps=3)
+    silent = RecordingHooks(previews=False)
+    assert _uint8_results(lambda: generate(pipe, inputs, Controls(), silent, _size=SMALL)) == 0
+    assert [(step, preview) for step, _, preview in silent.steps] == [(1, None), (2, None), (3, None)]
+    watched = RecordingHooks()
+    assert _uint8_results(lambda: generate(pipe, inputs, Controls(), watched, _size=SMALL)) == 3
+    assert all(preview is not None for _, _, preview in watched.steps)
 
 
 def test_progress_hooks_get_every_step_with_a_small_preview(pipe: ReimaginePipeline) -> None:
@@ -243,3 +275,41 @@ def test_warmup_leaves_the_depth_model_unloaded() -> None:
     fresh = load_pipeline(Settings(model="tiny"))
     warmup(fresh)
     assert fresh._depth is None
+
+
+def _close(a: Generated, b: Generated) -> bool:
+    """Equal within float tolerance: batched matrix products may round differently, so allow 1 in 255."""
+    return int(np.abs(pixels(a.image).astype(int) - pixels(b.image).astype(int)).max()) <= 1
+
+
+def test_a_batched_pair_matches_two_single_runs(pipe: ReimaginePipeline) -> None:
+    given = {"depth_preprocess": False, "canny_preprocess": False, "aspect_ratio": "4:3", "num_inference_steps": 3}
+    first = make_inputs(seed=1, depth_scale=0.5, canny_scale=0.8, **given)
+    second = make_inputs(seed=2, prompt="a blue dog", depth_scale=0.3, canny_scale=0.6, **given)
+    controls = [Controls(depth=photo(seed=1), canny=photo(seed=2)), Controls(depth=photo(seed=3), canny=photo(seed=4))]
+    assert batch_key(first, controls[0]) == batch_key(second, controls[1])
+    singles = [generate(pipe, inputs, c, RecordingHooks()) for inputs, c in zip((first, second), controls, strict=True)]
+    hooks = [RecordingHooks(), RecordingHooks()]
+    batched = generate_batch(pipe, [(first, controls[0], hooks[0]), (second, controls[1], hooks[1])])
+    for one, alone in zip(batched, singles, strict=True):
+        assert isinstance(one, Generated) and _close(one, alone)
+    assert not _close(singles[0], singles[1])
+    assert [[step for step, _, _ in h.steps] for h in hooks] == [[1, 2, 3], [1, 2, 3]]
+
+
+def test_a_cancelled_request_leaves_the_batch_and_the_other_finishes(pipe: ReimaginePipeline) -> None:
+    first, second = make_inputs(seed=1, num_inference_steps=3), make_inputs(seed=2, num_inference_steps=3)
+    alone = generate(pipe, second, Controls(), RecordingHooks(), _size=None)
+    cancelling = RecordingHooks(cancel_at=2)
+    results = generate_batch(pipe, [(first, Controls(), cancelling), (second, Controls(), RecordingHooks())])
+    assert isinstance(results[0], JobCancelled)
+    assert isinstance(results[1], Generated) and _close(results[1], alone)
+
+
+def test_requests_of_other_sizes_or_steps_do_not_share_a_batch() -> None:
+    plain = make_inputs()
+    assert batch_key(plain, Controls()) != batch_key(make_inputs(aspect_ratio="16:9"), Controls())
+    assert batch_key(plain, Controls()) != batch_key(make_inputs(num_inference_steps=3), Controls())
+    assert batch_key(plain, Controls()) != batch_key(plain, Controls(canny=photo()))
+    assert batch_key(plain, Controls(canny=photo())) == batch_key(make_inputs(seed=9), Controls(canny=photo(seed=1)))
+    assert batch_key(plain, Controls()) == batch_key(make_inputs(canny_scale=0.0), Controls(canny=photo()))

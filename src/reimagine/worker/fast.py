@@ -333,7 +333,8 @@ def warm_buckets(
     before the first request. Returns seconds per bucket.
 
     `batch` 2 is one request under CFG; the ControlNet (if any) is run and its residuals passed to the
-    transformer, like a request with `conditions` structure images.
+    transformer, like a request with `conditions` structure images (all in one ControlNet forward of batch
+    `batch * conditions`, as `BriaMultiControlNetModel` batches them).
     """
     import time
 
@@ -352,11 +353,14 @@ def warm_buckets(
         txt_ids = torch.zeros(TEXT_TOKENS, 3, device=device, dtype=dtype)
         residuals: dict[str, Any] = {}
         for controlnet in controlnets[:1] if conditions else []:
-            mode = torch.zeros(batch, 1, dtype=torch.long, device=device)
+            copies = conditions if getattr(_multi_controlnet(pipe), "batch_conditions", False) else 1
+            mode = torch.zeros(batch * copies, 1, dtype=torch.long, device=device)
             block, single = controlnet(
-                hidden_states=latents, controlnet_cond=latents, controlnet_mode=mode, conditioning_scale=1.0,
-                encoder_hidden_states=text, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
+                hidden_states=latents.repeat(copies, 1, 1), controlnet_cond=latents.repeat(copies, 1, 1),
+                controlnet_mode=mode, conditioning_scale=1.0, encoder_hidden_states=text.repeat(copies, 1, 1),
+                timestep=timestep.repeat(copies), img_ids=img_ids, txt_ids=txt_ids,
             )  # fmt: skip
+            block, single = ([r[:batch] for r in samples] if samples else samples for samples in (block, single))
             residuals = {"controlnet_block_samples": block, "controlnet_single_block_samples": single}
         cached = getattr(transformer, "is_cache_enabled", False)
         with transformer.cache_context("warmup") if cached else contextlib.nullcontext():
@@ -376,6 +380,11 @@ def warm_buckets(
     if getattr(transformer, "is_cache_enabled", False):
         transformer._reset_stateful_cache()
     return seconds
+
+
+def _multi_controlnet(pipe: Any) -> Any:
+    """The multi-condition wrapper of `pipeline.ReimaginePipeline` (None for a bare BriaPipeline)."""
+    return getattr(pipe, "controlnet", None)
 
 
 # --- lossy: FP8 ----------------------------------------------------------------------------------------------------

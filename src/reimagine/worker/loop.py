@@ -288,6 +288,14 @@ class _JobHooks:
         #: the worker's own phases of this job, in seconds (reported in the result's `timings`)
         self.timings: dict[str, float] = {"progress": 0.0}
 
+    def wants_preview(self, step: int, total: int) -> bool:
+        """A preview at most every `preview_interval_s`, and of the last step: the rest are never computed."""
+        now = time.time()
+        if now - self._last_preview >= self._worker.settings.preview_interval_s or step == total:
+            self._last_preview = now
+            return True
+        return False
+
     def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
         started = time.monotonic()
         self._on_step(step, total, preview)
@@ -302,9 +310,7 @@ class _JobHooks:
             "level": "INFO",
             "timestamp": datetime.fromtimestamp(now, UTC).isoformat(),
         }
-        interval = self._worker.settings.preview_interval_s
-        if preview is not None and (now - self._last_preview >= interval or step == total):
-            self._last_preview = now
+        if preview is not None:
             # A random key, not the content's: two jobs with the same preview must not delete each other's.
             key = self._worker._put_png(self._job, preview, "preview", key=new_key("image/png"))
             data["preview_key"] = key

@@ -42,6 +42,9 @@ class _ProgressHooks:
     def __init__(self, total: int) -> None:
         self.bar = tqdm(total=total, desc="denoising", unit="step", file=sys.stderr, leave=False)
 
+    def wants_preview(self, step: int, total: int) -> bool:
+        return False
+
     def on_step(self, step: int, total: int, preview: Image.Image | None) -> None:
         self.bar.total = total
         self.bar.update(step - self.bar.n)

@@ -26,7 +26,7 @@ from PIL import Image
 from transformers import AutoTokenizer, T5EncoderModel
 
 from reimagine.config import Settings
-from reimagine.errors import ConfigError, ModelMissing, OutOfMemory
+from reimagine.errors import ConfigError, JobCancelled, ModelMissing, OutOfMemory
 from reimagine.generation import Controls, Generated, Hooks, NullHooks, aspect_ratio_for
 from reimagine.prompt import MAX_PROMPT_TOKENS, check_prompt_length, count_tokens, truncate_to_tokens
 from reimagine.schemas import SIZES, ReimagineInput, size_for
@@ -40,7 +40,15 @@ from reimagine.worker.controlnet_bria import (
 from reimagine.worker.enhancer import Enhancer, EnhancerFailed, load_enhancer
 from reimagine.worker.preprocess import DepthEstimator, canny_map, fit_to_size, load_depth_estimator
 
-__all__ = ["ReimaginePipeline", "generate", "load_pipeline", "set_step_cache", "warmup"]
+__all__ = [
+    "ReimaginePipeline",
+    "batch_key",
+    "generate",
+    "generate_batch",
+    "load_pipeline",
+    "set_step_cache",
+    "warmup",
+]
 
 #: Written into a saved tiny pipeline, so a reload still says its images are noise.
 TINY_MARKER = "reimagine_tiny.json"
@@ -224,7 +232,10 @@ def warmup(pipe: ReimaginePipeline) -> dict[str, float]:
     from reimagine.worker.fast import warm_buckets
 
     # Compile the aspect buckets now (all nine by default): readiness waits for it, so no request pays a compile.
-    return warm_buckets(pipe, sizes)
+    # Requests with one and with two structure images run the ControlNet at two batch sizes.
+    seconds = warm_buckets(pipe, sizes, conditions=1)
+    both = warm_buckets(pipe, sizes, conditions=2, vae=False)
+    return {size: seconds[size] + both[size] for size in seconds}
 
 
 @torch.no_grad()
@@ -241,6 +252,86 @@ def generate(
     Raises `InputError` (prompt too long), `JobCancelled` (from `hooks.check_cancelled`), `OutOfMemory`.
     """
     with _out_of_memory_as_error(), _test_out_of_memory(pipe, inputs.seed):
+        request = _prepare(pipe, inputs, controls, hooks, _size)  # 1-6: prompt, noise, control latents
+        _denoise(pipe, [request])  # 7-8
+        return _decode(pipe, request)  # 9
+
+
+@torch.no_grad()
+def generate_batch(
+    pipe: ReimaginePipeline, requests: list[tuple[ReimagineInput, Controls, Hooks]]
+) -> list[Generated | Exception]:
+    """Generate several compatible requests (`batch_key` equal) in one batch: each step runs the denoisers once
+    for all of them. Each request keeps its own generator, so its image equals `generate` alone within float
+    tolerance (batched matrix products may round differently), not bit for bit.
+
+    Returns per request its `Generated` or the exception it ended with: `InputError` while preparing,
+    `JobCancelled` (a cancelled request leaves the batch at the next step boundary; the others go on),
+    `OutOfMemory` (for the whole batch).
+    """
+    results: list[Generated | Exception] = [RuntimeError("not run")] * len(requests)
+    prepared: list[tuple[int, _Request]] = []
+    for index, (inputs, controls, hooks) in enumerate(requests):
+        try:
+            with _out_of_memory_as_error():
+                prepared.append((index, _prepare(pipe, inputs, controls, hooks, None)))
+        except Exception as exc:  # reported per request, as a lone `generate` would raise it
+            results[index] = exc
+    shapes = {
+        (r.width, r.height, r.inputs.num_inference_steps, r.inputs.guidance_scale, tuple(r.maps)) for _, r in prepared
+    }
+    if len(shapes) > 1:
+        raise ValueError(f"generate_batch: the requests are not compatible (batch_key differs): {shapes}")
+    try:
+        with _out_of_memory_as_error():
+            if prepared:
+                _denoise(pipe, [request for _, request in prepared])
+            for index, request in prepared:
+                results[index] = request.cancelled or _decode(pipe, request)
+    except OutOfMemory as exc:
+        for index, _ in prepared:
+            results[index] = exc
+    return results
+
+
+def batch_key(inputs: ReimagineInput, controls: Controls) -> tuple[Any, ...]:
+    """Requests with equal keys can share a batch: same output size, steps, guidance and set of conditions (a
+    condition counts when it has an image and a scale above 0)."""
+    given = [name for name in ("depth", "canny") if getattr(controls, name) is not None]
+    present = tuple(name for name in given if getattr(inputs, f"{name}_scale") > 0)
+    size = size_for(aspect_ratio_for(inputs, controls))
+    return (size, inputs.num_inference_steps, inputs.guidance_scale, present)
+
+
+@dataclass
+class _Request:
+    """One request between `_prepare` and `_decode`: its prompt embeddings, noise and control latents (batch 1),
+    then its final latents; `cancelled` once its hooks raised `JobCancelled`."""
+
+    inputs: ReimagineInput
+    hooks: Hooks
+    prompt: str
+    maps: dict[str, Image.Image]
+    timings: dict[str, float]
+    width: int
+    height: int
+    prompt_embeds: torch.Tensor  # (2, T, D) negative then positive under CFG, else (1, T, D)
+    text_ids: torch.Tensor
+    latents: torch.Tensor  # (1, N, C) packed
+    latent_image_ids: torch.Tensor
+    control_latents: dict[str, torch.Tensor]  # name -> (1, N, C) packed, in the denoiser dtype
+    cancelled: JobCancelled | None = None
+
+
+def _prepare(
+    pipe: ReimaginePipeline,
+    inputs: ReimagineInput,
+    controls: Controls,
+    hooks: Hooks,
+    _size: tuple[int, int] | None,
+) -> _Request:
+    """Steps 1-6 of one request: size, prompt, conditions, text embeddings, initial noise, control latents."""
+    with _out_of_memory_as_error():
         bria, timings = pipe.bria, {}
         device = pipe.device
         if device.type == "cuda":
@@ -308,7 +399,6 @@ def generate(
         )
         if do_cfg:
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds], dim=0)
-        batch = prompt_embeds.shape[0]
 
         # 5. Initial noise, drawn before the control latents: the order of Bria's ControlNet pipeline
         num_channels_latents = bria.transformer.config.in_channels // 4
@@ -317,94 +407,223 @@ def generate(
         )
 
         # 6. Control latents: the maps are at the output size already, VAE sample (with our generator: Bria's uses the
-        #    global RNG), shift and scale, 2x2 pack; one copy per CFG branch
-        control_latents, control_modes, control_scales = [], [], []
+        #    global RNG), shift and scale, 2x2 pack; one copy per CFG branch (made in `_denoise`)
+        control_latents = {}
         for name, control_map in maps.items():
             pixels = bria.image_processor.preprocess(control_map, height=height, width=width)
             latent = bria.vae.encode(pixels.to(device, bria.vae.dtype)).latent_dist.sample(generator)
             latent = (latent - bria.vae.config.shift_factor) * bria.vae.config.scaling_factor
             packed = bria._pack_latents(latent, 1, num_channels_latents, latent.shape[2], latent.shape[3])
-            control_latents.append(packed.repeat(batch, 1, 1).to(bria.transformer.dtype))
-            control_modes.append(torch.full((batch,), BRIA_CONTROL_MODES[name], dtype=torch.long, device=device))
-            control_scales.append(getattr(inputs, f"{name}_scale"))
+            control_latents[name] = packed.to(bria.transformer.dtype)
         timings["encode"] = time.perf_counter() - started
-
-        # 7. Timesteps: the released scheduler's dynamic shift, mu from the image sequence length
-        sigmas = np.linspace(1.0, 1 / inputs.num_inference_steps, inputs.num_inference_steps)
-        config = bria.scheduler.config
-        mu = calculate_shift(
-            latents.shape[1], config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+        return _Request(
+            inputs=inputs,
+            hooks=hooks,
+            prompt=prompt,
+            maps=maps,
+            timings=timings,
+            width=width,
+            height=height,
+            prompt_embeds=prompt_embeds,
+            text_ids=text_ids,
+            latents=latents,
+            latent_image_ids=latent_image_ids,
+            control_latents=control_latents,
         )
-        timesteps, num_steps = retrieve_timesteps(
-            bria.scheduler,
-            inputs.num_inference_steps,
-            device,
-            None,
-            sigmas,  # type: ignore[arg-type]
-            mu=mu,
-        )
-        latent_image_ids = latent_image_ids[0] if latent_image_ids.ndim == 3 else latent_image_ids
-        text_ids = text_ids[0] if text_ids.ndim == 3 else text_ids
-
-        # 8. Denoise: one ControlNet pass per condition per step (batched over CFG), residuals summed
-        started = time.perf_counter()
-        with _step_cache(pipe, enabled=not maps, hooks=hooks) as cache_context:
-            for index, t in enumerate(timesteps):
-                hooks.check_cancelled()
-                latent_model_input = torch.cat([latents] * batch)
-                timestep = t.expand(batch)
-                block_samples = single_block_samples = None
-                if control_latents:
-                    block_samples, single_block_samples = pipe.controlnet(
-                        latent_model_input,
-                        control_latents,
-                        control_modes,
-                        control_scales,
-                        encoder_hidden_states=prompt_embeds,
-                        timestep=timestep,
-                        img_ids=latent_image_ids,
-                        txt_ids=text_ids,
-                    )
-                with cache_context():
-                    noise_pred = bria.transformer(
-                        hidden_states=latent_model_input,
-                        timestep=timestep,
-                        encoder_hidden_states=prompt_embeds,
-                        txt_ids=text_ids,
-                        img_ids=latent_image_ids,
-                        controlnet_block_samples=block_samples,
-                        controlnet_single_block_samples=single_block_samples,
-                        return_dict=False,
-                    )[0]
-                if do_cfg:
-                    noise_uncond, noise_text = noise_pred.chunk(2)
-                    noise_pred = noise_uncond + inputs.guidance_scale * (noise_text - noise_uncond)
-                latents = bria.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-                hooks.on_step(index + 1, num_steps, _preview(bria, latents, height, width))
-        hooks.check_cancelled()
-        timings["denoise"] = time.perf_counter() - started
-
-        # 9. Decode in fp32, as BriaPipeline
-        started = time.perf_counter()
-        latents = bria._unpack_latents(latents, height, width, bria.vae_scale_factor)
-        latents = latents.to(torch.float32) / bria.vae.config.scaling_factor + bria.vae.config.shift_factor
-        decoded = bria.vae.decode(latents.to(bria.vae.dtype), return_dict=False)[0]
-        image = bria.image_processor.postprocess(decoded, output_type="pil")[0]
-        bria.maybe_free_model_hooks()
-        timings["decode"] = time.perf_counter() - started
-        if device.type == "cuda":  # the models included; bench/serve_gpu.py reads it from the request's logs
-            hooks.log(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
-        return Generated(image=image, maps=maps, prompt=prompt, timings=timings)
 
 
-def _preview(bria: Any, latents: torch.Tensor, height: int, width: int) -> Image.Image:
-    """A low-res RGB view of the current latents through a fixed linear projection (no VAE)."""
-    unpacked = bria._unpack_latents(latents[:1], height, width, bria.vae_scale_factor)[0].float().cpu()
-    rgb = torch.einsum("chw,cr->hwr", unpacked, _LATENT_RGB) + _LATENT_RGB_BIAS
-    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8).numpy()
-    preview = Image.fromarray(pixels)
+def _denoise(pipe: ReimaginePipeline, requests: list[_Request]) -> None:
+    """Steps 7-8 for compatible requests in one batch; leaves each request's final latents in `request.latents`.
+
+    Batch layout (n requests, CFG): [negative_1..n, positive_1..n], so `chunk(2)` splits the CFG branches; for one
+    request this is BriaPipeline's own layout. No device-to-host copy or sync inside the loop: a step's progress is
+    published after the next step is queued (the device is never idle waiting for the host), and its latent preview
+    is computed only when the request's hooks want one, copied without blocking.
+    """
+    bria, device = pipe.bria, pipe.device
+    first = requests[0]
+    inputs, height, width = first.inputs, first.height, first.width
+    do_cfg = inputs.guidance_scale > 1
+    names = list(first.control_latents)
+
+    # 7. Timesteps: the released scheduler's dynamic shift, mu from the image sequence length
+    sigmas = np.linspace(1.0, 1 / inputs.num_inference_steps, inputs.num_inference_steps)
+    config = bria.scheduler.config
+    mu = calculate_shift(
+        first.latents.shape[1], config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+    )
+    timesteps, num_steps = retrieve_timesteps(
+        bria.scheduler,
+        inputs.num_inference_steps,
+        device,
+        None,
+        sigmas,  # type: ignore[arg-type]
+        mu=mu,
+    )
+    latent_image_ids = first.latent_image_ids[0] if first.latent_image_ids.ndim == 3 else first.latent_image_ids
+    text_ids = first.text_ids[0] if first.text_ids.ndim == 3 else first.text_ids
+    projection = (_LATENT_RGB.to(device), _LATENT_RGB_BIAS.to(device))
+
+    # 8. Denoise: one ControlNet pass for all conditions per step (batched over CFG), then the transformer
+    started = time.perf_counter()
+    active, latents = list(requests), torch.cat([r.latents for r in requests])
+    batched = _batch_inputs(active, names, do_cfg, device)
+    published: _Published | None = None
+    with _step_cache(pipe, enabled=not names, hooks=first.hooks) as cache_context:
+        for index, t in enumerate(timesteps):
+            keep = [i for i, request in enumerate(active) if not _cancelled(request)]
+            if not keep:
+                break
+            if len(keep) < len(active):  # a cancelled request leaves the batch; the others go on
+                active, latents = [active[i] for i in keep], latents[keep]
+                batched = _batch_inputs(active, names, do_cfg, device)
+            prompt_embeds, control_latents, control_modes, control_scales = batched
+            batch = prompt_embeds.shape[0]
+            latent_model_input = torch.cat([latents] * (batch // len(active)))
+            timestep = t.expand(batch)
+            block_samples = single_block_samples = None
+            if control_latents:
+                block_samples, single_block_samples = pipe.controlnet(
+                    latent_model_input,
+                    control_latents,
+                    control_modes,
+                    control_scales,
+                    encoder_hidden_states=prompt_embeds,
+                    timestep=timestep,
+                    img_ids=latent_image_ids,
+                    txt_ids=text_ids,
+                )
+            with cache_context():
+                noise_pred = bria.transformer(
+                    hidden_states=latent_model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=prompt_embeds,
+                    txt_ids=text_ids,
+                    img_ids=latent_image_ids,
+                    controlnet_block_samples=block_samples,
+                    controlnet_single_block_samples=single_block_samples,
+                    return_dict=False,
+                )[0]
+            if do_cfg:
+                noise_uncond, noise_text = noise_pred.chunk(2)
+                noise_pred = noise_uncond + inputs.guidance_scale * (noise_text - noise_uncond)
+            latents = bria.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            queued = _Published(index + 1, num_steps, active, latents, height, width, bria, projection)
+            if published is not None:
+                published.publish()  # waits for the previous step only: this one keeps the device busy meanwhile
+            published = queued
+            for row, request in enumerate(active):
+                request.latents = latents[row : row + 1]
+    if published is not None:
+        published.publish()
+    for request in active:
+        _cancelled(request)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the loop only queued work: the timing must include it
+    elapsed = time.perf_counter() - started
+    for request in requests:
+        request.timings["denoise"] = elapsed
+    if len(requests) == 1 and requests[0].cancelled is not None:
+        raise requests[0].cancelled
+
+
+def _cancelled(request: _Request) -> bool:
+    """Ask the request's hooks at a step boundary; remember a cancel (a lone request re-raises it at the end)."""
+    if request.cancelled is None:
+        try:
+            request.hooks.check_cancelled()
+        except JobCancelled as exc:
+            request.cancelled = exc
+    return request.cancelled is not None
+
+
+def _batch_inputs(
+    requests: list[_Request], names: list[str], do_cfg: bool, device: torch.device
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[float] | list[torch.Tensor]]:
+    """Prompt embeddings, control latents, modes and scales of `requests` stacked in the batch layout (built once
+    per batch, outside the step loop: nothing here is copied from the host per step)."""
+    branches = 2 if do_cfg else 1
+    prompt_embeds = torch.cat([r.prompt_embeds[b : b + 1] for b in range(branches) for r in requests])
+    batch = prompt_embeds.shape[0]
+    control_latents = [torch.cat([r.control_latents[name] for r in requests] * branches) for name in names]
+    control_modes = [torch.full((batch,), BRIA_CONTROL_MODES[name], dtype=torch.long, device=device) for name in names]
+    control_scales: list[float] | list[torch.Tensor]
+    scales = [[getattr(r.inputs, f"{name}_scale") for r in requests] * branches for name in names]
+    if all(len(set(per_sample)) == 1 for per_sample in scales):
+        control_scales = [per_sample[0] for per_sample in scales]  # one request: exactly Bria's float scale
+    else:
+        control_scales = [torch.tensor(per_sample, device=device) for per_sample in scales]
+    return prompt_embeds, control_latents, control_modes, control_scales
+
+
+class _Published:
+    """One finished step of a batch: its progress, and the latent previews its hooks asked for, started on the
+    device now (RGB projection, uint8, non-blocking copy into pinned memory, an event) and handed over later."""
+
+    def __init__(
+        self,
+        step: int,
+        total: int,
+        requests: list[_Request],
+        latents: torch.Tensor,
+        height: int,
+        width: int,
+        bria: Any,
+        projection: tuple[torch.Tensor, torch.Tensor],
+    ) -> None:
+        self.step, self.total, self.requests = step, total, list(requests)
+        self.previews: list[torch.Tensor | None] = []
+        for row, request in enumerate(self.requests):
+            wanted = request.hooks.wants_preview(step, total)
+            rows = latents[row : row + 1]
+            self.previews.append(_start_preview(bria, rows, height, width, projection) if wanted else None)
+        self.event = None
+        if latents.device.type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def publish(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+        for request, pixels in zip(self.requests, self.previews, strict=True):
+            if request.cancelled is None:
+                request.hooks.on_step(self.step, self.total, None if pixels is None else _preview_image(pixels))
+
+
+def _start_preview(
+    bria: Any, latents: torch.Tensor, height: int, width: int, projection: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """A low-res RGB view of one request's latents through a fixed linear projection (no VAE), computed on the
+    device; on CUDA the returned host tensor is filled asynchronously (ready once the step's event has fired)."""
+    unpacked = bria._unpack_latents(latents, height, width, bria.vae_scale_factor)[0].float()
+    rgb = torch.einsum("chw,cr->hwr", unpacked, projection[0]) + projection[1]
+    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).to(torch.uint8)
+    if pixels.device.type != "cuda":
+        return pixels
+    host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(pixels, non_blocking=True)
+    return host
+
+
+def _preview_image(pixels: torch.Tensor) -> Image.Image:
+    preview = Image.fromarray(pixels.numpy())
     preview.thumbnail((_PREVIEW_MAX_PX, _PREVIEW_MAX_PX))
     return preview
+
+
+def _decode(pipe: ReimaginePipeline, request: _Request) -> Generated:
+    """Step 9 of one request: decode in fp32, as BriaPipeline."""
+    bria, height, width = pipe.bria, request.height, request.width
+    started = time.perf_counter()
+    latents = bria._unpack_latents(request.latents, height, width, bria.vae_scale_factor)
+    latents = latents.to(torch.float32) / bria.vae.config.scaling_factor + bria.vae.config.shift_factor
+    decoded = bria.vae.decode(latents.to(bria.vae.dtype), return_dict=False)[0]
+    image = bria.image_processor.postprocess(decoded, output_type="pil")[0]
+    bria.maybe_free_model_hooks()
+    request.timings["decode"] = time.perf_counter() - started
+    if pipe.device.type == "cuda":  # the models included; bench/serve_gpu.py reads it from the request's logs
+        request.hooks.log(f"peak GPU memory {torch.cuda.max_memory_allocated(pipe.device) / 2**30:.2f} GiB")
+    return Generated(image=image, maps=request.maps, prompt=request.prompt, timings=request.timings)
 
 
 @contextlib.contextmanager
