@@ -3,15 +3,15 @@
 `reimagine queue pause` writes `('paused', '1')`: workers finish what they hold and claim nothing new, submits
 still queue. `reimagine queue resume` deletes the row.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
