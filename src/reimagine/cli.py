@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from reimagine.config import Settings
-from reimagine.queue.models import Scope
+from reimagine.queue.keys import Scope
 from reimagine.schemas import ReimagineInput
 
 #: Settings only the HTTP side reads: `worker --help` leaves them out.

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from reimagine.queue import JobStore, open_store
-from reimagine.queue.models import Scope
+from reimagine.queue.keys import Scope
 from tests.api.conftest import database_url
 from tests.api.helpers import ENDPOINT, REQUESTS, submit, wait_completed, wait_running
 from tests.conftest import ServeProcess

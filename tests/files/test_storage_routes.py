@@ -18,7 +18,7 @@ from PIL import Image
 from reimagine.api.routes.storage import router
 from reimagine.config import Settings
 from reimagine.queue import open_store
-from reimagine.queue.models import KeyGrant, Scope
+from reimagine.queue.keys import KeyGrant, Scope
 from reimagine.signing import load_secret, make_token, read_token
 from reimagine.storage.local import LocalStorage
 from tests.files.conftest import AppServer, png_bytes

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from reimagine.queue import open_store, reads, store, transitions
+from reimagine.queue import open_store, reads, submit, transitions
 
 
 @pytest.fixture
@@ -39,11 +39,11 @@ def test_the_claim_takes_the_first_queued_job_from_the_index_without_sorting(con
 
 
 def test_fair_turns_and_per_key_counts_read_one_index_entry_each(conn: sqlite3.Connection) -> None:
-    plan = _plan(conn, store._HEAD_TURN)
+    plan = _plan(conn, submit._HEAD_TURN)
     assert "ix_jobs_queue" in plan and "TEMP B-TREE" not in plan, plan
-    plan = _plan(conn, store._KEY_LAST_TURN, key_id="a")
+    plan = _plan(conn, submit._KEY_LAST_TURN, key_id="a")
     assert "ix_jobs_key (key_id=? AND status=?)" in plan, plan
-    plan = _plan(conn, store._KEY_QUEUED, key_id="a")
+    plan = _plan(conn, submit._KEY_QUEUED, key_id="a")
     assert "ix_jobs_key (key_id=? AND status=?)" in plan, plan
     plan = _plan(conn, transitions._SATURATED)
     assert "ix_jobs_key (key_id=? AND status=?)" in plan, plan

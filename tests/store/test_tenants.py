@@ -11,6 +11,7 @@ import pytest
 
 from reimagine.jobs import ErrorType, JobStatus
 from reimagine.queue import JobStore, open_store
+from reimagine.queue.keys import Scope
 from reimagine.queue.models import (
     DeleteOutcome,
     FileRow,
@@ -18,7 +19,6 @@ from reimagine.queue.models import (
     NewJob,
     Outcome,
     QueueFull,
-    Scope,
 )
 
 Opener = Callable[..., JobStore]

@@ -14,7 +14,7 @@ from reimagine.api.routes import wellknown
 from reimagine.jobs import JobStatus
 from reimagine.metrics import Metrics
 from reimagine.queue import JobStore, NewJob
-from reimagine.queue.models import KeyGrant, Scope
+from reimagine.queue.keys import KeyGrant, Scope
 from reimagine.webhooks import WebhookKey, verify_signature
 from tests.webhooks.conftest import finish_job, settings_for
 

@@ -24,7 +24,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from reimagine.queue.models import KeyGrant, Scope
+from reimagine.queue.keys import KeyGrant, Scope
 
 UNKNOWN_KEY = "No user found for Key ID and Secret"
 _CACHE_S = 5.0

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from reimagine.errors import ConfigError
 from reimagine.jobs import ErrorType
 from reimagine.queue.db import Database
+from reimagine.queue.keys import ApiKey
 from reimagine.queue.models import (
-    ApiKey,
     CancelOutcome,
     Event,
     EventKind,

@@ -11,12 +11,46 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 
 import sqlalchemy as sa
 
 from reimagine.queue.db import Database
-from reimagine.queue.models import ApiKey, KeyGrant, Scope
 from reimagine.queue.notify import KEYS
+
+
+class Scope(StrEnum):
+    """What an API key may do (`api/auth.py` maps calls to scopes)."""
+
+    #: status, status stream, result, listing
+    READ = "read"
+    #: submit, run, cancel, uploads
+    SUBMIT = "submit"
+    #: everything, including deleting requests
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """A verified key: who it is and what it may do."""
+
+    id: str
+    name: str
+    scope: Scope
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None = None
+    scope: Scope = Scope.ADMIN
+    expires_at: float | None = None
+    max_concurrent: int | None = None
+
 
 _INSERT = sa.text(
     "INSERT INTO api_keys (id, name, secret_hash, created_at, scope, expires_at, max_concurrent)"

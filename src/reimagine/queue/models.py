@@ -314,35 +314,3 @@ class WebhookDelivery:
     url: str
     body: str
     attempts: int
-
-
-class Scope(StrEnum):
-    """What an API key may do (`api/auth.py` maps calls to scopes)."""
-
-    #: status, status stream, result, listing
-    READ = "read"
-    #: submit, run, cancel, uploads
-    SUBMIT = "submit"
-    #: everything, including deleting requests
-    ADMIN = "admin"
-
-
-@dataclass(frozen=True)
-class KeyGrant:
-    """A verified key: who it is and what it may do."""
-
-    id: str
-    name: str
-    scope: Scope
-    expires_at: float | None = None
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: str
-    name: str
-    created_at: float
-    revoked_at: float | None = None
-    scope: Scope = Scope.ADMIN
-    expires_at: float | None = None
-    max_concurrent: int | None = None

@@ -1,13 +1,14 @@
-"""The job store: a job's life from submission to retention, with its events and its files.
+"""The job store: a job's life from its claim to its retention, with its events.
 
-Each public method is one transaction on `Database` (`queue/db.py`); every status change inside one goes through
-`queue/transitions.py`. The webhook outbox (`store.outbox`) and API keys (`store.keys`) share the database and are
-their own modules. Time comes from `clock` (seconds since the epoch), so tests can move it instead of sleeping.
+`JobStore` is the one object callers hold. Its parts live in modules of their own: submitting (`submit.py`), reads
+(`reads.py`), files (`files.py`); the webhook outbox (`store.outbox`), API keys (`store.keys`) and usage
+(`store.usage`) are objects on it. Each public method is one transaction on `Database` (`db.py`); every status
+change inside one goes through `transitions.py`. Time comes from `clock` (seconds since the epoch), so tests can
+move it instead of sleeping. A new query goes into the module of its concept, as a method of its class there.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,55 +20,29 @@ from reimagine.jobs import TERMINAL, JobStatus
 from reimagine.queue import transitions
 from reimagine.queue.admin import Admin
 from reimagine.queue.db import Conn, Database
+from reimagine.queue.files import Files, record_file
 from reimagine.queue.keys import ApiKeys
 from reimagine.queue.models import (
     CancelOutcome,
     DeleteOutcome,
     EventKind,
     FileRow,
-    IdempotencyConflict,
     Job,
-    JobState,
     LeaseState,
-    NewJob,
     Outcome,
-    QueueFull,
 )
 from reimagine.queue.outbox import Outbox
-from reimagine.queue.reads import JobReads, job_with_position, position
+from reimagine.queue.reads import JobReads
+from reimagine.queue.submit import IDEMPOTENCY_S, Submissions
 from reimagine.queue.usage import Usage
 
 logger = logging.getLogger(__name__)
 
 _ANY_QUEUED = sa.text("SELECT 1 FROM jobs WHERE status = 'QUEUED' LIMIT 1")
-_COUNT_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE status = 'QUEUED'")
-_INSERT_JOB = sa.text(
-    "INSERT INTO jobs (id, key_id, endpoint, status, priority, is_sync, webhook_url, base_url,"
-    " start_deadline_at, created_at, attempts, fence, cancel_requested, turn, no_retry, store_io, file_ttl_s,"
-    " input_bytes)"
-    " VALUES (:id, :key_id, :endpoint, 'QUEUED', :priority, :is_sync, :webhook_url, :base_url,"
-    " :deadline, :now, 0, 0, :false, :turn, :no_retry, :store_io, :file_ttl_s, :input_bytes) RETURNING *"
-)
-#: The turn at the head of the queue (from `ix_jobs_queue`) and a key's last queued turn (from `ix_jobs_key`).
-_INSERT_INPUT = sa.text("INSERT INTO job_inputs (job_id, input) VALUES (:id, :input)")
-_HEAD_TURN = sa.text("SELECT turn FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, turn, seq LIMIT 1")
-_KEY_LAST_TURN = sa.text("SELECT MAX(turn) FROM jobs WHERE key_id = :key_id AND status = 'QUEUED'")
-_KEY_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE key_id = :key_id AND status = 'QUEUED'")
-#: How long an `Idempotency-Key` names its request.
-IDEMPOTENCY_S = 24 * 3600.0
-_IDEMPOTENCY = sa.text(
-    "SELECT body_hash, job_id, created_at FROM idempotency_keys WHERE key_id = :key_id AND idem_key = :idem_key"
-)
-_CLAIM_IDEMPOTENCY = sa.text(
-    "INSERT INTO idempotency_keys (key_id, idem_key, body_hash, job_id, created_at)"
-    " VALUES (:key_id, :idem_key, :body_hash, :job_id, :now) ON CONFLICT (key_id, idem_key) DO NOTHING"
-)
-_FORGET_IDEMPOTENCY = sa.text("DELETE FROM idempotency_keys WHERE key_id = :key_id AND idem_key = :idem_key")
 _STALE_IDEMPOTENCY = sa.text("DELETE FROM idempotency_keys WHERE created_at < :before")
 _RUNNING_WEBHOOK = sa.text(
     "SELECT webhook_url, file_ttl_s FROM jobs WHERE id = :id AND fence = :fence AND status = 'RUNNING'"
 )
-_JOB_FILE_TTL = sa.text("SELECT file_ttl_s FROM jobs WHERE id = :id")
 _HEARTBEAT = sa.text(
     "UPDATE jobs SET lease_expires_at = :exp WHERE id = :id AND fence = :fence AND status = 'RUNNING'"
     " RETURNING cancel_requested"
@@ -81,20 +56,11 @@ _LOST_LEASES = (
 _EXPIRED = sa.text(
     "SELECT id FROM jobs WHERE completed_at IS NOT NULL AND completed_at < :t ORDER BY completed_at LIMIT :n"
 )
-_FILE_EXISTS = sa.text("SELECT 1 FROM files WHERE key = :key")
 _DELETE_FILE = sa.text("DELETE FROM files WHERE key = :key")
-_INSERT_FILE = sa.text(
-    "INSERT INTO files (key, job_id, kind, content_type, size, created_at, expires_at, key_id)"
-    " VALUES (:key, :job_id, :kind, :ct, :size, :now, :expires_at, :key_id)"
-)
-_FILE_EXPIRY = sa.text("SELECT expires_at FROM files WHERE key = :key")
-_EXPIRED_FILES = sa.text(
-    "SELECT key FROM files WHERE expires_at IS NOT NULL AND expires_at <= :now ORDER BY expires_at LIMIT :n"
-)
 _DELETE_OWNED = sa.text("SELECT status, key_id FROM jobs WHERE id = :id")
 
 
-class JobStore(JobReads):
+class JobStore(Submissions, Files, JobReads):
     """Jobs, events and files in one SQL database (SQLite or PostgreSQL), plus its outbox and API keys."""
 
     def __init__(self, db: Database, *, max_attempts: int = 3, clock: Callable[[], float] = time.time) -> None:
@@ -120,119 +86,6 @@ class JobStore(JobReads):
 
     def close(self) -> None:
         self.db.close()
-
-    # -- submit --------------------------------------------------------------------------------------------------
-
-    def enqueue(self, new: NewJob, *, max_queued: int | None = None) -> tuple[JobState, int]:
-        """Insert a queued job; returns it and its queue position (jobs ahead of it).
-
-        Raises `QueueFull` when `max_queued` jobs already wait (checked in the same transaction, so concurrent
-        submits cannot overshoot it on SQLite; on PostgreSQL by at most the number of concurrent submits).
-        """
-        result = self.enqueue_many([new], max_queued=max_queued)[0]
-        if isinstance(result, (QueueFull, IdempotencyConflict)):
-            raise result
-        return result
-
-    def enqueue_many(
-        self, news: list[NewJob], *, max_queued: int | None = None
-    ) -> list[tuple[JobState, int] | QueueFull | IdempotencyConflict]:
-        """`enqueue` for several jobs in one transaction (one commit, one turn at the write lock).
-
-        Each job gets its own answer, in order: itself and its position, or `QueueFull` once the queue is full.
-        """
-        with self.db.write() as conn:
-            return self._enqueue_many(conn, news, max_queued)
-
-    def try_enqueue_many(
-        self, news: list[NewJob], *, max_queued: int | None = None
-    ) -> list[tuple[JobState, int] | QueueFull | IdempotencyConflict] | None:
-        """`enqueue_many` if it can be done without waiting (`Database.write_now`), else None."""
-        with self.db.write_now() as conn:
-            return None if conn is None else self._enqueue_many(conn, news, max_queued)
-
-    def _enqueue_many(
-        self, conn: Conn, news: list[NewJob], max_queued: int | None
-    ) -> list[tuple[JobState, int] | QueueFull | IdempotencyConflict]:
-        now = self.clock()
-        results: list[tuple[JobState, int] | QueueFull | IdempotencyConflict] = []
-        queued = int(conn.scalar(_COUNT_QUEUED)) if max_queued is not None else 0
-        for new in news:
-            if new.idempotency_key is not None:
-                earlier = self._idempotent(conn, new, now)
-                if earlier is not None:
-                    results.append(earlier)
-                    continue
-            if max_queued is not None and queued >= max_queued:
-                results.append(QueueFull(queued))
-                self._forget_idempotency(conn, new)
-                continue
-            if new.max_queue_length is not None:
-                waiting = int(conn.scalar(_KEY_QUEUED, {"key_id": new.key_id}))
-                if waiting >= new.max_queue_length:
-                    results.append(QueueFull(waiting, per_key=True))
-                    self._forget_idempotency(conn, new)
-                    continue
-            # Start-time fair queueing: one turn after the key's own last queued job, and never before the head of
-            # the queue, so a key's 10,000-job batch takes every other turn once another key queues.
-            head = conn.first(_HEAD_TURN)
-            last = conn.scalar(_KEY_LAST_TURN, {"key_id": new.key_id})
-            turn = max(int(head[0]) if head is not None else 0, int(last or 0)) + 1
-            params = {
-                "id": new.id,
-                "key_id": new.key_id,
-                "endpoint": new.endpoint,
-                "priority": new.priority,
-                "is_sync": new.is_sync,
-                "webhook_url": new.webhook_url,
-                "base_url": new.base_url,
-                "deadline": new.start_deadline_at,
-                "now": now,
-                "false": False,
-                "turn": turn,
-                "no_retry": new.no_retry,
-                "store_io": new.store_io,
-                "file_ttl_s": new.file_ttl_s,
-                "input_bytes": new.input_bytes,
-            }
-            job = Job.from_row(conn.rows(_INSERT_JOB, params)[0], input=new.input)
-            conn.changed(_INSERT_INPUT, {"id": new.id, "input": json.dumps(new.input)})
-            transitions.add_event(conn, job.id, EventKind.STATUS, {"status": JobStatus.QUEUED.value}, now)
-            results.append((job, position(conn, job)))
-            queued += 1
-        return results
-
-    def _idempotent(self, conn: Conn, new: NewJob, now: float) -> tuple[JobState, int] | IdempotencyConflict | None:
-        """The earlier job `new`'s `Idempotency-Key` names, a conflict, or None after claiming the key for `new`.
-
-        The key is claimed before the job is inserted (`ON CONFLICT DO NOTHING`): two replicas submitting the same
-        key at once cannot both make a job; the second sees the first's row once it commits.
-        """
-        ids = {"key_id": new.key_id, "idem_key": new.idempotency_key}
-        for _ in range(2):
-            row = conn.first(_IDEMPOTENCY, ids)
-            if row is not None and row[2] >= now - IDEMPOTENCY_S:
-                if row[0] != new.body_hash:
-                    return IdempotencyConflict(
-                        "this Idempotency-Key was used in the last 24 hours for a request with another body"
-                    )
-                found = job_with_position(conn, row[1])
-                if found is not None:
-                    return found
-            if row is not None:
-                # Expired, or its request was deleted: the key is free.
-                conn.changed(_FORGET_IDEMPOTENCY, ids)
-            claimed = conn.changed(
-                _CLAIM_IDEMPOTENCY, {**ids, "body_hash": new.body_hash, "job_id": new.id, "now": now}
-            )
-            if claimed == 1:
-                return None
-        raise RuntimeError(f"Idempotency-Key {new.idempotency_key!r} kept changing hands")
-
-    def _forget_idempotency(self, conn: Conn, new: NewJob) -> None:
-        """A refused submission leaves its `Idempotency-Key` free (a retry must not replay the refusal's id)."""
-        if new.idempotency_key is not None:
-            conn.changed(_FORGET_IDEMPOTENCY, {"key_id": new.key_id, "idem_key": new.idempotency_key})
 
     # -- the worker's side: claim, lease, complete -------------------------------------------------------------
 
@@ -292,7 +145,7 @@ class JobStore(JobReads):
             return False
         finished = transitions.finish(conn, job_id, row[0], outcome, now, old=JobStatus.RUNNING, fence=fence)
         for file in files or ():
-            _add_file(conn, file, job_id, now, ttl_s=row[1])
+            record_file(conn, file, job_id, now, ttl_s=row[1])
         return finished
 
     def requeue(self, job_id: str, fence: int) -> bool:
@@ -395,35 +248,6 @@ class JobStore(JobReads):
         with self.db.write() as conn:
             return transitions.add_log(conn, job_id, message, level, self.clock())
 
-    def add_file(self, key: str, *, job_id: str | None, kind: str, content_type: str, size: int) -> None:
-        """Record a file of a job (a preview, a map); it expires with the job's lifecycle, if it has one."""
-        with self.db.write() as conn:
-            ttl_s = conn.first(_JOB_FILE_TTL, {"id": job_id}) if job_id is not None else None
-            now = self.clock()
-            _add_file(conn, FileRow(key, kind, content_type, size), job_id, now, ttl_s=ttl_s[0] if ttl_s else None)
-
-    def add_upload(self, key: str, *, key_id: str, content_type: str, ttl_s: float) -> None:
-        """Record an upload that expires `ttl_s` from now (`X-Fal-Object-Lifecycle`); uploads without one are
-        not recorded (they follow the retention)."""
-        with self.db.write() as conn:
-            _add_file(conn, FileRow(key, "upload", content_type, 0), None, self.clock(), ttl_s=ttl_s, key_id=key_id)
-
-    def file_expiry(self, key: str) -> float | None:
-        """When the file stops being served; None if it has no expiry of its own (or is unknown)."""
-        with self.db.read() as conn:
-            row = conn.first(_FILE_EXPIRY, {"key": key})
-        return None if row is None or row[0] is None else float(row[0])
-
-    def expire_files(self, *, batch: int = 500) -> list[str]:
-        """Forget files whose lifecycle ended; returns their keys, for the caller to delete from storage."""
-        with self.db.write() as conn:
-            keys = [row[0] for row in conn.rows(_EXPIRED_FILES, {"now": self.clock(), "n": batch})]
-            if keys:
-                chosen = {f"f{n}": key for n, key in enumerate(keys)}
-                among = ", ".join(f":{name}" for name in chosen)
-                conn.changed(sa.text(f"DELETE FROM files WHERE key IN ({among})"), chosen)
-        return keys
-
     # -- a key's own requests ------------------------------------------------------------------------------------
 
     def delete_job(self, job_id: str, key_id: str) -> tuple[DeleteOutcome, list[str]]:
@@ -457,18 +281,3 @@ _JOB_TABLES = (
     ("job_inputs", "job_id"),
     ("jobs", "id"),
 )
-
-
-def _add_file(
-    conn: Conn,
-    file: FileRow,
-    job_id: str | None,
-    now: float,
-    *,
-    ttl_s: float | None = None,
-    key_id: str | None = None,
-) -> None:
-    if conn.first(_FILE_EXISTS, {"key": file.key}) is None:
-        params = {"key": file.key, "job_id": job_id, "kind": file.kind, "ct": file.content_type, "size": file.size}
-        expires_at = now + ttl_s if ttl_s is not None else None
-        conn.changed(_INSERT_FILE, {**params, "now": now, "expires_at": expires_at, "key_id": key_id})

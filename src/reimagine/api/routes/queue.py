@@ -17,7 +17,8 @@ from reimagine.api.reads import read
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, log_entry, request_urls, result_response, status_body
 from reimagine.jobs import FAL_STATUS, TERMINAL, JobStatus
-from reimagine.queue.models import CancelOutcome, DeleteOutcome, Job, JobResult, Scope
+from reimagine.queue.keys import Scope
+from reimagine.queue.models import CancelOutcome, DeleteOutcome, Job, JobResult
 from reimagine.schemas import QueueStatus, ReimagineOutput
 
 router = APIRouter(redirect_slashes=False)

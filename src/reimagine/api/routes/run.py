@@ -21,7 +21,8 @@ from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, result_response, status_body
 from reimagine.config import Settings
 from reimagine.jobs import TERMINAL, ErrorType
-from reimagine.queue.models import Event, JobResult, JobState, Scope
+from reimagine.queue.keys import Scope
+from reimagine.queue.models import Event, JobResult, JobState
 from reimagine.schemas import ReimagineOutput
 
 router = APIRouter(redirect_slashes=False)

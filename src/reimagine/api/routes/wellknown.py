@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from reimagine.api.auth import authorize
 from reimagine.config import Settings
-from reimagine.queue.models import Scope
+from reimagine.queue.keys import Scope
 
 router = APIRouter()
 
