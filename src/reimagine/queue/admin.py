@@ -21,7 +21,8 @@ from reimagine.queue.notify import QUEUED
 if TYPE_CHECKING:
     from reimagine.queue.store import JobStore
 
-_LIST = "SELECT * FROM jobs WHERE 1 = 1{where} ORDER BY seq DESC LIMIT :limit"
+_LIST = "SELECT j.*, i.input FROM jobs j LEFT JOIN job_inputs i ON i.job_id = j.id WHERE 1 = 1{where}"
+_LIST_ORDER = " ORDER BY j.seq DESC LIMIT :limit"
 _QUEUED_BY_PRIORITY = sa.text(
     "SELECT priority, COUNT(*), MIN(created_at) FROM jobs WHERE status = 'QUEUED' GROUP BY priority"
 )
@@ -74,16 +75,16 @@ class Admin:
         where = ""
         params: dict[str, object] = {"limit": limit}
         if status is not None:
-            where += " AND status = :status"
+            where += " AND j.status = :status"
             params["status"] = status.value
         if key_id is not None:
-            where += " AND key_id = :key_id"
+            where += " AND j.key_id = :key_id"
             params["key_id"] = key_id
         if since is not None:
-            where += " AND created_at >= :since"
+            where += " AND j.created_at >= :since"
             params["since"] = since
         with self._db.read() as conn:
-            return [Job.from_row(row) for row in conn.rows(sa.text(_LIST.format(where=where)), params)]
+            return [Job.from_row(row) for row in conn.rows(sa.text(_LIST.format(where=where) + _LIST_ORDER), params)]
 
     def requeue(self, job_id: str) -> Job:
         """Submit a FAILED job's input again, as a new request of the same key; returns the new job.
@@ -110,9 +111,11 @@ class Admin:
             file_ttl_s=old.file_ttl_s,
             input_bytes=old.input_bytes,
         )
-        job, _position = self._store.enqueue(new)
-        self._store.add_log(job.id, f"Requeued by an operator from request {old.id}", "WARN")
-        self._store.add_log(old.id, f"Requeued by an operator as request {job.id}", "WARN")
+        queued, _position = self._store.enqueue(new)
+        self._store.add_log(queued.id, f"Requeued by an operator from request {old.id}", "WARN")
+        self._store.add_log(old.id, f"Requeued by an operator as request {queued.id}", "WARN")
+        job = self._store.get(queued.id)
+        assert job is not None
         return job
 
     def purge(self, completed_before: float) -> list[str]:
