@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     lease_s: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeats.")
     heartbeat_s: float = Field(10.0, gt=0, description="How often a worker renews its lease.")
     max_attempts: int = Field(3, ge=1, description="Worker deaths a job may cause before it is 'poisoned'.")
+    drain_grace_s: float = Field(
+        25.0,
+        gt=0,
+        description="On SIGTERM: time the running jobs get to finish (no new one is claimed); what cannot finish "
+        "is given back to the queue without counting an attempt. Keep it under your orchestrator's kill timeout.",
+    )
     test_oom_seed: int = Field(
         -1,
         ge=-1,

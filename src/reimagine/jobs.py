@@ -89,3 +89,5 @@ class ErrorType(StrEnum):
     QUEUE_FULL = "queue_full"
     #: 429: the key submits faster than `--submit-rate-per-min`
     RATE_LIMITED = "rate_limited"
+    #: 503, retryable: a sync run's server is shutting down before its job could run; the job stays queued
+    SHUTTING_DOWN = "shutting_down"

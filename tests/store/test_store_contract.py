@@ -125,6 +125,19 @@ def test_store_reclaims_expired_leases_and_poisons_after_max_attempts(store: Job
     assert _statuses(store, job.id) == ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "FAILED"]
 
 
+def test_store_gives_back_a_drained_workers_job_without_counting_the_attempt(store: JobStore) -> None:
+    # Issue 13 item 4: graceful restarts (max_attempts=2 here) must never poison a job, however many there are.
+    job, _ = store.enqueue(_new())
+    for _restart in range(3):
+        claimed = store.claim("w1", 30)
+        assert claimed is not None and claimed.attempts == 1
+        assert store.give_back(["w1"]) == [job.id]
+        given = store.get(job.id)
+        assert given is not None and given.status == JobStatus.QUEUED and given.attempts == 0
+    assert store.give_back(["w1"]) == []  # nothing running any more
+    assert _statuses(store, job.id) == ["QUEUED"] + ["RUNNING", "QUEUED"] * 3
+
+
 def test_store_fencing_stops_a_stale_worker_from_committing(store: JobStore, clock: Clock) -> None:
     job, _ = store.enqueue(_new(webhook_url="http://127.0.0.1:9/hook"))
     stale = store.claim("stale", 1)

@@ -42,6 +42,8 @@ class AppState(Protocol):
     limiter: Any
     check_url: Callable[[str], None]
     check_prompt: Callable[[ReimagineInput], None]
+    #: set once SIGTERM began the drain (api/serve.py)
+    draining: threading.Event
 
     def notify_workers(self) -> None: ...
 

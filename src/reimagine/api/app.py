@@ -78,10 +78,17 @@ def create_app(
         ]
         if store.db.is_sqlite:
             tasks.append(asyncio.create_task(_checkpoint(store), name="checkpoint"))
+        loop = asyncio.get_running_loop()
         if supervisor is not None:
-            await asyncio.to_thread(
-                supervisor.start, on_event=hub.kick, on_webhook_due=dispatcher.kick, loop=asyncio.get_running_loop()
-            )
+            await asyncio.to_thread(supervisor.start, on_event=hub.kick, on_webhook_due=dispatcher.kick, loop=loop)
+
+        def begin_drain() -> None:
+            # From the SIGTERM handler: flags only here; the supervisor is told on the loop (it takes locks).
+            app.state.draining.set()
+            if supervisor is not None:
+                loop.call_soon_threadsafe(supervisor.begin_drain)
+
+        app.state.begin_drain = begin_drain
         # --- scale-out: PostgreSQL NOTIFY from other replicas and remote workers (no-op on SQLite) -------------
         from reimagine.queue.notify import KEYS, QUEUED, open_listener
 
@@ -140,6 +147,9 @@ def create_app(
     app.state.check_url = lambda url: check_url(url, settings)
     app.state.check_prompt = _prompt_checker(settings)
     app.state.notify_workers = supervisor.wake if supervisor is not None else (lambda: None)
+    #: set on SIGTERM (api/serve.py): sync runs whose job will not run before the exit answer a retryable 503
+    app.state.draining = threading.Event()
+    app.state.begin_drain = app.state.draining.set
     app.state.unavailable = supervisor.unavailable if supervisor is not None else (lambda: None)
 
     from reimagine.api.fastlane import FastLane

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
 
 from reimagine.config import Settings
 from reimagine.errors import ConfigError
@@ -17,8 +21,6 @@ def serve(settings: Settings) -> int:
     Raises `ConfigError` (the port is taken) or `ModelMissing` before anything else happened: no key created, no
     worker spawned.
     """
-    import uvicorn
-
     from reimagine.api.app import create_app
     from reimagine.api.connections import connection_cap, guarded_http_protocol, raise_descriptor_limit
     from reimagine.queue import open_store
@@ -65,9 +67,12 @@ def serve(settings: Settings) -> int:
             # X-Forwarded-* are read by `api.urls.base_url`, from --trusted-proxies only: uvicorn's own handling
             # would trust loopback by default and replace the peer address that decision needs.
             proxy_headers=False,
-            timeout_graceful_shutdown=5,
+            # In-flight requests (sync runs) get the drain's grace period: their jobs finish in it, or are given
+            # back before its end (worker.loop.DRAIN_MARGIN_S), and then they answer a retryable 503.
+            timeout_graceful_shutdown=max(0.5, settings.drain_grace_s - 0.5),  # type: ignore[arg-type]
         )
-        uvicorn.Server(config).run(sockets=[sock])
+        # Looked up at the signal: the lifespan replaces it once the workers run.
+        _DrainingServer(config, on_exit=lambda: app.state.begin_drain()).run(sockets=[sock])
     finally:
         sock.close()
     return 0
@@ -85,3 +90,19 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return sock
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, which also starts the drain the moment SIGTERM (or SIGINT) arrives.
+
+    uvicorn first waits for in-flight requests and only then runs the lifespan's shutdown: without this, workers
+    would go on claiming jobs (and sync runs would wait for them) through that whole wait.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)

@@ -153,6 +153,26 @@ class JobStore(Submissions, Files, JobReads):
         with self.db.write() as conn:
             return transitions.requeue(conn, job_id, fence, self.clock(), undo_attempt=True)
 
+    def give_back(self, owners: list[str]) -> list[str]:
+        """Requeue the running jobs of `owners`, stopped by a graceful shutdown, without counting their attempt.
+
+        Unlike `reclaim` (a worker that died), the job did nothing wrong: restarts must never poison it.
+        """
+        if not owners:
+            return []
+        now = self.clock()
+        where = f"lease_owner IN ({', '.join(f':o{i}' for i in range(len(owners)))})"
+        params = {f"o{i}": owner for i, owner in enumerate(owners)}
+        given: list[str] = []
+        with self.db.write() as conn:
+            for job_id, fence, *_rest in conn.rows(sa.text(_LOST_LEASES.format(where=where)), params):
+                if transitions.requeue(conn, job_id, int(fence), now, undo_attempt=True):
+                    transitions.add_log(
+                        conn, job_id, "Given back to the queue: the server is shutting down", "WARN", now
+                    )
+                    given.append(job_id)
+        return given
+
     def request_cancel(self, job_id: str, key_id: str | None) -> CancelOutcome:
         """Cancel a job: a queued one at once, a running one at its next denoising step."""
         now = self.clock()

@@ -41,6 +41,20 @@ class LeaseLost(Exception):
     """Another worker owns the job now (our lease expired); drop it without completing."""
 
 
+class Drained(Exception):
+    """The worker is draining and the job could not finish within the grace period: give it back."""
+
+
+#: Seconds of the drain grace period a worker keeps for itself: the running job is given back this long before
+#: `serve` would kill the worker, so that giving it back (one write) always happens.
+DRAIN_MARGIN_S = 2.0
+
+
+def drain_deadline_s(settings: Settings) -> float:
+    """Seconds after SIGTERM at which a worker gives its unfinished job back."""
+    return max(0.0, settings.drain_grace_s - DRAIN_MARGIN_S)
+
+
 def make_owner() -> str:
     """A lease owner id: host and pid let `serve` tell a dead local worker from a live one."""
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
@@ -67,9 +81,25 @@ class Worker:
         self._files: list[FileRow] = []
         #: bytes of the files the current job wrote (its usage)
         self._output_bytes = 0
+        self._stop = threading.Event()
+        #: when this worker first saw its drain begin (monotonic); the grace period runs from then
+        self._drain_seen: float | None = None
+
+    def drain_overdue(self) -> bool:
+        """Draining, and past the grace period: the running job must be given back now."""
+        if not self._stop.is_set():
+            return False
+        if self._drain_seen is None:
+            self._drain_seen = time.monotonic()
+        return time.monotonic() - self._drain_seen >= drain_deadline_s(self.settings)
 
     def run(self, stop: threading.Event, wait: Callable[[float], None]) -> None:
-        """Run jobs until `stop` is set; between jobs, `wait(timeout)` returns early when woken."""
+        """Run jobs until `stop` is set; between jobs, `wait(timeout)` returns early when woken.
+
+        `stop` is the drain: once set, no job is claimed; the running one has `drain_deadline_s` to finish (checked
+        at each denoising step), else it goes back to the queue without counting an attempt.
+        """
+        self._stop = stop
         job: Job | None = None
         #: the completing write of the last job just found the queue empty: no need to look again before waiting
         #: (work queued since then wakes the wait at once)
@@ -101,6 +131,13 @@ class Worker:
             outcome = self._execute(job, self._beat)
         except LeaseLost:
             logger.warning("lease lost; dropping job", extra={"request_id": job.id})
+            return None, False
+        except Drained:
+            # A graceful shutdown is not the job's fault: back to the queue, the attempt undone, never poisoned.
+            if self.store.requeue(job.id, job.fence):
+                self.store.add_log(job.id, "Given back to the queue: the worker is shutting down", "WARN")
+                logger.info("job given back (drain)", extra={"request_id": job.id})
+            self._notify(JobDone(webhook_due=False))
             return None, False
         finally:
             self._beat.release()
@@ -143,7 +180,7 @@ class Worker:
             return Outcome.cancelled()
         except InputError as exc:
             return Outcome.failed(ErrorType.VALIDATION_ERROR, exc.message, detail=exc.detail())
-        except LeaseLost:
+        except (LeaseLost, Drained):
             raise
         except Exception as exc:
             if isinstance(exc, OutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
@@ -332,6 +369,8 @@ class _JobHooks:
             logger.warning("could not delete preview %s", key, exc_info=True, extra={"request_id": self._job.id})
 
     def check_cancelled(self) -> None:
+        if self._worker.drain_overdue():
+            raise Drained
         state = self._beat.state
         if state == LeaseState.HELD:
             state = self._worker.store.lease_state(self._job.id, self._job.fence)

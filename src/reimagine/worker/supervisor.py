@@ -44,6 +44,9 @@ from reimagine.worker.messages import (
 logger = logging.getLogger(__name__)
 
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: A worker still running this long before the end of the grace period is killed (it gives its job back earlier:
+#: worker.loop.DRAIN_MARGIN_S), so that serve exits within the grace period.
+_KILL_MARGIN_S = 0.5
 _WAKE = Wake()
 
 
@@ -109,6 +112,8 @@ class Supervisor:
         self._on_event: Callable[[], None] = lambda: None
         self._on_webhook_due: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: when the drain's grace period ends (monotonic); None until SIGTERM or `stop`
+        self._drain_deadline: float | None = None
 
     def _env_for(self, index: int, gpus: int) -> dict[str, str]:
         # One worker per GPU: each sees only its own device, as cuda:0.
@@ -307,19 +312,50 @@ class Supervisor:
                 slot.idle = False
                 self._send(slot, _WAKE)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Drain: each worker finishes its current job, then exits; stragglers are killed."""
+    def begin_drain(self) -> None:
+        """SIGTERM reached `serve`: every worker stops claiming now and has the grace period for its running job.
+
+        Called on the event loop as soon as the signal arrives, before the HTTP server winds down. A worker busy
+        with a job does not read its pipe, so it is told by a signal too (its drain handler sets its stop).
+        """
+        if self._drain_deadline is not None:
+            return
+        self._drain_deadline = time.monotonic() + max(0.5, self.settings.drain_grace_s - _KILL_MARGIN_S)
         self._stopping.set()
         for slot in self._slots:
             with slot.lock:
                 if slot.conn is not None:
                     self._send(slot, Stop())
-        deadline = time.monotonic() + timeout_s
+                if slot.process is not None and slot.process.is_alive():
+                    slot.process.terminate()
+
+    def stop(self) -> None:
+        """Drain (if SIGTERM has not begun it) and wait for the workers, up to the end of the grace period.
+
+        A worker still running then is killed, and its job given back without counting an attempt: a graceful
+        shutdown never poisons a job.
+        """
+        self.begin_drain()
+        assert self._drain_deadline is not None
         for slot in self._slots:
             if slot.thread is not None:
-                slot.thread.join(timeout=max(0.1, deadline - time.monotonic()))
+                slot.thread.join(timeout=max(0.1, self._drain_deadline - time.monotonic()))
+        killed = []
+        for slot in self._slots:
             if slot.process is not None and slot.process.is_alive():
                 slot.process.kill()
+                slot.process.join(timeout=5)
+                if slot.owner is not None:
+                    killed.append(slot.owner)
+        if killed:
+            from reimagine.queue import open_store
+
+            store = open_store(self.settings.resolved_database_url, max_attempts=self.settings.max_attempts)
+            try:
+                given = store.give_back(killed)
+            finally:
+                store.close()
+            logger.warning("killed %d worker(s) at the end of the grace period; gave back %s", len(killed), given)
 
     def unavailable(self) -> str | None:
         """Why no worker can run a job, once every worker failed to start `worker_start_failures` times in a row.

@@ -18,9 +18,9 @@ from reimagine.api.auth import SubmitKeyDep, authorize
 from reimagine.api.deps import SettingsDep
 from reimagine.api.reads import read
 from reimagine.api.urls import base_url
-from reimagine.api.wire import QUEUE_PREFIX, job_headers, result_response, status_body
+from reimagine.api.wire import QUEUE_PREFIX, job_headers, request_urls, result_response, status_body
 from reimagine.config import Settings
-from reimagine.jobs import TERMINAL, ErrorType
+from reimagine.jobs import TERMINAL, ErrorType, JobStatus
 from reimagine.queue.keys import Scope
 from reimagine.queue.models import Event, JobResult, JobState
 from reimagine.schemas import ReimagineOutput
@@ -41,6 +41,10 @@ class _Disconnected(Exception):
     pass
 
 
+class _Draining(Exception):
+    """The server is shutting down and the job is (back) in the queue: it will not run before the exit."""
+
+
 async def _wait_terminal(
     request: Request, state: AppState, job_id: str, queue: asyncio.Queue[Event], timeout_s: float, *, joined: bool
 ) -> JobResult | None:
@@ -51,12 +55,16 @@ async def _wait_terminal(
     # through `Idempotency-Key` is read first: it may have finished before the subscription.
     check_store = joined
     while True:
-        if check_store:
+        draining = state.draining.is_set()
+        if check_store or draining:
             job: JobResult | None = state.hub.finished(job_id)
             if job is None:
                 job = await read(state.store, state.store.get_result, job_id)
             if job is not None and job.status in TERMINAL:
                 return job
+            if draining and job is not None and job.status == JobStatus.QUEUED:
+                # No worker claims it before the exit (a running one finishes or is given back, then this).
+                raise _Draining
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
@@ -127,11 +135,14 @@ async def run_sync(request: Request) -> Response:
             status_code=499,
             headers={"x-fal-error-type": error_type},
         )
+    except _Draining:
+        finished = True  # answered: the job stays queued, and runs once a worker is back
+        return _shutting_down(request, settings, job.id)
     finally:
         state.hub.unsubscribe(job.id, queue)
-        if not finished and not joined:
+        if not finished and not joined and not state.draining.is_set():
             # The client went away (task cancelled by the server on disconnect). A joined job is left alone: the
-            # call that made it may still be waiting for it.
+            # call that made it may still be waiting for it; so is a job the server's own shutdown interrupted.
             await asyncio.shield(_cancel_if_unfinished(state, job.id, key_id))
     if done is None:
         # `X-Fal-Request-Timeout-Type: user` is what makes this 504 final for both clients: @fal-ai/client retries
@@ -152,6 +163,25 @@ async def run_sync(request: Request) -> Response:
             },
         )
     return result_response(done)
+
+
+def _shutting_down(request: Request, settings: Settings, job_id: str) -> JSONResponse:
+    """503 with Retry-After (both fal clients retry it): the server is going away before this run's job could run.
+
+    The job is not cancelled: it stays queued and runs when a worker is back, and its result can be read from the
+    queue URLs given here (a retry of the run would start a second job).
+    """
+    error_type = ErrorType.SHUTTING_DOWN.value
+    return JSONResponse(
+        {
+            "detail": "The server is shutting down; the request stays queued and runs when the server is back",
+            "error_type": error_type,
+            "request_id": job_id,
+            **request_urls(base_url(request, settings), job_id),
+        },
+        status_code=503,
+        headers={**job_headers(job_id), "x-fal-error-type": error_type, "retry-after": "10"},
+    )
 
 
 async def run_stream(request: Request, settings: SettingsDep, key_id: SubmitKeyDep) -> StreamingResponse | JSONResponse:
@@ -192,7 +222,8 @@ async def run_stream(request: Request, settings: SettingsDep, key_id: SubmitKeyD
                     history.append(queue.get_nowait())
         finally:
             state.hub.unsubscribe(job.id, queue)
-            if not finished and not joined:
+            if not finished and not joined and not state.draining.is_set():
+                # A stream cut by the server's shutdown leaves its job queued, like a sync run's 503.
                 await asyncio.shield(_cancel_if_unfinished(state, job.id, key_id))
 
     return StreamingResponse(
