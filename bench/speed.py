@@ -27,8 +27,13 @@ import time
 
 T0 = time.monotonic()  # the deadline and the budget count from here, before the heavy imports
 
+import os  # noqa: E402
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read at its import: notices would flood the output tail
+
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
@@ -36,8 +41,10 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
@@ -70,6 +77,10 @@ SECTIONS: dict[str, tuple[int, str]] = {
     "batch": (20, "one denoiser step at batch 2 (one request under CFG) vs 4 (two requests), random inputs"),
     "ablate": (0, "one fast-path ingredient at a time, on the way to the fast path (else a fresh build)"),
     "cache": (5, "the served step cache (First-Block-Cache) on T2I; n/a with structure images"),
+    "vae": (25, "VAE decode per image at 1024²: as served vs its decoder compiled (compile time, rel err)"),
+    "cold": (80, "warm the 8 other buckets here (empty cache), then a fresh process restarts on the warm cache"),
+    "dynamic": (110, "dynamic=True in fresh processes: first start (empty cache), restart; step time vs static"),
+    "modes": (300, "compile modes / inductor settings vs today's, each in a capped fresh process (transformer)"),
     "sizes": (55, "the fast path at the other eight buckets, short steps"),
 }
 TASKS = {"t2i": [], "canny+depth": [("depth", 0), ("canny", 1)]}  # condition name -> ControlNet-Union mode
@@ -217,15 +228,7 @@ def time_forward(transformer: Any, inputs: dict[str, Any], repeat: int) -> tuple
     """Median seconds of one transformer forward over `repeat` calls after one untimed call, and the spread."""
     device = next(transformer.parameters()).device
     transformer(**inputs, return_dict=False)
-    seconds = []
-    for _ in range(repeat):
-        sync(device)
-        start = time.perf_counter()
-        transformer(**inputs, return_dict=False)
-        sync(device)
-        seconds.append(time.perf_counter() - start)
-    median = statistics.median(seconds)
-    return median, (max(seconds) - min(seconds)) / median
+    return time_call(lambda: transformer(**inputs, return_dict=False), repeat, device)
 
 
 # --- FLOPs, peak, floor ----------------------------------------------------------------------------------------------
@@ -867,16 +870,8 @@ class Bench:
             sync(self.device)
             compile_s = time.perf_counter() - start
             seconds[batch], spread = time_forward(transformer, inputs, max(5, self.args.repeat))
-            flops = count_flops(self.arch, SQUARE, batch)["transformer"]
-            self.results.row(
-                row,
-                step_ms=1e3 * seconds[batch],
-                tflops=flops / seconds[batch] / 1e12,
-                ratio=seconds[batch] / (flops / (self.peak * 1e12)),
-                spread=spread,
-                note=f"first call {compile_s:.1f}s"
-                + (f"; throughput x{2 * seconds[2] / seconds[4]:.2f} vs one request" if batch == 4 else ""),
-            )
+            gain = f"; throughput x{2 * seconds[2] / seconds[4]:.2f} vs one request" if batch == 4 else ""
+            self.step_row(row, seconds[batch], spread, batch, note=f"first call {compile_s:.1f}s{gain}")
         gain = 2 * seconds[2] / seconds[4]
         verdict = "batching raises throughput" if gain > 1.1 else "too little to pay for the added latency"
         self.results.note("batching", f"two 1024² requests in one batch: x{gain:.2f} denoise throughput; {verdict}.")
@@ -946,6 +941,336 @@ class Bench:
             restore_linear_weights(saved)
             for model in models:
                 model._reimagine_fp8 = False
+
+    def section_vae(self) -> None:
+        """VAE decode at 1024², per image: as served (eager fp32, channels-last, cuDNN autotuned) vs its decoder
+        compiled (`FastOptions.compile_vae`), with the compile time and the relative error; then undone."""
+        pipe = self.lossless()
+        vae, key = pipe.bria.vae, self.size_key(SQUARE)
+        width, height = scaled(SQUARE)
+        generator = torch.Generator(self.device).manual_seed(2)
+        shape = (1, vae.config.latent_channels, height // 8, width // 8)
+        latents = torch.randn(shape, generator=generator, device=self.device, dtype=vae.dtype)
+
+        def decode() -> torch.Tensor:
+            return vae.decode(latents, return_dict=False)[0]
+
+        self.gate(f"{key} vae decode eager")
+        eager = decode()
+        eager_s, spread = time_call(decode, max(5, self.args.repeat), self.device)
+        self.results.row(f"{key} vae decode eager", decode_s=eager_s, spread=spread, note="fp32, as served")
+        if self.options().compile == "none":
+            self.results.row(f"{key} vae decode compiled", skipped_reason="compile is off here (--compile to force)")
+            return
+        self.gate(f"{key} vae decode compiled")
+        decoder = vae.decoder
+        try:
+            start = time.perf_counter()
+            fast.compile_vae_decoder(vae, self.options())
+            compiled = decode()
+            sync(self.device)
+            compile_s = time.perf_counter() - start
+            if not bool(torch.isfinite(compiled).all()):
+                raise RowFailed("the compiled decode is not finite")
+            seconds, spread = time_call(decode, max(5, self.args.repeat), self.device)
+            self.results.row(
+                f"{key} vae decode compiled",
+                decode_s=seconds,
+                spread=spread,
+                rel_err=self.rel_err(compiled, eager),
+                note=f"{eager_s / seconds:.2f}x vs eager; compile + first decode {compile_s:.1f}s; rel err vs eager",
+            )
+        finally:
+            decoder.__dict__.pop("forward", None)
+            decoder._reimagine_compiled = False
+
+    # fresh processes: cold start, dynamic shapes, compile modes
+
+    def time_left(self) -> float:
+        """Seconds until the budget's SIGINT (inf without a budget)."""
+        return self.args.budget - self.elapsed()
+
+    def run_child(self, name: str, spec: dict[str, Any], cap_s: float, min_s: float = 15) -> dict[str, Any]:
+        """`spec` in a fresh process (`child_main`), stopped at `cap_s` or 10 s before the budget, whichever is first:
+        SIGINT to its process group, SIGKILL 5 s later. It writes its report after every stage, so a stopped child
+        still says how far it got. The child dies with this process (PR_SET_PDEATHSIG)."""
+        cap = min(cap_s, self.time_left() - 10)
+        if cap < min_s:
+            raise DeadlinePassed(f"{name}: not started, {self.time_left():.0f}s left of the budget")
+        report_file = self.work / f"child-{name.replace(' ', '_')}.json"
+        report_file.unlink(missing_ok=True)
+        log_file = self.work / f"child-{name.replace(' ', '_')}.log"
+        spec = {
+            **spec,
+            "report": str(report_file),
+            "tiny": self.args.tiny,
+            "scale": SCALE,
+            "device": str(self.device),
+            "attention": getattr(self.pipe, "_fast_attention", "auto").split(" ")[0],
+        }
+        print(f"[{name}] child process, cap {cap:.0f}s", flush=True)
+        start = time.perf_counter()
+        with log_file.open("w") as log:
+            child = subprocess.Popen(
+                [sys.executable, __file__, "--child", json.dumps(spec)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=_die_with_parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            stopped = None
+            try:
+                child.wait(timeout=cap)
+            except subprocess.TimeoutExpired:
+                stopped = f"stopped at the cap of {cap:.0f}s"
+                _stop_group(child)
+            finally:
+                if child.poll() is None:
+                    _stop_group(child)
+        report = json.loads(report_file.read_text()) if report_file.exists() else {}
+        report.update(wall_s=time.perf_counter() - start, pid=child.pid)
+        if stopped or child.returncode != 0:
+            tail = log_file.read_text()[-1500:] if log_file.exists() else ""
+            report["stopped"] = stopped or f"exit {child.returncode}: {tail.strip().splitlines()[-1:] or ''}"
+            print(f"[{name}] {report['stopped']}; log tail:\n{tail}", flush=True)
+        self.results.data.setdefault("children", {})[name] = report
+        self.results.write()
+        return report
+
+    def static_step_ms(self) -> float:
+        """One transformer forward at 1024², batch 2, random inputs, on this process's lossless pipe (today's
+        compile mode and static shapes): the baseline of the `dynamic` and `modes` rows."""
+        key = f"{self.size_key(SQUARE)} t2i lossless step at batch 2 (1 request)"
+        if "step_ms" not in self.results.data["rows"].get(key, {}):
+            transformer = fast.denoisers(self.lossless())[0]
+            inputs = random_step_inputs(transformer, scaled(SQUARE), 2)
+            seconds, spread = time_forward(transformer, inputs, max(5, self.args.repeat))
+            self.step_row(key, seconds, spread, 2, note="static shapes, default mode")
+        return float(self.results.data["rows"][key]["step_ms"])
+
+    def step_row(self, key: str, seconds: float, spread: float | None, batch: int, **extra: Any) -> None:
+        flops = count_flops(self.arch, SQUARE, batch)["transformer"]
+        self.results.row(
+            key,
+            step_ms=1e3 * seconds,
+            tflops=flops / seconds / 1e12,
+            ratio=seconds / (flops / (self.peak * 1e12)),
+            spread=spread,
+            **extra,
+        )
+
+    def section_cold(self) -> str:
+        """Start-up as a worker does it: build the pipe (random weights, standing in for loading from disk, which is
+        not measured here), apply the fast path, warm all nine buckets with the ControlNet. First this process warms
+        the eight other buckets (the empty-cache compile of the 3 new token counts; 1024² was compiled by `t2i`),
+        then a fresh process restarts on the now warm compile cache (`<data dir>/compile-cache`)."""
+        pipe = self.lossless()
+        start = time.perf_counter()
+        warm = fast.warm_buckets(pipe, [scaled(size) for size in SIZES.values()], conditions=1)
+        first = time.perf_counter() - start
+        slowest = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(warm.items(), key=lambda kv: -kv[1])[:4])
+        self.results.note(
+            "cold start, empty cache (this process)",
+            f"warming the 9 buckets with the ControlNet after 1024² T2I was compiled: {first:.1f}s (slowest: "
+            f"{slowest}); with an empty cache add the first compile in 'fast path'",
+        )
+        report = self.run_child(
+            "restart", {"kind": "pipe", "options": self.options_spec(), "data_dir": str(self.settings.data_dir)}, 150
+        )
+        self.results.note("cold start, restart with a warm compile cache", self.start_text(report))
+        return self.start_text(report)
+
+    def section_dynamic(self) -> str:
+        """`dynamic=True` (one graph for every token count and batch) vs static shapes: a first start with an empty
+        cache of its own and, if the budget allows, a restart on it; the 1024² step time against static."""
+        static_ms = self.static_step_ms()
+        data_dir = self.work / "data-dynamic"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        spec = {"kind": "pipe", "options": self.options_spec(dynamic=True), "data_dir": str(data_dir), "step": True}
+        first = self.run_child("dynamic, empty cache", spec, 150)
+        self.results.note("dynamic shapes, first start (empty cache)", self.start_text(first))
+        if "step_s" in first:
+            self.step_row(
+                f"{self.size_key(SQUARE)} t2i lossless step, dynamic shapes",
+                first["step_s"],
+                first.get("step_spread"),
+                2,
+                note=f"{static_ms / (1e3 * first['step_s']):.2f}x vs static",
+            )
+        restart = self.run_child("dynamic, warm cache", {**spec, "step": False}, 120)
+        self.results.note("dynamic shapes, restart with a warm cache", self.start_text(restart))
+        return self.start_text(restart)
+
+    def section_modes(self) -> None:
+        """Compile modes and inductor settings against today's (default mode, static shapes), each in a fresh
+        process with only the transformer, capped (`--mode-cap`): the step time at 1024² and the compile time. A
+        mode whose autotuning outlasts the cap is stopped and its row says so."""
+        static_ms = self.static_step_ms()
+        for name, mode, inductor in COMPILE_VARIANTS:
+            key = f"{self.size_key(SQUARE)} t2i lossless step, {name}"
+            self.gate(key)
+            options = self.options_spec(compile_mode=mode, inductor=sorted(inductor.items()))
+            spec = {"kind": "transformer", "options": options, "data_dir": str(self.work / f"data-{len(name)}")}
+            report = self.run_child(name, spec, self.args.mode_cap)
+            if "step_s" in report:
+                note = f"{static_ms / (1e3 * report['step_s']):.2f}x vs default; compile {report['compile_s']:.1f}s"
+                self.step_row(key, report["step_s"], report.get("step_spread"), 2, note=note)
+            else:
+                reached = report.get("stage", "start")
+                self.results.row(
+                    key, skipped_reason=f"{report.get('stopped', 'no result')} (reached: {reached}); not measured"
+                )
+            if report.get("dropped"):
+                self.results.row(key, error=f"settings unknown to this torch, left out: {report['dropped']}")
+
+    def options_spec(self, **overrides: Any) -> dict[str, Any]:
+        return dataclasses.asdict(self.options(**overrides))
+
+    @staticmethod
+    def start_text(report: dict[str, Any]) -> str:
+        parts = [f"{report['total_s']:.1f}s in all" if "total_s" in report else "did not finish"]
+        labels = {"imports_s": "imports", "build_s": "build", "apply_s": "fast path", "warm_s": "warm 9 buckets"}
+        for key, label in labels.items():
+            if key in report:
+                parts.append(f"{label} {report[key]:.1f}s")
+        if report.get("stopped"):
+            parts.append(f"{report['stopped']} at stage {report.get('stage', 'start')}")
+        return "; ".join(parts)
+
+
+#: name, mode, inductor settings of the `modes` rows. flux-fast's settings (huggingface/flux-fast); a narrowed
+#: max-autotune: Triton GEMM templates vs cuBLAS once per shape, without coordinate descent or epilogue benchmarks.
+COMPILE_VARIANTS: list[tuple[str, str | None, dict[str, Any]]] = [
+    (
+        "flux-fast inductor settings",
+        None,
+        {
+            "conv_1x1_as_mm": True,
+            "epilogue_fusion": False,
+            "coordinate_descent_tuning": True,
+            "coordinate_descent_check_all_directions": True,
+        },
+    ),
+    (
+        "max-autotune-no-cudagraphs, narrowed",
+        "max-autotune-no-cudagraphs",
+        {
+            "coordinate_descent_tuning": False,
+            "max_autotune_pointwise": False,
+            "max_autotune_gemm_backends": "ATEN,TRITON",
+            "max_autotune_gemm_search_space": "DEFAULT",
+            "benchmark_epilogue_fusion": False,
+            "autotune_num_choices_displayed": 0,
+        },
+    ),
+]
+
+
+def time_call(fn: Any, repeat: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds of `fn()` over `repeat` calls (the caller has run it once), and the spread."""
+    seconds = []
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return median, (max(seconds) - min(seconds)) / median
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the bench process dies, whatever kills that."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _stop_group(child: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGINT, 5), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@torch.no_grad()
+def child_main(spec: dict[str, Any]) -> int:
+    """One start-up in this fresh process, reported to `spec["report"]` after every stage: "pipe" builds the whole
+    pipe, applies the fast path and warms all nine buckets with the ControlNet (a worker's start); "transformer"
+    builds the transformer alone and compiles its blocks with the given mode and settings (a compile-mode row)."""
+    global SCALE
+    SCALE = spec["scale"]
+    quiet_libraries()
+    report: dict[str, Any] = {"stage": "imports", "imports_s": time.monotonic() - T0}
+    report_file = Path(spec["report"])
+
+    def stage(name: str, **values: Any) -> None:
+        report.update(values, stage=name)
+        report_file.write_text(json.dumps(report))
+
+    stage("imports")
+    device = torch.device(spec["device"])
+    arch = TINY if spec["tiny"] else FULL
+    options = spec["options"]
+    inductor = [tuple(item) for item in options.pop("inductor")]
+    known = set(_inductor_config_keys())
+    report["dropped"] = [key for key, _ in inductor if key not in known]
+    options["inductor"] = tuple((key, value) for key, value in inductor if key in known)
+    options = fast.FastOptions(**options)
+    settings = Settings(data_dir=Path(spec["data_dir"]), fp8=False, step_cache=0.0)  # type: ignore[call-arg]
+    start = time.perf_counter()
+    if spec["kind"] == "pipe":
+        pipe = build_pipe(arch, device, settings)
+        sync(device)
+        stage("built", build_s=time.perf_counter() - start)
+        mark = time.perf_counter()
+        fast.apply_fast_path(pipe, settings, options=options)
+        stage("fast path", apply_s=time.perf_counter() - mark)
+        transformer = fast.denoisers(pipe)[0]
+        mark = time.perf_counter()
+        warm: dict[str, float] = {}
+        for size in SIZES.values():
+            warm |= fast.warm_buckets(pipe, [scaled(size)], conditions=1)
+            stage(f"warm {size[0]}x{size[1]}", warm=warm)
+        stage("warm", warm_s=time.perf_counter() - mark, total_s=time.monotonic() - T0)
+    else:
+        from reimagine.worker.controlnet_bria import BriaControlledTransformer2DModel
+
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        with torch.device(device):
+            torch.manual_seed(0)
+            transformer = BriaControlledTransformer2DModel(**transformer_kwargs(arch)).to(dtype).eval()
+        fast.fuse_qkv(transformer)
+        fast.set_attention_backend([transformer], spec["attention"])
+        sync(device)
+        stage("built", build_s=time.perf_counter() - start)
+        if options.compile != "none":
+            fast.configure_compile_cache(settings.data_dir)
+            fast.compile_model(transformer, how=options.compile, mode=options.compile_mode, inductor=options.inductor)
+        inputs = random_step_inputs(transformer, scaled(SQUARE), 2)
+        mark = time.perf_counter()
+        transformer(**inputs, return_dict=False)
+        sync(device)
+        stage("compiled", compile_s=time.perf_counter() - mark, total_s=time.monotonic() - T0)
+    if spec.get("step", spec["kind"] == "transformer"):
+        inputs = random_step_inputs(transformer, scaled(SQUARE), 2)
+        seconds, spread = time_forward(transformer, inputs, 10 if device.type == "cuda" else 2)
+        stage("timed", step_s=seconds, step_spread=spread)
+    stage("done")
+    return 0
+
+
+def _inductor_config_keys() -> list[str]:
+    import torch._inductor.config as inductor_config
+
+    return list(inductor_config.get_config_copy())
 
 
 # --- the run ---------------------------------------------------------------------------------------------------------
@@ -1039,6 +1364,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--attention", default="auto", help="diffusers attention backend or auto")
     parser.add_argument("--scale", type=int, default=None, help="divide each image side by this (default 4 tiny, 1)")
     parser.add_argument("--cache-threshold", type=float, default=0.05)
+    parser.add_argument("--mode-cap", type=float, default=150, help="seconds a compile-mode child may take")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.tiny else 2)
     args.scale = args.scale or (4 if args.tiny else 1)
@@ -1078,4 +1404,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:  # a fresh process of `Bench.run_child`
+        sys.exit(child_main(json.loads(sys.argv[2])))
     sys.exit(main())

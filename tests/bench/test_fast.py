@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -179,3 +180,36 @@ def test_configure_determinism_sets_every_switch() -> None:
     env = {key: value for key, value in os.environ.items() if key != "CUBLAS_WORKSPACE_CONFIG"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == [":4096:8", "False", "True", "True", "True"]
+
+
+def test_regional_compile_makes_one_graph_per_block_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Single blocks return contiguous outputs, so the next block's graph is not specialised again for strides."""
+    from torch._dynamo.utils import counters
+
+    from reimagine.worker.controlnet_bria import BriaControlledTransformer2DModel
+    from reimagine.worker.random_full import TINY, transformer_kwargs
+
+    arch = {**TINY, "transformer": {**TINY["transformer"], "num_single_layers": 3}}
+    torch.manual_seed(0)
+    model = BriaControlledTransformer2DModel(**transformer_kwargs(arch)).eval()
+    inputs = _inputs_for(128)
+    with torch.no_grad():
+        expected = model(**inputs, return_dict=False)[0]
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # no inductor on CPU
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        fast.compile_model(model, how="regional", mode=None)
+        with torch.no_grad():
+            got = model(**inputs, return_dict=False)[0]
+        assert counters["stats"]["unique_graphs"] == 2  # one double-block graph, one single-block graph
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(got, expected)
+
+
+def test_inductor_settings_go_on_top_of_the_mode() -> None:
+    assert fast.compile_kwargs(None) == {"mode": None, "fullgraph": False, "dynamic": False}
+    kwargs = fast.compile_kwargs("max-autotune-no-cudagraphs", [("coordinate_descent_tuning", False)])
+    assert kwargs["options"] == {"max_autotune": True, "coordinate_descent_tuning": False}
+    assert "mode" not in kwargs  # torch.compile takes one or the other

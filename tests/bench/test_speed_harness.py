@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -183,3 +184,24 @@ def test_the_gpu_script_dry_runs_on_cpu_into_out(tmp_path: Path) -> None:
     assert "tiny CPU smoke run" in (out / "log.txt").read_text()
     *_, last, status = run.stdout.rstrip().splitlines()
     assert last.startswith("ratio_to_floor") and status == "[speed] exit 0"  # the ratios end the output's tail
+
+
+def test_a_child_start_reports_every_stage(speed: ModuleType, tmp_path: Path) -> None:
+    bench = _bench(speed, tmp_path, "--only", "modes")
+    spec = {"kind": "transformer", "options": bench.options_spec(), "data_dir": str(tmp_path / "data")}
+    report = bench.run_child("a compile mode", spec, cap_s=200)
+    assert report["stage"] == "done" and "stopped" not in report, report
+    assert report["step_s"] > 0 and report["compile_s"] >= 0 and report["dropped"] == []
+    assert bench.results.data["children"]["a compile mode"]["stage"] == "done"
+
+
+def test_a_child_past_its_cap_is_stopped_and_the_run_goes_on(speed: ModuleType, tmp_path: Path) -> None:
+    bench = _bench(speed, tmp_path, "--only", "modes")
+    spec = {"kind": "pipe", "options": bench.options_spec(), "data_dir": str(tmp_path / "data")}
+    report = bench.run_child("too slow", spec, cap_s=0.5, min_s=0)  # the imports alone take longer
+    assert report["stopped"].startswith("stopped at the cap")
+    with pytest.raises(ProcessLookupError):
+        os.kill(report["pid"], 0)  # gone, with its process group
+    with pytest.raises(speed.DeadlinePassed):  # too little budget left for a child: not started
+        bench.args.budget = bench.elapsed() + 5
+        bench.run_child("too late", spec, cap_s=100)

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_speed_tiny_writes_results(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "speed.py"), "--tiny", "--steps", "2", "--short-steps", "1",
-         "--out", str(tmp_path), "--work", str(tmp_path / "work"), "--only", "peak,t2i,control,fp8,cache"],
+         "--out", str(tmp_path), "--work", str(tmp_path / "work"), "--only", "peak,t2i,control,fp8,cache,vae"],
         capture_output=True, text=True, timeout=290, cwd=ROOT,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -32,5 +32,6 @@ def test_speed_tiny_writes_results(tmp_path: Path) -> None:
     assert re.search(r"^\| 1024x1024 t2i one forward, lossless vs eager \|.*\| \d\.\d\de[+-]\d\d \|", text, re.M)
     assert "(1 builds)" in text  # eager rows of every section first, then the fast path once: one build
     assert "1 steps, projected to 2" in text  # canny+depth ran short steps and says so
+    assert re.search(r"^\| 1024x1024 vae decode eager \|", text, re.M)
     assert (tmp_path / "speed.png").stat().st_size > 0
     assert (tmp_path / "results.json").exists()

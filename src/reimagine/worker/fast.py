@@ -8,11 +8,14 @@ same bytes" holds across restarts only with `Settings.deterministic` (`configure
 In `apply_fast_path` order (each can be switched off in `FastOptions`, so `bench/speed.py` measures them
 one by one): bf16 denoisers; fused QKV projections; the fastest attention backend importable (FA3, else cuDNN
 SDPA); channels-last VAE with cuDNN autotuning; a negative-prompt embedding cache (most requests send fal's
-default negative prompt); `torch.compile` of the repeated blocks with static shapes (one graph per aspect bucket
-and batch, warmed by `warm_buckets`, kept in an on-disk inductor cache under the data dir so a restart reuses the
-kernels). CUDA graphs: `FastOptions(compile_mode="max-autotune")`, off by default: a 1024² CFG step is ~60 ms of
-large GEMMs, so launch overhead is small, and graphs cost memory per bucket (measure: `bench/speed.py
---compile-mode max-autotune`). Control images are VAE-encoded once per request by `pipeline.generate` itself.
+default negative prompt); `torch.compile` of the repeated blocks with static shapes (one graph per block kind, token
+count (4 over the 9 buckets) and batch: single blocks return contiguous outputs, so strides do not double them),
+warmed by `warm_buckets` and kept in an on-disk inductor cache under the data dir, so a restart reuses the kernels.
+Opt-in, measured by `bench/speed.py`: inductor settings (`FastOptions.inductor`), a compiled VAE decoder
+(`compile_vae`), one dynamic-shape graph (`dynamic`). CUDA graphs: `FastOptions(compile_mode="max-autotune")`, off
+by default: a 1024² CFG step is ~60 ms of large GEMMs, so launch overhead is small, and graphs cost memory per
+bucket (measure: `bench/speed.py --compile-mode max-autotune`). Control images are VAE-encoded once per request
+by `pipeline.generate` itself.
 
 Lossy, off by default: FP8 dynamic activation + weight quantisation of the block linears (torchao, CUDA sm89+).
 First-Block-Cache step skipping (`Settings.step_cache`) is the pipeline's own (`pipeline.set_step_cache`, off with
@@ -27,8 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
+import types
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -56,6 +61,10 @@ class FastOptions:
     attention: str = "auto"  # "auto" | a diffusers AttentionBackendName value ("native", "_native_cudnn", ...)
     compile: str = "regional"  # "regional" (per block: fast cold start, works with the step cache) | "full" | "none"
     compile_mode: str | None = None  # None (inductor default, cuBLAS GEMMs) | "max-autotune" (+CUDA graphs) | ...
+    # Inductor settings on top of the mode, e.g. (("coordinate_descent_tuning", True),): opt-in, measured by
+    # `bench/speed.py --only modes` against the default, compile time included.
+    inductor: tuple[tuple[str, Any], ...] = ()
+    compile_vae: bool = False  # compile the VAE decoder too (opt-in: `bench/speed.py --only vae` measures it)
     fullgraph: bool = False  # True makes a graph break an error (the bench reports breaks either way)
     dynamic: bool = False  # True: one graph with a symbolic token count for all buckets (faster cold start)
     cache_negative: bool = True
@@ -194,8 +203,41 @@ def configure_compile_cache(data_dir: Path) -> Path:
     return cache
 
 
-def compile_model(model: Any, *, how: str, mode: str | None, fullgraph: bool = False, dynamic: bool = False) -> None:
-    """`torch.compile` with static shapes: one graph per (bucket, batch). "regional" compiles each block's forward
+def _contiguous_single_forward(
+    forward: Any, self: nn.Module, *args: Any, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A single block's forward with contiguous outputs. diffusers returns two slices of one joint tensor, whose
+    strides differ from a fresh tensor's, so the compiled block was specialised twice (contiguous input for the first
+    single block, strided for the rest: double the graphs and the cold start). Inside the compiled region the copy
+    fuses into the block's last kernel."""
+    encoder_hidden_states, hidden_states = forward(self, *args, **kwargs)
+    return encoder_hidden_states.contiguous(), hidden_states.contiguous()
+
+
+def compile_kwargs(
+    mode: str | None, inductor: Iterable[tuple[str, Any]] = (), *, fullgraph: bool = False, dynamic: bool = False
+) -> dict[str, Any]:
+    """`torch.compile` arguments: it takes a mode or inductor options, not both, so with settings the mode's own
+    settings come first and ours on top."""
+    settings = dict(inductor)
+    if not settings:
+        return dict(mode=mode, fullgraph=fullgraph, dynamic=dynamic)
+    import torch._inductor
+
+    options = {**(torch._inductor.list_mode_options(mode) if mode else {}), **settings}
+    return dict(options=options, fullgraph=fullgraph, dynamic=dynamic)
+
+
+def compile_model(
+    model: Any,
+    *,
+    how: str,
+    mode: str | None,
+    fullgraph: bool = False,
+    dynamic: bool = False,
+    inductor: Iterable[tuple[str, Any]] = (),
+) -> None:
+    """`torch.compile` with static shapes: one graph per (token count, batch). "regional" compiles each block's forward
     (Bria: 2 graphs per shape shared by 36 blocks via the FX cache; hooks such as the step cache stay eager)."""
     import torch._dynamo.config as dynamo_config
 
@@ -205,13 +247,26 @@ def compile_model(model: Any, *, how: str, mode: str | None, fullgraph: bool = F
     if how == "none" or getattr(model, "_reimagine_compiled", False):  # applying the fast path twice is a no-op
         return
     model._reimagine_compiled = True
+    kwargs = compile_kwargs(mode, inductor, fullgraph=fullgraph, dynamic=dynamic)
     if how == "regional":
-        for block in _blocks(model):
-            block.forward = torch.compile(block.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode)
+        for block in model.transformer_blocks:
+            block.forward = torch.compile(block.forward, **kwargs)
+        for block in model.single_transformer_blocks:
+            contiguous = functools.partial(_contiguous_single_forward, type(block).forward)
+            block.forward = torch.compile(types.MethodType(contiguous, block), **kwargs)
     elif how == "full":
-        model.forward = torch.compile(model.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode)
+        model.forward = torch.compile(model.forward, **kwargs)
     else:
         raise ValueError(f"`compile` must be 'regional', 'full' or 'none', got {how!r}")
+
+
+def compile_vae_decoder(vae: Any, options: FastOptions) -> None:
+    """`torch.compile` the VAE's decoder (the fp32 convolutions and group norms of every image's decode)."""
+    decoder = vae.decoder
+    if not getattr(decoder, "_reimagine_compiled", False):
+        kwargs = compile_kwargs(options.compile_mode, options.inductor, dynamic=options.dynamic)
+        decoder.forward = torch.compile(decoder.forward, **kwargs)
+        decoder._reimagine_compiled = True
 
 
 class NegativePromptCache:
@@ -307,7 +362,10 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
                 mode=options.compile_mode,
                 fullgraph=options.fullgraph,
                 dynamic=options.dynamic,
+                inductor=options.inductor,
             )
+        if options.compile_vae:
+            compile_vae_decoder(bria.vae, options)
     if pipeline_cache is not None:
         transformer.enable_cache(pipeline_cache)
     pipe._fast_options = options  # marks the pipe as done (the bench's cold start checks it)
