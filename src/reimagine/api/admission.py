@@ -247,10 +247,11 @@ async def submit_job(
     """
     cause = state.unavailable()
     if cause is not None:
-        return JSONResponse(
-            {"detail": f"No worker can run this request: {cause}", "error_type": "runner_scheduling_failure"},
-            status_code=503,
-            headers={"x-fal-error-type": "runner_scheduling_failure", "retry-after": "30"},
+        return refusal(
+            f"No worker can run this request: {cause}",
+            503,
+            ErrorType.RUNNER_SCHEDULING_FAILURE,
+            {"retry-after": "30"},
         )
     options = admitted.options
     new = NewJob(

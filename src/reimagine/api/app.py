@@ -166,12 +166,13 @@ def create_app(
             max_age=600,
         )
 
-    from reimagine.api.routes import health, queue, run, wellknown
+    from reimagine.api.routes import health, queue, requests, run, wellknown
     from reimagine.api.routes import storage as storage_routes
 
     # Routes are matched in this order: the hot ones first (the run router is short, the queue router long).
     app.include_router(run.router)
     app.include_router(queue.router)
+    app.include_router(requests.router)
     app.include_router(storage_routes.router)
     app.include_router(health.router)
     app.include_router(wellknown.router)
