@@ -212,6 +212,10 @@ def peak_gib(logs: list[str]) -> float | None:
     return None
 
 
+def _gib(value: float | None) -> str:
+    return "n/a (no CUDA)" if value is None else f"{value:.1f} GiB"
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
@@ -240,9 +244,17 @@ class Report:
         if path.is_file() and "\n## Reading" in path.read_text():
             kept = "\n## Reading" + path.read_text().split("\n## Reading", 1)[1]
         m = self.meta
+        banner = []
+        if m["device"].startswith("CPU"):
+            banner = [
+                "> **CPU smoke run: no GPU was available.** The `tiny` model on a CPU; the figures say nothing about",
+                "> serving speed. On a lent GPU: `bash bench/serve_gpu.sh` (bench/README.md has the call).",
+                "",
+            ]
         lines = [
             "# The whole service on a GPU (bench/serve_gpu.py)",
             "",
+            *banner,
             f"- device: {m['device']}; date: {m['date']}; budget {m['budget_s']:.0f} s",
             f"- command: `{m['command']}`",
             f"- model: `{m['model']}` (random weights: the images are noise; the cost is the real architectures'); "
@@ -290,7 +302,12 @@ def start_row(report: Report, process: Server, what: str) -> float:
     loaded = process.seconds_logged(r"model loaded in ([\d.]+)s")
     ready = process.seconds_logged(r"model ready after ([\d.]+)s")
     compiled = process.logged(r"\(compiled: ([^)]*)\)")
-    note = f"worker: model built/loaded {loaded}s, ready {ready}s after its start" if loaded is not None else ""
+    note = ""
+    if loaded is not None and ready is not None:
+        note = (
+            f"process starts and imports {seconds - ready:.1f} s, then the worker: model built/loaded {loaded:.1f} s, "
+            f"fast path and warm-up {ready - loaded:.1f} s"
+        )
     report.row(what, round(seconds, 1), note + (f"; warm-up per size: {compiled}" if compiled else ""))
     return seconds
 
@@ -302,7 +319,7 @@ def first_request_rows(report: Report, client: Client, body: dict[str, Any]) -> 
     report.row(
         "first request after ready, T2I (s submit->COMPLETED)",
         round(first["seconds"], 1),
-        f"status {first['status']}; peak GPU memory {peak_gib(first['logs'])} GiB",
+        f"status {first['status']}; peak GPU memory {_gib(peak_gib(first['logs']))}",
     )
     failed = client.run({**body, "seed": OOM_SEED})
     report.row(
@@ -463,8 +480,10 @@ class GpuSampler:
 
 
 def bench_image_seconds() -> dict[str, float]:
-    """bench/speed.py's whole-image seconds at 1024² on the fast path: this machine's run, else the committed one."""
-    for path in (Path("/tmp/speed/results.json"), ROOT / "bench" / "results.json"):
+    """bench/speed.py's whole-image seconds at 1024² on the fast path: this command's speed part ($OUT/speed), else
+    the committed bench/results.json (when it came from a GPU)."""
+    runs = [Path(os.environ["OUT"]) / "speed" / "results.json"] if os.environ.get("OUT") else []
+    for path in (*runs, ROOT / "bench" / "results.json"):
         if not path.is_file():
             continue
         data = json.loads(path.read_text())
@@ -507,7 +526,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget", type=float, default=200.0, help="seconds for everything; rows that do not fit are skipped"
     )
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "bench"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ["OUT"]) / "serve" if os.environ.get("OUT") else ROOT / "bench",
+        help="where SERVE_GPU.md, serve_gpu.json and serve-log.txt go (default: $OUT/serve, else bench/)",
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--load-s", type=float, default=90.0, help="longest load window (shortened to fit the budget)")
@@ -628,7 +652,7 @@ def offload_rows(report: Report, args: argparse.Namespace, tmp: Path, body: dict
         report.row(
             "--cpu-offload: start to ready / one T2I request (s)",
             f"{seconds:.1f} / {run['seconds']:.1f}",
-            f"peak GPU memory {peak_gib(run['logs'])} GiB; no compile (offloaded components move)",
+            f"peak GPU memory {_gib(peak_gib(run['logs']))}; no compile (offloaded components move)",
         )
 
 
