@@ -175,11 +175,12 @@ def test_configure_determinism_sets_every_switch() -> None:
         "from reimagine.worker import fast\n"
         "fast.configure_determinism()\n"
         "print(os.environ['CUBLAS_WORKSPACE_CONFIG'], torch.backends.cudnn.benchmark,"
-        " torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(), inductor.deterministic)\n"
+        " torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled(), inductor.deterministic,"
+        " torch.utils.deterministic.fill_uninitialized_memory)\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "CUBLAS_WORKSPACE_CONFIG"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == [":4096:8", "False", "True", "True", "True"]
+    assert out.split() == [":4096:8", "False", "True", "True", "True", "False"]
 
 
 def test_regional_compile_makes_one_graph_per_block_kind(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -182,6 +182,9 @@ def configure_determinism() -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # ... without its NaN-filling of every `torch.empty` (a memory pass per buffer): nothing here reads memory it
+    # did not write, and the kernels' choice is what makes the bytes repeatable.
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     import torch._inductor.config as inductor_config
 
     inductor_config.deterministic = True
