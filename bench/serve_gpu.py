@@ -1,7 +1,7 @@
 """The whole service on a GPU, measured end to end (issue 20): `reimagine serve --model random-full`, one command.
 
     bash bench/serve_gpu.sh --budget 200                    # a lent GPU machine (see the .sh for the wheels)
-    python bench/serve_gpu.py --model tiny --budget 150 --load-s 8 --clients 2 --out /tmp/x   # CPU smoke run
+    python bench/serve_gpu.py --model tiny --budget 400 --clients 2 --extras '' --out /tmp/x    # CPU smoke run
 
 Starts `reimagine serve` (one worker, SQLite, a fresh data directory, so the compile cache starts empty), drives it
 over HTTP with bench/loadgen.py's keep-alive connections, and rewrites `SERVE_GPU.md` (a markdown table) and
@@ -57,7 +57,7 @@ ENDPOINT = "/bria/reimagine/3.2"
 REQUESTS = "/bria/reimagine/requests"
 OOM_SEED = 424242
 PROMPT = "a lighthouse on a cliff at dusk, dramatic clouds, photograph"
-SAME_REQUEST = {"prompt": PROMPT, "seed": 1234, "aspect_ratio": "1:1"}
+SAME_REQUEST = {"seed": 1234, "aspect_ratio": "1:1"}
 
 
 # --- the server --------------------------------------------------------------------------------------------------
@@ -79,7 +79,8 @@ class Server:
             self.args.python, "-m", "reimagine.cli", "serve", "--port", str(self.port),
             "--data-dir", str(self.data_dir), "--model", self.args.model, "--workers", "1",
             "--warmup-aspect-ratios", self.args.warmup, "--test-oom-seed", str(OOM_SEED),
-            "--allow-hosts", "127.0.0.1", "--submit-rate-per-min", "0", "--log-level", "INFO", *self.extra,
+            "--allow-hosts", "127.0.0.1", "--submit-rate-per-min", "0", "--log-level", "INFO",
+            *self.args.serve_arg, *self.extra,
         ]  # fmt: skip
         started = time.monotonic()
         self.proc = subprocess.Popen(
@@ -247,7 +248,7 @@ class Report:
         banner = []
         if m["device"].startswith("CPU"):
             banner = [
-                "> **CPU smoke run: no GPU was available.** The `tiny` model on a CPU; the figures say nothing about",
+                "> **CPU smoke run: no GPU was available.** Run on a CPU (model `tiny`); the figures say nothing about",
                 "> serving speed. On a lent GPU: `bash bench/serve_gpu.sh` (bench/README.md has the call).",
                 "",
             ]
@@ -342,9 +343,9 @@ def load_rows(
 ) -> None:
     scene = scene_data_uri()
     bodies = {
-        "t2i": {"prompt": PROMPT, "num_inference_steps": args.steps},
+        "t2i": {"prompt": args.prompt, "num_inference_steps": args.steps},
         "canny+depth": {
-            "prompt": PROMPT,
+            "prompt": args.prompt,
             "num_inference_steps": args.steps,
             "canny_image_url": scene,
             "depth_image_url": scene,
@@ -537,6 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-s", type=float, default=90.0, help="longest load window (shortened to fit the budget)")
     parser.add_argument("--warmup", default="1:1", help="--warmup-aspect-ratios of the server ('' = all nine)")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs `reimagine serve`")
+    parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument(
+        "--serve-arg", action="append", default=[], help="one more argument for every `reimagine serve` (repeatable)"
+    )
     parser.add_argument(
         "--extras",
         default="deterministic,two-workers,cpu-offload",
@@ -555,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     )  # fmt: skip
     report.write()
-    body = {**SAME_REQUEST, "num_inference_steps": args.steps}
+    body = {**SAME_REQUEST, "prompt": args.prompt, "num_inference_steps": args.steps}
     bench = bench_image_seconds() if args.model == "random-full" else {}
     with tempfile.TemporaryDirectory(prefix="serve-gpu-") as tmp:
         data_dir = Path(tmp) / "data"
@@ -574,7 +579,9 @@ def main(argv: list[str] | None = None) -> int:
                 if window < 30:  # the load comes first (priority order); the restart only if it still fits
                     window = min(args.load_s, left() - 10)
                 if window >= 10:
-                    load_rows(report, first.url, key, args, window, bench)
+                    guarded(
+                        report, "load through the queue", lambda: load_rows(report, first.url, key, args, window, bench)
+                    )
                 else:
                     report.row("load through the queue", "skipped", f"{left():.0f} s left of the budget")
             if left() > warm + 10:
@@ -595,11 +602,21 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu-offload": lambda: offload_rows(report, args, Path(tmp), body, warm),
             }
             for name in filter(None, args.extras.split(",")):
-                extras[name]()
+                guarded(report, name, extras[name])
         except (TimeoutError, RuntimeError, AssertionError, OSError, httpx.HTTPError) as exc:
             report.row("stopped", type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
     report.row("total wall time of this script (s)", round(time.monotonic() - begun, 1))
     return 0
+
+
+def guarded(report: Report, what: str, run: Callable[[], None]) -> None:
+    """Run a row; a failure of its own becomes a row (the rows after it still run), the budget's end does not."""
+    try:
+        run()
+    except TimeoutError:
+        raise
+    except Exception as exc:  # a bench keeps going: the failure is written down, with its type and first line
+        report.row(f"{what}: failed", type(exc).__name__, (str(exc).splitlines() or [""])[0][:200])
 
 
 def deterministic_rows(
