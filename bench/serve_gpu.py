@@ -129,7 +129,7 @@ class Server:
             return
         os.killpg(self.proc.pid, signal.SIGTERM)  # drains: the running job finishes
         try:
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=max(3.0, min(30.0, left())))  # at the budget's end, no waiting for a drain
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
