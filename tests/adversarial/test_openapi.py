@@ -18,11 +18,12 @@ from tests.conftest import ServeProcess
 #: Checks left out, with why:
 #: - unsupported_method, allow_header_conformance: a 405 for `OPTIONS /files/{key}` lists the methods of the first
 #:   route that matched the path (Starlette), and `GET /files/upload` is a GET of the file named "upload" (404).
-#: - positive_data_acceptance on the sync run, the result and the proxy: their status is the job's (a URL that
-#:   fails to resolve is a 422 result; a result asked for too early is a 400) or the proxied route's.
+#: - positive_data_acceptance on the sync run, the result, cancel and delete, and the proxy: their status is the
+#:   job's (a URL that fails to resolve is a 422 result; a result asked for too early, a finished job cancelled or
+#:   a running one deleted is a 400) or the proxied route's.
 _CONFIG = """
 [[operations]]
-include-path-regex = "^/run/|^/bria/reimagine/requests/\\\\{request_id\\\\}$|^/api/fal/proxy$"
+include-path-regex = "^/run/|^/bria/reimagine/requests/\\\\{request_id\\\\}(/cancel)?$|^/api/fal/proxy$"
 checks.positive_data_acceptance.enabled = false
 """
 

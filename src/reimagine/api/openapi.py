@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from reimagine.api.wire import QUEUE_PREFIX
+from reimagine.jobs import JobStatus
 
 _ERROR = {"$ref": "#/components/schemas/ErrorDetail"}
 _JSON_ERROR = {"content": {"application/json": {"schema": _ERROR}}}
@@ -84,6 +85,32 @@ _OPERATIONS: dict[tuple[str, str], tuple[list[dict[str, list[str]]], dict[str, A
             "400": {"description": "ALREADY_COMPLETED", "content": {"application/json": {}}},
             "404": {"description": "NOT_FOUND", "content": {"application/json": {}}},
         },
+        {},
+    ),
+    ("get", f"/{QUEUE_PREFIX}/requests"): (
+        _KEY_AUTH,
+        {**_AUTH, **_errors(_422="Bad `status`, `limit` or `cursor`")},
+        {
+            "parameters": [
+                {
+                    "name": "status",
+                    "in": "query",
+                    "schema": {"type": "string", "enum": ["IN_QUEUE", "IN_PROGRESS", "COMPLETED", *JobStatus]},
+                    "description": "fal's statuses, or one of our states",
+                },
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "schema": {"type": "string", "pattern": "^[0-9]*$"},
+                    "description": "`next_cursor` of the previous page",
+                },
+            ]
+        },
+    ),
+    ("delete", f"/{QUEUE_PREFIX}/requests/{{request_id}}"): (
+        _KEY_AUTH,
+        {**_AUTH, **_UNKNOWN_REQUEST, **_errors(_400="Not finished yet: cancel it first")},
         {},
     ),
     ("post", "/storage/auth/token"): (_KEY_AUTH, _AUTH, {}),
