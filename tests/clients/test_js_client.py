@@ -49,6 +49,11 @@ def test_js_client_tiny_model(tiny_server: TlsServe, client_env: ClientEnv) -> N
     run_node("tiny.test.mjs", tiny_server, client_env, timeout_s=240)
 
 
+def test_js_client_platform_headers(client_env: ClientEnv) -> None:
+    """storageSettings (object lifecycle) on subscribe and upload; Idempotency-Key through `headers`."""
+    run_node("platform.test.mjs", client_env.server, client_env)
+
+
 def test_js_client_one_call_is_one_job_past_the_sync_timeout(
     tmp_path_factory: pytest.TempPathFactory, ca_pem: tuple[trustme.CA, Path], client_env: ClientEnv
 ) -> None:
