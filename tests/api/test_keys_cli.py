@@ -8,6 +8,7 @@ from pathlib import Path
 
 from reimagine.queue import open_store
 from reimagine.queue.models import NewJob, Outcome
+from tests.pgserver import PgServer
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -66,3 +67,10 @@ def test_keys_create_with_scope_expiry_and_limit_and_usage_report(tmp_path: Path
     assert lines[1][2:] == ["batch", "1", "0", "2.0", "10", "300"]
     assert lines[-1][0] == "total" and lines[-1][3] == "1"
     assert _cli("usage", "--key", "dash", *data).stdout.splitlines()[1:] == []
+
+
+def test_read_only_commands_refuse_a_missing_postgresql_database(pg_server: PgServer) -> None:
+    missing = pg_server.url("no_such_database")
+    done = _cli("keys", "list", "--database-url", missing)
+    assert done.returncode == 2 and "cannot open the database" in done.stderr and "no_such_database" in done.stderr
+    assert "Traceback" not in done.stderr
