@@ -187,7 +187,10 @@ def configure_determinism() -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     import torch._inductor.config as inductor_config
 
-    inductor_config.deterministic = True
+    if hasattr(inductor_config, "deterministic"):  # torch >= 2.8
+        inductor_config.deterministic = True
+    else:
+        logger.warning("this torch's inductor has no deterministic mode: compiled kernels may still be autotuned")
 
 
 def configure_compile_cache(data_dir: Path) -> Path:
