@@ -267,10 +267,14 @@ class Report:
             "",
             "| measurement | value | note |",
             "|---|---|---|",
-            *(f"| {r['what']} | {r['value']} | {r['note']} |" for r in self.rows),
+            *(f"| {_cell(r['what'])} | {_cell(r['value'])} | {_cell(r['note'])} |" for r in self.rows),
             "",
         ]
         path.write_text("\n".join(lines) + kept)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 # --- budget --------------------------------------------------------------------------------------------------------
@@ -604,7 +608,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in filter(None, args.extras.split(",")):
                 guarded(report, name, extras[name])
         except (TimeoutError, RuntimeError, AssertionError, OSError, httpx.HTTPError) as exc:
-            report.row("stopped", type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            print(f"[serve_gpu] stopped: {exc}", flush=True)  # the whole message (a server's last lines) for the log
+            lines = str(exc).strip().splitlines() or [""]
+            report.row("stopped", type(exc).__name__, " / ".join(line.strip() for line in lines[-3:])[:300])
     report.row("total wall time of this script (s)", round(time.monotonic() - begun, 1))
     return 0
 
