@@ -198,7 +198,7 @@ def test_a_child_start_reports_every_stage(speed: ModuleType, tmp_path: Path) ->
 def test_a_child_past_its_cap_is_stopped_and_the_run_goes_on(speed: ModuleType, tmp_path: Path) -> None:
     bench = _bench(speed, tmp_path, "--only", "modes")
     spec = {"kind": "pipe", "options": bench.options_spec(), "data_dir": str(tmp_path / "data")}
-    report = bench.run_child("too slow", spec, cap_s=0.5, min_s=0)  # the imports alone take longer
+    report = bench.run_child("too slow", spec, cap_s=0.5, expect_s=0)  # the imports alone take longer
     assert report["stopped"].startswith("stopped at the cap")
     with pytest.raises(ProcessLookupError):
         os.kill(report["pid"], 0)  # gone, with its process group
