@@ -90,6 +90,9 @@ class Server:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError("serve exited:\n" + "".join(self.lines[-40:]))
+            if any(re.search(r"worker \d+ (cannot start|exited \(code)", line) for line in self.lines):
+                # a worker that failed to load would be restarted until the budget's end: stop now, say why
+                raise RuntimeError("a worker failed to start:\n" + "".join(self.lines[-40:]))
             if time.monotonic() > deadline():
                 raise TimeoutError("serve not ready before the budget's end")
             with contextlib.suppress(httpx.HTTPError):
