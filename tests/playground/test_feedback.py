@@ -226,3 +226,44 @@ def test_favicon_and_a_badge_that_covers_nothing(page: Page, server: ServeProces
     assert not overlaps, f"the badge covers the picture: {label} over {thumb}"
     page.wait_for_load_state("networkidle")
     assert not missing, f"404s on load: {missing}"
+
+
+def test_history_is_the_keys_requests_on_the_server_and_deletes_there(page: Page, server: ServeProcess) -> None:
+    """A request made elsewhere (here with httpx) shows in the strip; deleting it there deletes it on the server."""
+    assert server.key
+    elsewhere = httpx.post(
+        server.url + "/bria/reimagine/3.2", json={"prompt": "made by another client"}, headers=server.headers()
+    ).json()
+    result_url = f"{server.url}/bria/reimagine/requests/{elsewhere['request_id']}"
+    deadline = 200
+    while httpx.get(result_url + "/status", headers=server.headers()).json()["status"] != "COMPLETED" and deadline:
+        page.wait_for_timeout(100)
+        deadline -= 1
+    open_playground(page, server, key=server.key)
+    expect(page.locator("#history-source")).to_have_text("from this server")
+    entry = page.locator(f"#history li:has([data-request='{elsewhere['request_id']}'])")
+    entry.scroll_into_view_if_needed()
+    expect(entry).to_be_in_viewport()
+    expect(entry).to_contain_text("made by another client")
+    expect(entry.locator(".when")).to_contain_text("done")
+    expect(entry.locator("img")).to_have_attribute("src", re.compile(re.escape(server.url) + "/files/"))
+
+    entry.locator("[data-delete]").click()
+    expect(entry).to_have_count(0)
+    assert httpx.get(result_url, headers=server.headers()).status_code == 404
+
+    # Without a key the strip is this browser's own, and says so.
+    page.fill("#api-key", "")
+    expect(page.locator("#history-source")).to_have_text("in this browser")
+
+
+def test_the_page_never_scrolls_sideways(page: Page, server: ServeProcess) -> None:
+    """However long the history strip grows, it scrolls in its own box; the page stays as wide as the screen."""
+    assert server.key
+    for n in range(12):
+        httpx.post(server.url + "/bria/reimagine/3.2", json={"prompt": f"filler {n}"}, headers=server.headers())
+    open_playground(page, server, key=server.key)
+    page.wait_for_function("document.querySelectorAll('#history button.open').length >= 12")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    viewport = page.viewport_size
+    assert viewport and width <= viewport["width"], f"the page is {width} px wide in a {viewport['width']} px window"

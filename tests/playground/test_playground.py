@@ -203,8 +203,7 @@ def test_upload_submit_progress_result_and_history(page: Page, server: ServeProc
     # 4. History survives a reload and reopens the request, form values included.
     page.reload()
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
-    entry = page.locator("#history button")
-    expect(entry).to_have_count(1)
+    entry = page.locator("#history button.open").first  # newest first
     expect(entry.locator("img")).to_have_attribute("src", image_url)
     entry.click()
     expect(page.locator("#state")).to_have_text("Done")
@@ -223,7 +222,7 @@ def test_cancel_a_running_request(page: Page, server: ServeProcess) -> None:
     page.click("#cancel")
     expect(page.locator("#state")).to_have_text("Cancelled", timeout=20_000)
     expect(page.locator("#cancel")).to_be_hidden()
-    expect(page.locator("#history .when")).to_contain_text("cancelled")
+    expect(page.locator("#history .when").first).to_contain_text("cancelled")
     expect(page.locator("#banner")).to_be_hidden()
 
 
@@ -277,11 +276,11 @@ def test_rate_limit_is_explained_at_the_top(page: Page, tmp_path: Path) -> None:
         assert limited.key
         open_playground(page, limited, key=limited.key)
         submit(page, "first")
-        expect(page.locator("#history button")).to_have_count(1)
+        expect(page.locator("#history button.open")).to_have_count(1)
         submit(page, "second")
         expect(page.locator("#banner")).to_contain_text("Too many requests (429)")
         expect(page.locator("#banner")).to_contain_text(re.compile(r"Try again in \d+ s"))
-        expect(page.locator("#history button")).to_have_count(1)
+        expect(page.locator("#history button.open")).to_have_count(1)
     finally:
         limited.stop()
 
@@ -293,7 +292,7 @@ def test_failed_request_shows_its_error(page: Page, server: ServeProcess) -> Non
     expect(page.locator("#state")).to_have_attribute("data-state", "failed", timeout=20_000)
     expect(page.locator("#state")).to_contain_text("Failed (503)")
     expect(page.locator("#state")).to_contain_text("memory")
-    expect(page.locator("#history .when")).to_contain_text("failed")
+    expect(page.locator("#history .when").first).to_contain_text("failed")
 
 
 def test_works_over_tls(browser: Browser, tmp_path: Path) -> None:
@@ -401,7 +400,7 @@ def test_docs_screenshot(page: Page, tmp_path: Path) -> None:
         runs = [("a stone cottage by a lake", "7"), ("a cozy cabin in the woods, golden hour", "5555")]
         for count, (prompt, seed) in enumerate(runs, start=1):
             submit(page, prompt, num_inference_steps="20", seed=seed)
-            expect(page.locator("#history button")).to_have_count(count)  # accepted: "Done" is now this one's
+            expect(page.locator("#history button.open")).to_have_count(count)  # accepted: "Done" is now this one's
             expect(page.locator("#state")).to_have_text("Done", timeout=150_000)
         page.locator("[data-map=canny]").check()
         page.locator("details.advanced").evaluate("node => node.open = false")

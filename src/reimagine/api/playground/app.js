@@ -432,6 +432,7 @@ async function follow(id) {
     else setState("failed", "Lost the status stream; reopen the request from the history below.");
   } finally {
     if (current === request) setRunning(false);
+    refreshHistorySoon();
   }
 }
 
@@ -592,7 +593,41 @@ function resetOutput() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// History (localStorage)
+// History: the key's recent requests from the server (any browser, any client), with what this browser remembers
+// of them (the full input, to reopen the form as it was); without a key, or from an older server, this browser's.
+
+let serverHistory = null;  // null: not known; else [{id, prompt, input, state, at, thumb}] newest first
+let historyTimer = 0;
+
+const LISTED_STATE = { succeeded: "done", failed: "failed", canceled: "cancelled", queued: "queued", running: "running" };
+
+async function refreshHistory() {
+  if (!$("api-key").value.trim()) {
+    serverHistory = null;
+    renderHistory();
+    return;
+  }
+  try {
+    const res = await fetch(url(`${QUEUE}/requests?limit=${HISTORY_MAX}`), { headers: headers() });
+    if (!res.ok) throw new Error(String(res.status));
+    serverHistory = (await res.json()).requests.map((r) => ({
+      id: r.request_id,
+      prompt: r.input?.prompt || "",
+      input: r.input,
+      state: LISTED_STATE[String(r.state).toLowerCase()] || String(r.state).toLowerCase(),
+      at: Date.parse(r.created_at),
+      thumb: r.image_url || undefined,
+    }));
+  } catch {
+    serverHistory = null;  // a wrong key says so where the user acts (Generate); the strip falls back quietly
+  }
+  renderHistory();
+}
+
+const refreshHistorySoon = () => {
+  clearTimeout(historyTimer);
+  historyTimer = setTimeout(refreshHistory, 300);
+};
 
 const loadHistory = () => JSON.parse(localStorage.getItem(HISTORY_STORE) || "[]");
 const saveHistory = (items) => {
@@ -602,24 +637,55 @@ const saveHistory = (items) => {
 const remember = (entry) => saveHistory([entry, ...loadHistory().filter((e) => e.id !== entry.id)]);
 const update = (id, changes) => saveHistory(loadHistory().map((e) => (e.id === id ? { ...e, ...changes } : e)));
 
+function historyEntries() {
+  const local = loadHistory();
+  if (!serverHistory) return local;
+  const mine = new Map(local.map((e) => [e.id, e]));
+  // The server knows the state; this browser may know the full input (the listing shortens data URIs).
+  return serverHistory.map((e) => ({ ...mine.get(e.id), ...e, input: mine.get(e.id)?.input || e.input,
+    thumb: e.thumb || mine.get(e.id)?.thumb }));
+}
+
 function renderHistory() {
-  const items = loadHistory().map((entry) => {
+  $("history-source").textContent = serverHistory ? "from this server" : "in this browser";
+  const items = historyEntries().map((entry) => {
     const thumb = entry.thumb
       ? el("img", { src: entry.thumb, alt: "", loading: "lazy" })
       : el("span", { class: "empty" });
     const when = new Date(entry.at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    const button = el("button", { type: "button", title: entry.prompt, "data-request": entry.id },
+    const button = el("button", { type: "button", class: "open", title: entry.prompt, "data-request": entry.id },
       thumb, el("span", { class: "caption", text: entry.prompt }),
       el("span", { class: `when ${entry.state || ""}`, text: `${when} · ${entry.state || "sent"}` }));
     button.addEventListener("click", () => reopen(entry));
-    return el("li", {}, button);
+    const title = serverHistory ? "Delete this request and its files on the server" : "Forget this request";
+    const remove = el("button", { type: "button", class: "delete", title, "aria-label": title, text: "×",
+      "data-delete": entry.id });
+    remove.addEventListener("click", () => forget(entry));
+    return el("li", {}, button, remove);
   });
   $("history").replaceChildren(...(items.length ? items : [el("li", { class: "muted", text: "Nothing yet." })]));
 }
 
+// Deleting from the strip deletes on the server (its input, result and files), not just from this browser.
+async function forget(entry) {
+  if (serverHistory) {
+    const res = await call("DELETE", `${QUEUE}/requests/${entry.id}`);
+    if (res.status === 400) {
+      banner("That request is still queued or running: cancel it first, then delete it.");
+      return;
+    }
+    if (!res.ok && res.status !== 404) { await showError(res); return; }
+  }
+  saveHistory(loadHistory().filter((e) => e.id !== entry.id));
+  if (serverHistory) await refreshHistory();
+}
+
 function reopen(entry) {
   clearErrors();
-  writeInput(entry.input || {});
+  // A shortened data URI from the listing is no input to send again: leave that field empty.
+  const input = Object.fromEntries(Object.entries(entry.input || {})
+    .filter(([, v]) => !(typeof v === "string" && /^data:[^,]*,\.\.\. \(/.test(v))));
+  writeInput(input);
   showTab("playground");
   follow(entry.id);
 }
@@ -722,6 +788,7 @@ async function main() {
   key.addEventListener("input", () => {
     localStorage.setItem(KEY_STORE, key.value.trim());
     banner("");  // a warning about the old key is stale now
+    refreshHistorySoon();
   });
   $("compare-map").addEventListener("change", setCompare);
   $("compare-opacity").addEventListener("input", setCompare);
@@ -729,6 +796,7 @@ async function main() {
     button.addEventListener("click", () => showTab(button.dataset.tab));
   }
   renderHistory();
+  refreshHistory();
   try {
     [fields, capabilities] = await Promise.all([loadSchema(), loadCapabilities()]);
   } catch (err) {

@@ -6,6 +6,7 @@ Beyond fal's queue API, which has neither; the queue's per-request routes are in
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,7 +93,17 @@ def listed(job: Job, base: str) -> dict[str, Any]:
         "metrics": {"inference_time": job.inference_time_s},
         # `X-Fal-Store-IO: 0` erased the input once the job finished: null here.
         "input": {name: _summarised(value) for name, value in job.input.items()} or None,
+        "image_url": _image_url(job),
     }
+
+
+def _image_url(job: Job) -> str | None:
+    """The stored result image's URL, for a thumbnail; none for a data URI (sync_mode), which is the whole image."""
+    if job.status != JobStatus.SUCCEEDED or not job.result_body or len(job.result_body) > 65_536:
+        return None
+    image = json.loads(job.result_body).get("image") or {}
+    url = image.get("url")
+    return url if isinstance(url, str) and not url.startswith("data:") else None
 
 
 def _summarised(value: Any) -> Any:
