@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from reimagine.config import Settings  # noqa: E402
+from reimagine.generation import Controls, Generated, NullHooks  # noqa: E402
 from reimagine.schemas import SIZES  # noqa: E402
 from reimagine.worker import fast  # noqa: E402
 from reimagine.worker.random_full import (  # noqa: E402
@@ -82,6 +83,12 @@ SECTIONS: dict[str, tuple[int, str]] = {
     "dynamic": (110, "dynamic=True in fresh processes: first start (empty cache), restart; step time vs static"),
     "modes": (300, "compile modes / inductor settings vs today's, each in a capped fresh process (transformer)"),
     "sizes": (55, "the fast path at the other eight buckets, short steps"),
+    # issue 19, each change as its own row on the same lossless pipe (after t2i/control when those run first)
+    "nosync": (10, "no sync in the step loop (the default) vs a sync + preview at every step (before), short steps"),
+    "graphs": (15, "the denoisers replayed from CUDA graphs, T2I and canny+depth, short steps"),
+    "control1": (25, "canny+depth: one ControlNet forward for both conditions (default) vs one each, short steps"),
+    "fp8scale": (45, "FP8 per-row vs per-tensor scaling: one transformer forward, time and rel err vs lossless"),
+    "pair": (25, "two T2I requests in one batch (generate_batch) vs one: images/hour, short steps"),
 }
 TASKS = {"t2i": [], "canny+depth": [("depth", 0), ("canny", 1)]}  # condition name -> ControlNet-Union mode
 SECTION_TASK = {"t2i": "t2i", "control": "canny+depth"}
@@ -145,7 +152,7 @@ def control_images(size: tuple[int, int]) -> Any:
     return Controls(depth=depth, canny=canny)
 
 
-def run_image(pipe: Any, size: tuple[int, int], task: str, steps: int) -> dict:
+def run_image(pipe: Any, size: tuple[int, int], task: str, steps: int, hooks: Any = None) -> dict:
     """One request through the served code, `pipeline.generate` (T5 with the default negative prompt, control
     images VAE-encoded once, `steps` CFG steps with the ControlNet per condition, VAE decode, per-step preview).
     Returns its phase timings, the wall time and the final latents (captured at the VAE decode)."""
@@ -169,7 +176,7 @@ def run_image(pipe: Any, size: tuple[int, int], task: str, steps: int) -> dict:
     try:
         sync(pipe.device)
         start = time.perf_counter()
-        out = generate(pipe, inputs, controls, NullHooks(), _size=scaled(size))
+        out = generate(pipe, inputs, controls, hooks or NullHooks(), _size=scaled(size))
         sync(pipe.device)
         wall = time.perf_counter() - start
     finally:
@@ -177,15 +184,17 @@ def run_image(pipe: Any, size: tuple[int, int], task: str, steps: int) -> dict:
     return {"times": {**out.timings, "image": wall}, "latents": captured["latents"]}
 
 
-def measure(pipe: Any, size: tuple[int, int], task: str, steps: int, args: argparse.Namespace) -> dict:
+def measure(
+    pipe: Any, size: tuple[int, int], task: str, steps: int, args: argparse.Namespace, hooks: Any = None
+) -> dict:
     """`--warmup` short runs (2 steps: the same graphs and kernels), then `--repeat` timed runs of `steps` steps;
     the fastest run's phases (the least disturbed one) and the spread of the denoise loop over the runs."""
     device = pipe.device
     for _ in range(args.warmup):
-        run_image(pipe, size, task, min(2, steps))
+        run_image(pipe, size, task, min(2, steps), hooks)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    runs = [run_image(pipe, size, task, steps) for _ in range(args.repeat)]
+    runs = [run_image(pipe, size, task, steps, hooks) for _ in range(args.repeat)]
     best = min(runs, key=lambda r: r["times"]["image"])
     denoise = [r["times"]["denoise"] for r in runs]
     best["spread"] = (max(denoise) - min(denoise)) / min(denoise) if len(denoise) > 1 else None
@@ -610,9 +619,11 @@ class Bench:
             self.failed.append(key)
             self.results.row(key, error=f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
-    def image_row(self, key: str, size: tuple[int, int], task: str, steps: int, **extra: Any) -> dict:
+    def image_row(
+        self, key: str, size: tuple[int, int], task: str, steps: int, hooks: Any = None, **extra: Any
+    ) -> dict:
         self.gate(key)
-        run = measure(self.pipe, size, task, steps, self.args)
+        run = measure(self.pipe, size, task, steps, self.args, hooks)
         self.save_reference(size, task, key.split(" ", 2)[-1], steps, run["latents"])
         if "rel_err_vs" in extra:
             extra["rel_err"] = self.rel_err(run["latents"], self.reference(size, task, extra.pop("rel_err_vs"), steps))
@@ -1142,6 +1153,221 @@ class Bench:
         if report.get("stopped"):
             parts.append(f"{report['stopped']} at stage {report.get('stage', 'start')}")
         return "; ".join(parts)
+
+    # issue 19: each change as its own row
+
+    def section_nosync(self) -> None:
+        """Item 1. The default request (no listener: no preview, no sync inside the loop) against the same request
+        with a device sync and a preview at every step boundary (what the per-step preview copy cost before) and
+        with a preview of every step made the new way (on the device, copied without blocking). Also counts the
+        syncs torch sees inside the step loop (`torch.cuda.set_sync_debug_mode`)."""
+        self.lossless()
+        steps, key = self.short_steps, self.size_key(SQUARE)
+        rows = [
+            ("lossless, no listener", NullHooks(), f"syncs inside the loop: {self.loop_syncs()}"),
+            ("lossless, preview every step", PreviewEveryStep(), "previews computed on the device, copied async"),
+            ("lossless, sync + preview every step", SyncEveryStep(self.device), "before item 1 (emulated)"),
+        ]
+        for path, hooks, note in rows:
+            row = f"{key} t2i {path}"
+            self.try_row(row, lambda r=row, h=hooks, n=note: self.image_row(r, SQUARE, "t2i", steps, h, note=n))
+
+    def loop_syncs(self) -> str:
+        """Device syncs inside the step loop of one 3-step request, as `set_sync_debug_mode` reports them (counted
+        between the first and the last cancel check: the loop's boundaries)."""
+        if self.device.type != "cuda":
+            return "n/a on CPU"
+        hooks = CountingHooks()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hooks.caught = caught
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run_image(self.pipe, SQUARE, "t2i", 3, hooks)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return str(hooks.marks[-1] - hooks.marks[0]) if len(hooks.marks) > 1 else "?"
+
+    def section_graphs(self) -> None:
+        """Item 4. The transformer and ControlNet forwards replayed from CUDA graphs (`fast.enable_cuda_graphs`),
+        T2I and canny+depth at 1024²; rel err against the lossless rows' latents."""
+        pipe = self.lossless()
+        steps, key = self.short_steps, self.size_key(SQUARE)
+        if self.device.type != "cuda":
+            for task in TASKS:
+                self.results.row(f"{key} {task} lossless + CUDA graphs", skipped_reason="CUDA graphs need CUDA")
+            return
+        for task in TASKS:
+            self.lossless_reference(task, steps)  # the rows' yardstick: the lossless latents at these steps
+        fast.enable_cuda_graphs(pipe)
+        try:
+            for task in TASKS:
+                row = f"{key} {task} lossless + CUDA graphs"
+                self.gate(row)
+                start = time.perf_counter()
+                run_image(pipe, SQUARE, task, 2)  # captures this task's graphs
+                capture_s = time.perf_counter() - start
+                note = f"rel err vs lossless; first run (capture) {capture_s:.1f}s"
+                self.try_row(row, lambda r=row, t=task, n=note: self.image_row(
+                    r, SQUARE, t, steps, rel_err_vs="lossless", note=n))  # fmt: skip
+        finally:
+            fast.disable_cuda_graphs(pipe)
+
+    def section_control1(self) -> None:
+        """Item 2. Canny+depth with both conditions in one ControlNet forward (the default) against one forward per
+        condition (`BriaMultiControlNetModel.batch_conditions = False`, the code before)."""
+        pipe = self.lossless()
+        steps, key = self.short_steps, self.size_key(SQUARE)
+        batched = f"{key} canny+depth lossless"
+        if batched not in self.results.data["rows"] or "step_ms" not in self.results.data["rows"][batched]:
+            fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=2)
+            self.try_row(batched, lambda: self.image_row(batched, SQUARE, "canny+depth", steps))
+        row = f"{key} canny+depth lossless, one ControlNet forward per condition"
+        self.gate(row)
+        pipe.controlnet.batch_conditions = False
+        try:
+            start = time.perf_counter()
+            fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=1, vae=False)
+            warm_s = time.perf_counter() - start
+            self.try_row(row, lambda: self.image_row(row, SQUARE, "canny+depth", steps, rel_err_vs="lossless"))
+        finally:
+            pipe.controlnet.batch_conditions = True
+        one = self.results.data["rows"].get(batched, {}).get("step_ms")
+        each = self.results.data["rows"].get(row, {}).get("step_ms")
+        gain = f"one forward for both: x{each / one:.3f} per step; " if one and each else ""
+        self.results.row(row, note=f"{gain}rel err vs one forward; ControlNet warm {warm_s:.1f}s; "
+                         f"{self.projected(steps)}".rstrip("; "))  # fmt: skip
+
+    def section_fp8scale(self) -> None:
+        """Item 7. FP8 with per-row and with per-tensor scales on the same weights: one transformer forward at 1024²
+        under CFG (random inputs), its time and its relative error against the lossless forward; then undone."""
+        pipe = self.lossless()
+        key = self.size_key(SQUARE)
+        rows = {scaling: f"{key} t2i one forward fp8 per-{scaling}" for scaling in ("row", "tensor")}
+        if not fast.fp8_supported(self.device):
+            for row in rows.values():
+                self.results.row(row, skipped_reason=f"fp8 needs CUDA sm89+, not {self.device.type}")
+            return
+        models = fast.denoisers(pipe)
+        transformer = models[0]
+        inputs = random_step_inputs(transformer, scaled(SQUARE), 2, seed=2)
+        flops = count_flops(self.arch, SQUARE, 2)["transformer"]
+        floor = flops / (self.peak * 1e12)
+        lossless_out = transformer(**inputs, return_dict=False)[0].float()
+        seconds, spread = time_forward(transformer, inputs, 5)
+        self.results.row(
+            f"{key} t2i one forward lossless", step_ms=1e3 * seconds, ratio=seconds / floor, spread=spread,
+            tflops=flops / seconds / 1e12, note="the fp8 rows' reference: same weights and inputs",
+        )  # fmt: skip
+        saved = linear_weights(models)
+        for scaling, row in rows.items():
+            self.gate(row)
+
+            def measure_fp8(scaling: str = scaling, row: str = row) -> None:
+                try:
+                    fast.enable_fp8(models, scaling=scaling)
+                    start = time.perf_counter()
+                    out = transformer(**inputs, return_dict=False)[0].float()  # compiles
+                    sync(self.device)
+                    compile_s = time.perf_counter() - start
+                    fp8_s, fp8_spread = time_forward(transformer, inputs, 5)
+                    if not bool(torch.isfinite(out).all()):
+                        raise RowFailed("the fp8 forward is not finite")
+                    self.results.row(
+                        row, step_ms=1e3 * fp8_s, ratio=fp8_s / floor, spread=fp8_spread,
+                        tflops=flops / fp8_s / 1e12, rel_err=self.rel_err(out, lossless_out),
+                        note=f"x{seconds / fp8_s:.2f} vs lossless; rel err vs the lossless forward; first call "
+                        f"{compile_s:.1f}s",
+                    )  # fmt: skip
+                finally:
+                    restore_linear_weights(saved)
+                    for model in models:
+                        model._reimagine_fp8 = False
+
+            self.try_row(row, measure_fp8)
+
+    def section_pair(self) -> None:
+        """Item 8. Two T2I requests of the same size in one batch (`pipeline.generate_batch`, each with its own
+        seed) against one request alone, 1024², short steps; images/hour projected to `--steps`."""
+        from reimagine.worker.pipeline import generate_batch
+
+        pipe = self.lossless()
+        steps, key = self.short_steps, self.size_key(SQUARE)
+        single = f"{key} t2i lossless, no listener"
+        if "step_ms" not in self.results.data["rows"].get(single, {}):
+            self.try_row(single, lambda: self.image_row(single, SQUARE, "t2i", steps))
+        row = f"{key} t2i lossless, 2 requests in one batch"
+        self.gate(row)
+        start = time.perf_counter()
+        fast.warm_buckets(pipe, [scaled(SQUARE)], batch=4, conditions=0, vae=False)
+        warm_s = time.perf_counter() - start
+
+        def requests(n_steps: int) -> list[Any]:
+            from reimagine.schemas import ReimagineInput
+
+            fields = {"prompt": "a photo of a red cat on a sofa", "prompt_enhancer": False}
+            inputs = [
+                ReimagineInput.model_validate({**fields, "seed": seed}).model_copy(
+                    update={"num_inference_steps": n_steps}
+                )
+                for seed in (5555, 6666)
+            ]
+            return [(i, Controls(), NullHooks()) for i in inputs]
+
+        def measure_pair() -> None:
+            generate_batch(pipe, requests(2), _size=scaled(SQUARE))
+            walls, results = [], []
+            for _ in range(self.args.repeat):
+                sync(self.device)
+                start = time.perf_counter()
+                results = generate_batch(pipe, requests(steps), _size=scaled(SQUARE))
+                sync(self.device)
+                walls.append(time.perf_counter() - start)
+            if not all(isinstance(r, Generated) for r in results):
+                raise RowFailed(f"a batched request failed: {results}")
+            best = min(walls)
+            denoise = min(r.timings["denoise"] for r in results if isinstance(r, Generated))
+            step_s = denoise / steps
+            per_image = (best + step_s * (self.args.steps - steps)) / 2
+            one = self.results.data["rows"].get(single, {}).get("images_per_hour")
+            self.results.row(
+                row, steps=steps, step_ms=1e3 * step_s, denoise_s=step_s * self.args.steps, image_s=per_image,
+                images_per_hour=3600 / per_image, mem_gib=peak_memory_gib(self.device),
+                note=(f"x{3600 / per_image / one:.2f} images/hour vs one request; " if one else "")
+                + f"step = both requests; image s = wall / 2; batch-4 warm {warm_s:.1f}s; {self.projected(steps)}"
+                .rstrip("; "),
+            )  # fmt: skip
+
+        self.try_row(row, measure_pair)
+
+
+class PreviewEveryStep(NullHooks):
+    """A listener that wants a preview of every step (the playground at `preview_interval_s` 0)."""
+
+    def wants_preview(self, step: int, total: int) -> bool:
+        return True
+
+
+class SyncEveryStep(PreviewEveryStep):
+    """The cost the step loop had before issue 19 item 1: a preview of every step and the device drained at every
+    step boundary (the old preview's `.cpu()` copy), so the next step's launches waited for the host."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def check_cancelled(self) -> None:
+        sync(self.device)
+
+
+class CountingHooks(NullHooks):
+    """Marks how many sync warnings were caught at each step boundary (`caught` is set by the caller)."""
+
+    def __init__(self) -> None:
+        self.caught: list[Any] = []
+        self.marks: list[int] = []
+
+    def check_cancelled(self) -> None:
+        self.marks.append(sum("synchroniz" in str(w.message) for w in self.caught))
 
 
 #: name, mode, inductor settings of the `modes` rows. flux-fast's settings (huggingface/flux-fast); a narrowed

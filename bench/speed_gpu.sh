@@ -16,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PLAN=peak,t2i,control,fp8,batch,ablate,cache,cold,vae,dynamic,modes  # by priority: the deadline cuts the tail
+PLAN=peak,t2i,control,nosync,graphs,control1,fp8,fp8scale,batch,pair,ablate,cache,cold,vae,dynamic,modes  # by priority: the deadline cuts the tail
 SITE=${SITE:-/tmp/site}
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && [ -z "${PYTHON:-}" ] && PY=.venv/bin/python   # a dev checkout; the GPU image has python3

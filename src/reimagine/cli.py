@@ -64,6 +64,7 @@ _SETTINGS_FOR = {
         "fast",
         "deterministic",
         "fp8",
+        "fp8_scaling",
         "step_cache",
         "enhancer",
         "enhancer_model",

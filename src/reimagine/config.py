@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         "path may pick other kernels after a restart (last-bit differences).",
     )
     fp8: bool = Field(False, description="Lossy: FP8 linears in the transformer and ControlNet (torchao).")
+    fp8_scaling: Literal["row", "tensor"] = Field(
+        "row", description="FP8 scales: one per row of activations and weights, or one per tensor (coarser)."
+    )
     step_cache: float = Field(0.0, ge=0.0, description="Lossy: First-Block-Cache threshold; 0 disables it.")
     enhancer: str = Field(
         "off", description="Prompt enhancer backend: 'off', 'local:<hf id or dir>' or 'openai:<base url>'."
@@ -93,6 +96,13 @@ class Settings(BaseSettings):
     workers: int = Field(-1, ge=-1, description="Worker processes spawned by serve; -1: one per GPU (one on CPU).")
     lease_s: float = Field(30.0, gt=0, description="A running job's lease; renewed by heartbeats.")
     heartbeat_s: float = Field(10.0, gt=0, description="How often a worker renews its lease.")
+    batch_requests: int = Field(
+        1,
+        ge=1,
+        le=2,
+        description="Up to this many waiting requests of the same size, steps, guidance and conditions share one "
+        "denoising batch (each keeps its own seed; images equal within float tolerance, not bit for bit). 1: off.",
+    )
     max_attempts: int = Field(3, ge=1, description="Worker deaths a job may cause before it is 'poisoned'.")
     drain_grace_s: float = Field(
         25.0,

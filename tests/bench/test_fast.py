@@ -214,3 +214,38 @@ def test_inductor_settings_go_on_top_of_the_mode() -> None:
     kwargs = fast.compile_kwargs("max-autotune-no-cudagraphs", [("coordinate_descent_tuning", False)])
     assert kwargs["options"] == {"max_autotune": True, "coordinate_descent_tuning": False}
     assert "mode" not in kwargs  # torch.compile takes one or the other
+
+
+def test_tensor_scales_equal_float_scales() -> None:
+    """`scales_as_tensors` (what CUDA graphs need: no new graph per scale value) keeps the fp32 result exactly."""
+    pipe = _pipe()
+    inputs = _inputs_for(128)
+    hidden = inputs.pop("hidden_states")
+    conds, modes = [hidden * 0.5, hidden * 0.25], [torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)]
+    with torch.no_grad():
+        for conditions in (1, 2):
+            floats = pipe.controlnet(hidden, conds[:conditions], modes[:conditions], [0.7, 0.3][:conditions], **inputs)
+            pipe.controlnet.scales_as_tensors = True
+            tensors = pipe.controlnet(hidden, conds[:conditions], modes[:conditions], [0.7, 0.3][:conditions], **inputs)
+            pipe.controlnet.scales_as_tensors = False
+            for a, b in zip(floats, tensors, strict=True):
+                assert a is not None and b is not None
+                assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_replay_the_plain_forward() -> None:
+    pipe = load_pipeline(Settings(model="tiny", device="cuda", fast=False))
+    for net in fast.denoisers(pipe)[1:]:
+        for linear in [*net.controlnet_blocks, *net.controlnet_single_blocks, net.controlnet_x_embedder]:
+            torch.nn.init.normal_(linear.weight, std=0.2)
+    plain = _image(pipe, _controls())
+    fast.enable_cuda_graphs(pipe)
+    try:
+        graphed = [_image(pipe, _controls()), _image(pipe, _controls(), seed=9), _image(pipe, _controls())]
+    finally:
+        fast.disable_cuda_graphs(pipe)
+    torch.testing.assert_close(graphed[0], plain, rtol=0, atol=1.0)
+    torch.testing.assert_close(graphed[2], plain, rtol=0, atol=1.0)  # the replay took the new inputs each time
+    assert not torch.equal(graphed[1], plain)

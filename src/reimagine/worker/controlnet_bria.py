@@ -184,6 +184,9 @@ class BriaMultiControlNetModel(ModelMixin):
         super().__init__()
         self.nets = nn.ModuleList(controlnets)
         self.batch_conditions = True
+        #: float scales become (B,) tensors, so a net replayed from CUDA graphs (`fast.enable_cuda_graphs`) needs no
+        #: new graph per scale value (in bf16 the scale itself is then rounded to bf16)
+        self.scales_as_tensors = False
 
     def forward(
         self,
@@ -194,6 +197,11 @@ class BriaMultiControlNetModel(ModelMixin):
         **kwargs: Any,
     ) -> Residuals:
         """Args as `BriaControlNetModel.forward`, one list entry per condition; a scale is a float or (B,)."""
+        if self.scales_as_tensors:
+            batch, device = hidden_states.shape[0], hidden_states.device
+            conditioning_scale = [
+                s if isinstance(s, torch.Tensor) else torch.full((batch,), s, device=device) for s in conditioning_scale
+            ]
         if len(self.nets) == 1 and len(controlnet_cond) > 1 and self.batch_conditions:
             return self._batched(hidden_states, controlnet_cond, controlnet_mode, conditioning_scale, **kwargs)
         nets = list(self.nets) if len(self.nets) > 1 else [self.nets[0]] * len(controlnet_cond)

@@ -345,7 +345,7 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
     backend = set_attention_backend(models, backend)
     pipe._fast_attention = backend  # the bench reports it
     if settings.fp8:
-        enable_fp8(models)
+        enable_fp8(models, scaling=settings.fp8_scaling)
     bria = _bria(pipe)
     if options.vae_channels_last:
         bria.vae.to(memory_format=torch.channels_last)
@@ -459,17 +459,20 @@ def fp8_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def enable_fp8(models: Iterable[Any]) -> bool:
-    """FP8 (e4m3) dynamic per-row activation + weight quantisation of the block linears: attention and MLP
-    projections, not the embedders, the AdaLayerNorm modulations, the ControlNet output projections or the output
-    layer. Returns False, logged, where unsupported."""
+def enable_fp8(models: Iterable[Any], *, scaling: str = "row") -> bool:
+    """FP8 (e4m3) dynamic activation + weight quantisation of the block linears: attention and MLP projections, not
+    the embedders, the AdaLayerNorm modulations, the ControlNet output projections or the output layer. `scaling`
+    "row": one scale per activation row and weight row (torchao `PerRow`, the more accurate); "tensor": one per
+    tensor (`PerTensor`: fewer scale reads, coarser). Returns False, logged, where unsupported."""
+    if scaling not in ("row", "tensor"):
+        raise ValueError(f"`scaling` must be 'row' or 'tensor', got {scaling!r}")
     models = list(models)
     device = next(models[0].parameters()).device
     if not fp8_supported(device):
         logger.warning("fp8 requested but unsupported on %s (needs CUDA sm89+); running without it", device)
         return False
     with _inductor_config_kept():  # torchao switches coordinate-descent tuning on for every later compile
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
     def is_block_linear(module: nn.Module, name: str) -> bool:
         return (
@@ -483,7 +486,8 @@ def enable_fp8(models: Iterable[Any]) -> bool:
     for model in models:
         if not getattr(model, "_reimagine_fp8", False):
             with _inductor_config_kept():
-                config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+                granularity = PerRow() if scaling == "row" else PerTensor()
+                config = Float8DynamicActivationFloat8WeightConfig(granularity=granularity)
                 quantize_(model, config, filter_fn=is_block_linear)
             model._reimagine_fp8 = True
     return True
@@ -503,3 +507,75 @@ def _inductor_config_kept() -> Iterator[None]:
             if getattr(inductor_config, key) != value:
                 logger.info("inductor setting %s changed by a library; restored to %r", key, value)
                 setattr(inductor_config, key, value)
+
+
+# --- CUDA graphs ---------------------------------------------------------------------------------------------------
+
+
+class CudaGraphForward:
+    """A module's forward replayed from CUDA graphs, one per call signature (tensor shapes and dtypes, the other
+    arguments' values): one launch per forward instead of ~1,000 kernel launches, and no gaps between kernels.
+
+    The first call of a signature runs the forward twice on a side stream (compiles, picks kernels, sizes cuBLAS
+    workspaces: nothing of that may happen inside a capture), then captures it into the shared memory pool; later
+    calls copy their tensors into the captured inputs and replay. The returned tensors are the graph's own and are
+    overwritten by its next replay: the caller must be done with them by then (the denoise loop is: it combines
+    the CFG branches into a new tensor before the next step). Nothing between steps is captured, so previews,
+    cancel checks and progress run as before.
+    """
+
+    def __init__(self, forward: Any, pool: Any) -> None:
+        self.forward = forward
+        self.pool = pool
+        self.graphs: dict[Any, tuple[torch.cuda.CUDAGraph, list[Any], Any]] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.utils._pytree import tree_flatten
+
+        flat, spec = tree_flatten((args, kwargs))
+        key = (str(spec), *((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else x for x in flat))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(flat, spec)
+        graph, inputs, output = self.graphs[key]
+        for static, value in zip(inputs, flat, strict=True):
+            if isinstance(value, torch.Tensor) and static.data_ptr() != value.data_ptr():
+                static.copy_(value)
+        graph.replay()
+        return output
+
+    def _capture(self, flat: list[Any], spec: Any) -> tuple[torch.cuda.CUDAGraph, list[Any], Any]:
+        from torch.utils._pytree import tree_unflatten
+
+        inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in flat]
+        args, kwargs = tree_unflatten(inputs, spec)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.forward(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            output = self.forward(*args, **kwargs)
+        return graph, inputs, output
+
+
+def enable_cuda_graphs(pipe: Any) -> None:
+    """Replay the transformer's and the ControlNet's forwards from CUDA graphs (`CudaGraphForward`); CUDA only,
+    opt-in (`bench/speed.py --only graphs` measures it against the plain fast path). Graphs share one memory pool;
+    each signature keeps its inputs and outputs (for 1024² T2I under CFG ~0.1 GB) plus the pool's working set."""
+    pool = torch.cuda.graph_pool_handle()
+    for model in denoisers(pipe):
+        if not isinstance(model.forward, CudaGraphForward):
+            model.forward = CudaGraphForward(model.forward, pool)
+    if _multi_controlnet(pipe) is not None:
+        _multi_controlnet(pipe).scales_as_tensors = True  # else every new scale value would capture a new graph
+
+
+def disable_cuda_graphs(pipe: Any) -> None:
+    """Back to plain forwards; the graphs and their memory are released."""
+    for model in denoisers(pipe):
+        if isinstance(model.forward, CudaGraphForward):
+            model.forward = model.forward.forward
+    if _multi_controlnet(pipe) is not None:
+        _multi_controlnet(pipe).scales_as_tensors = False

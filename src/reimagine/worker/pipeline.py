@@ -259,7 +259,10 @@ def generate(
 
 @torch.no_grad()
 def generate_batch(
-    pipe: ReimaginePipeline, requests: list[tuple[ReimagineInput, Controls, Hooks]]
+    pipe: ReimaginePipeline,
+    requests: list[tuple[ReimagineInput, Controls, Hooks]],
+    *,
+    _size: tuple[int, int] | None = None,
 ) -> list[Generated | Exception]:
     """Generate several compatible requests (`batch_key` equal) in one batch: each step runs the denoisers once
     for all of them. Each request keeps its own generator, so its image equals `generate` alone within float
@@ -274,7 +277,7 @@ def generate_batch(
     for index, (inputs, controls, hooks) in enumerate(requests):
         try:
             with _out_of_memory_as_error():
-                prepared.append((index, _prepare(pipe, inputs, controls, hooks, None)))
+                prepared.append((index, _prepare(pipe, inputs, controls, hooks, _size)))
         except Exception as exc:  # reported per request, as a lone `generate` would raise it
             results[index] = exc
     shapes = {
