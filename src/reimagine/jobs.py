@@ -43,10 +43,6 @@ def can_transition(old: JobStatus, new: JobStatus) -> bool:
     return new in _TRANSITIONS[old]
 
 
-def is_terminal(status: JobStatus) -> bool:
-    return status in TERMINAL
-
-
 class Priority:
     """`X-Fal-Queue-Priority`: clients can only lower their priority; higher numbers run first."""
 

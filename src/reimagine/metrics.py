@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from reimagine.jobs import JobStatus
+from reimagine.queue.usage import Usage
 
 __all__ = ["Metrics"]
 
@@ -30,12 +31,12 @@ class _Store(Protocol):
     def count_by_status(self) -> dict[str, int]: ...
 
     @property
-    def usage(self) -> Any: ...
+    def usage(self) -> Usage: ...
 
 
 class _FinishedJob(Protocol):
     @property
-    def status(self) -> Any: ...
+    def status(self) -> JobStatus: ...
     @property
     def error_type(self) -> str | None: ...
     @property
@@ -135,16 +136,10 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
-        self.http_requests = Counter(
-            "reimagine_http_requests",
-            "HTTP requests by route template, method and status.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
 
     def observe_job(self, job: _FinishedJob) -> None:
         """Record a finished job (call once per job, when its terminal status is seen)."""
-        outcome = str(getattr(job.status, "value", job.status)).lower()
+        outcome = job.status.value.lower()
         self.jobs_completed.labels(outcome=outcome, error_type=job.error_type or "").inc()
         if job.started_at is not None:
             self.job_wait.observe(max(0.0, job.started_at - job.created_at))
@@ -155,10 +150,6 @@ class Metrics:
     def count_webhook(self, result: str) -> None:
         """One webhook attempt's result (the dispatcher's `metrics=`)."""
         self.webhook_deliveries.labels(result=result).inc()
-
-    def observe_request(self, route: str, method: str, status: int) -> None:
-        """One HTTP request; `route` must be the template (`/requests/{id}`), never the raw path (cardinality)."""
-        self.http_requests.labels(route=route, method=method, status=str(status)).inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type. Calls the store: run it off the event loop."""

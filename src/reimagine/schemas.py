@@ -258,12 +258,3 @@ class QueueStatus(BaseModel):
     error: str | None = None
     error_type: str | None = None
     reimagine: dict[str, Any] | None = None
-
-
-class WebhookPayload(BaseModel):
-    request_id: str
-    gateway_request_id: str
-    status: Literal["OK", "ERROR"]
-    payload: Any
-    error: str | None = None
-    payload_error: str | None = None

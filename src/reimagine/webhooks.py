@@ -269,9 +269,6 @@ class WebhookDispatcher:
                 task.cancel()
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
-    async def aclose(self) -> None:
-        """Nothing to release: the default clients live for one attempt; an injected client is the caller's."""
-
     async def _deliver_logged(self, delivery: WebhookDelivery) -> None:
         try:
             await self.deliver_once(delivery)

@@ -15,9 +15,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from reimagine.api.routes.storage import router
+from reimagine.api.app import create_app
+from reimagine.api.state import app_state
 from reimagine.config import Settings
-from reimagine.queue import open_store
 from reimagine.queue.keys import KeyGrant, Scope
 from reimagine.signing import load_secret, make_token, read_token
 from reimagine.storage.local import LocalStorage
@@ -27,14 +27,10 @@ KEY = "key-id:key-secret"
 
 
 def make_app(tmp_path: Path, **overrides: object) -> FastAPI:
-    settings = Settings(data_dir=tmp_path, **overrides)  # type: ignore[arg-type]
-    app = FastAPI()
-    app.state.settings = settings
-    app.state.storage = LocalStorage(settings.files_dir)
-    # Lifecycles (`X-Fal-Object-Lifecycle`) are recorded in the store.
-    app.state.store = open_store(settings.resolved_database_url)
-    app.state.authenticate = lambda key: KeyGrant("key-id", "test", Scope.ADMIN) if key == KEY else None
-    app.include_router(router)
+    """The whole app in this process, with no workers (the storage routes need none), and one known key."""
+    settings = Settings(data_dir=tmp_path, workers=0, offline=True, **overrides)  # type: ignore[arg-type]
+    app = create_app(settings, storage=LocalStorage(settings.files_dir))
+    app_state(app).authenticate = lambda key: KeyGrant("key-id", "test", Scope.ADMIN) if key == KEY else None
     return app
 
 

@@ -147,7 +147,6 @@ def test_real_ssrf_policy_refuses_loopback(tmp_path: Path, store: JobStore, rece
     )
     job = finish_job(store, receiver.url)
     assert asyncio.run(dispatcher.deliver_once(_due(store)[0])) == "refused"
-    asyncio.run(dispatcher.aclose())
     row = _outbox(store, job.id)
     assert receiver.attempts == [] and row["gave_up_at"] is None and row["last_error"].startswith("refused:")
 
@@ -269,6 +268,5 @@ def test_unresolvable_target_is_retried_not_refused(tmp_path: Path, store: JobSt
     # A 70-character label fails in the resolver's IDNA step, locally: no DNS server needed.
     job = finish_job(store, f"https://{'a' * 70}.example/hook")
     assert asyncio.run(dispatcher.deliver_once(_due(store)[0])) == "retry"
-    asyncio.run(dispatcher.aclose())
     row = _outbox(store, job.id)
     assert row["gave_up_at"] is None and row["last_error"].startswith("unresolvable:")

@@ -7,10 +7,10 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from reimagine.api.routes import wellknown
+from reimagine.api.app import create_app
+from reimagine.api.state import app_state
 from reimagine.jobs import JobStatus
 from reimagine.metrics import Metrics
 from reimagine.queue import JobStore, NewJob
@@ -59,11 +59,7 @@ def test_failed_job_counts_its_error_type(store: JobStore) -> None:
 
 def test_wellknown_routes_serve_jwks_and_metrics(tmp_path: Path, store: JobStore) -> None:
     key = WebhookKey.load_or_create(settings_for(tmp_path))
-    app = FastAPI()
-    app.state.settings = settings_for(tmp_path)
-    app.state.webhook_key = key
-    app.state.metrics = Metrics(store)
-    app.include_router(wellknown.router)
+    app = create_app(settings_for(tmp_path, workers=0, offline=True), store=store)
     with TestClient(app) as client:
         jwks = client.get("/.well-known/jwks.json")
         scrape = client.get("/metrics")
@@ -85,18 +81,17 @@ def test_metrics_can_require_a_bearer_token_or_an_admin_key(tmp_path: Path, stor
         "admin:secret": KeyGrant(id="admin", name="ops", scope=Scope.ADMIN),
         "reader:secret": KeyGrant(id="reader", name="ro", scope=Scope.READ),
     }
-    app = FastAPI()
-    app.state.metrics = Metrics(store)
-    app.state.authenticate = grants.get
-    app.include_router(wellknown.router)
+    app = create_app(settings_for(tmp_path, workers=0, offline=True), store=store)
+    state = app_state(app)
+    state.authenticate = grants.get
     with TestClient(app) as client:
-        app.state.settings = settings_for(tmp_path, metrics_token="t0ken")
+        state.settings = settings_for(tmp_path, metrics_token="t0ken", workers=0, offline=True)
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert client.get("/metrics", headers={"Authorization": "Bearer t0ken"}).status_code == 200
         assert client.get("/metrics", headers={"Authorization": "Key admin:secret"}).status_code == 401
 
-        app.state.settings = settings_for(tmp_path, metrics_key=True)
+        state.settings = settings_for(tmp_path, metrics_key=True, workers=0, offline=True)
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers={"Authorization": "Key reader:secret"}).status_code == 403
         assert client.get("/metrics", headers={"Authorization": "Key admin:secret"}).status_code == 200

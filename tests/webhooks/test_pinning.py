@@ -94,10 +94,7 @@ def test_rebinding_host_is_delivered_to_the_checked_address_only(
     (delivery,) = store.outbox.due_webhooks(0.0 + 1e12)
 
     async def deliver() -> str:
-        try:
-            return await dispatcher.deliver_once(delivery)
-        finally:
-            await dispatcher.aclose()
+        return await dispatcher.deliver_once(delivery)
 
     assert asyncio.run(deliver()) == "delivered", job.id
     assert rebinding_dns[0] == "127.0.0.2"  # the check saw the approved address

@@ -9,9 +9,8 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from reimagine import ENDPOINT_ID
 from reimagine.api import platform
+from reimagine.api.state import AppState, state_of
 from reimagine.api.urls import base_url
 from reimagine.api.wire import validation_detail
 from reimagine.config import Settings
@@ -30,32 +30,9 @@ from reimagine.schemas import ReimagineInput, StrictReimagineInput
 logger = logging.getLogger(__name__)
 
 
-class AppState(Protocol):
-    """What `create_app` puts on `app.state`."""
-
-    settings: Settings
-    store: Any
-    enqueuer: Any
-    storage: Any
-    hub: Any
-    metrics: Any
-    limiter: Any
-    check_url: Callable[[str], None]
-    check_prompt: Callable[[ReimagineInput], None]
-    #: set once SIGTERM began the drain (api/serve.py)
-    draining: threading.Event
-
-    def notify_workers(self) -> None: ...
-
-    def unavailable(self) -> str | None:
-        """Why no worker of this replica can run a job (every one failed to start); None: submits are taken."""
-        ...
-
-
 @dataclass(frozen=True)
 class Admitted:
     key_id: str
-    inputs: ReimagineInput
     raw: dict[str, Any]
     priority: int
     webhook_url: str | None
@@ -161,7 +138,7 @@ def _parse_input(body: bytes, schema: type[ReimagineInput]) -> tuple[dict[str, A
 
 async def admit(request: Request, settings: Settings, key_id: str) -> Admitted | JSONResponse:
     """Validate a request for `bria/reimagine/3.2`; a JSONResponse is the refusal to send back."""
-    state: AppState = request.app.state
+    state = state_of(request)
     body = await _read_body(request, settings.max_request_bytes)
     if body is None:
         return _error(
@@ -217,7 +194,6 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
 
     return Admitted(
         key_id=key_id,
-        inputs=inputs,
         # Only the fields the client sent: the worker must tell a left-out `aspect_ratio` from a default one.
         raw=inputs.model_dump(mode="json", exclude_unset=True),
         priority=Priority.from_header(request.headers.get("x-fal-queue-priority")),

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,12 +16,17 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from reimagine import ENDPOINT_ID, __version__
+from reimagine.api import maintenance
 from reimagine.api.auth import KeyCache, open_access
 from reimagine.api.enqueuer import Enqueuer
 from reimagine.api.hub import EventHub
+from reimagine.api.state import AppState, Workers
 from reimagine.config import Settings
 from reimagine.errors import ModelMissing, StorageUnavailable
+from reimagine.queue.models import JobResult
+from reimagine.queue.store import JobStore
 from reimagine.schemas import ImageFile, QueueStatus, ReimagineInput, ReimagineOutput
+from reimagine.storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +34,9 @@ logger = logging.getLogger(__name__)
 def create_app(
     settings: Settings,
     *,
-    store: Any = None,
-    storage: Any = None,
-    supervisor: Any = None,
+    store: JobStore | None = None,
+    storage: Storage | None = None,
+    supervisor: Workers | None = None,
 ) -> FastAPI:
     """Build the app. Collaborators default to the ones `settings` describe; tests may pass their own.
 
@@ -57,7 +61,7 @@ def create_app(
     webhook_key = WebhookKey.load_or_create(settings)
     metrics = Metrics(store)
 
-    def observe_finished(job: Any) -> None:
+    def observe_finished(job: JobResult) -> None:
         # The hub read the finished job (in its tail's thread). Every replica sees every job, so with several
         # replicas aggregate these series with max(), not sum().
         metrics.observe_job(job)
@@ -72,23 +76,19 @@ def create_app(
         tasks = [
             asyncio.create_task(hub.run(), name="event-hub"),
             asyncio.create_task(dispatcher.run(), name="webhooks"),
-            asyncio.create_task(_reap(store, settings), name="reaper"),
-            asyncio.create_task(_sweep(store, storage, settings), name="retention"),
-            asyncio.create_task(_expire_files(store, storage), name="file-lifecycles"),
+            asyncio.create_task(maintenance.reap(store, settings), name="reaper"),
+            asyncio.create_task(maintenance.sweep(store, storage, settings), name="retention"),
+            asyncio.create_task(maintenance.expire_files(store, storage), name="file-lifecycles"),
         ]
         if store.db.is_sqlite:
-            tasks.append(asyncio.create_task(_checkpoint(store), name="checkpoint"))
+            tasks.append(asyncio.create_task(maintenance.checkpoint(store), name="checkpoint"))
         loop = asyncio.get_running_loop()
         if supervisor is not None:
             await asyncio.to_thread(supervisor.start, on_event=hub.kick, on_webhook_due=dispatcher.kick, loop=loop)
 
-        def begin_drain() -> None:
-            # From the SIGTERM handler: flags only here; the supervisor is told on the loop (it takes locks).
-            app.state.draining.set()
-            if supervisor is not None:
-                loop.call_soon_threadsafe(supervisor.begin_drain)
-
-        app.state.begin_drain = begin_drain
+        if supervisor is not None:
+            # From the SIGTERM handler: the supervisor is told on the loop (it takes locks).
+            state.on_drain = lambda: loop.call_soon_threadsafe(supervisor.begin_drain)
         # --- scale-out: PostgreSQL NOTIFY from other replicas and remote workers (no-op on SQLite) -------------
         from reimagine.queue.notify import KEYS, QUEUED, open_listener
 
@@ -99,9 +99,9 @@ def create_app(
                 return
             hub.kick()  # progress, logs, cancels and results of jobs run anywhere reach this replica's streams
             if payload == QUEUED:
-                app.state.notify_workers()  # a job submitted on another replica: wake our idle embedded workers
+                state.notify_workers()  # a job submitted on another replica: wake our idle embedded workers
 
-        listener = open_listener(getattr(store, "database_url", settings.resolved_database_url), on_notify)
+        listener = open_listener(store.database_url, on_notify)
         if isinstance(keys, KeyCache):
             # Cached keys are trusted only while revocations can reach this replica.
             keys.is_fresh = lambda: listener.is_live
@@ -127,15 +127,6 @@ def create_app(
     )
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(StorageUnavailable, _storage_unavailable)
-    app.state.settings = settings
-    app.state.store = store
-    app.state.enqueuer = Enqueuer(store, max_queued=settings.max_queue_depth)
-    app.state.storage = storage
-    app.state.hub = hub
-    app.state.supervisor = supervisor
-    app.state.metrics = metrics
-    app.state.webhook_key = webhook_key
-    app.state.limiter = RateLimiter(settings)
     # SQLite: every request reads its key (on the event loop; tens of microseconds), so a revocation by
     # `reimagine keys revoke` applies to the next request. PostgreSQL: cached while LISTEN is up (see api/auth.py).
     keys = (
@@ -143,14 +134,21 @@ def create_app(
         if store.reads_inline
         else KeyCache(store.keys.verify, is_fresh=lambda: False)
     )
-    app.state.authenticate = keys if settings.auth else open_access
-    app.state.check_url = lambda url: check_url(url, settings)
-    app.state.check_prompt = _prompt_checker(settings)
-    app.state.notify_workers = supervisor.wake if supervisor is not None else (lambda: None)
-    #: set on SIGTERM (api/serve.py): sync runs whose job will not run before the exit answer a retryable 503
-    app.state.draining = threading.Event()
-    app.state.begin_drain = app.state.draining.set
-    app.state.unavailable = supervisor.unavailable if supervisor is not None else (lambda: None)
+    state = AppState(
+        settings=settings,
+        store=store,
+        storage=storage,
+        enqueuer=Enqueuer(store, max_queued=settings.max_queue_depth),
+        hub=hub,
+        metrics=metrics,
+        webhook_key=webhook_key,
+        limiter=RateLimiter(settings),
+        authenticate=keys if settings.auth else open_access,
+        check_url=lambda url: check_url(url, settings),
+        check_prompt=_prompt_checker(settings),
+        workers=supervisor,
+    )
+    app.state.reimagine = state
 
     from reimagine.api.fastlane import FastLane
 
@@ -166,7 +164,7 @@ def create_app(
             max_age=600,
         )
 
-    from reimagine.api.routes import health, queue, requests, run, wellknown
+    from reimagine.api.routes import health, playground, proxy, queue, requests, run, wellknown
     from reimagine.api.routes import storage as storage_routes
 
     # Routes are matched in this order: the hot ones first (the run router is short, the queue router long).
@@ -176,7 +174,8 @@ def create_app(
     app.include_router(storage_routes.router)
     app.include_router(health.router)
     app.include_router(wellknown.router)
-    _extra_routers(app)
+    app.include_router(proxy.router)
+    app.include_router(playground.router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -194,20 +193,6 @@ async def _storage_unavailable(_request: Request, exc: Exception) -> Response:
         status_code=503,
         headers={"x-fal-error-type": "storage_unavailable"},
     )
-
-
-def _extra_routers(app: FastAPI) -> None:
-    """Routers that other surfaces add (proxy, playground) once they exist."""
-    import importlib
-
-    for name in ("reimagine.api.routes.proxy", "reimagine.api.routes.playground"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        app.include_router(module.router)
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -264,59 +249,3 @@ def _prompt_checker(settings: Settings) -> Callable[[ReimagineInput], None]:
             check_prompt_length(tokenizer[0], inputs)
 
     return check
-
-
-async def _reap(store: Any, settings: Settings) -> None:
-    """Take back jobs whose worker stopped renewing its lease (crashed, hung, partitioned)."""
-    next_reclaim = 0.0
-    while True:
-        await asyncio.sleep(1.0)
-        try:
-            # Start deadlines are checked every second: a busy worker pool must not delay a user's 504.
-            await asyncio.to_thread(store.expire_start_deadlines)
-            if time.monotonic() >= next_reclaim:
-                await asyncio.to_thread(store.reclaim, expired_before=time.time())
-                next_reclaim = time.monotonic() + settings.lease_s / 3
-        except Exception:
-            logger.exception("lease reaper failed; retrying")
-
-
-async def _checkpoint(store: Any) -> None:
-    """SQLite: fold the write-ahead log back into the database file often, from a thread of its own.
-
-    A checkpoint syncs the disk (milliseconds on a cloud volume). Left to SQLite, it runs inside whichever commit
-    crosses the log's size limit, and the request behind that commit waits: every forty-odd jobs, one took several
-    milliseconds longer. Checkpoints made here keep the log below that limit, so no request pays for one.
-    """
-    while True:
-        await asyncio.sleep(0.25)
-        try:
-            await asyncio.to_thread(store.checkpoint)
-        except Exception:
-            logger.exception("checkpoint failed; retrying")
-
-
-async def _expire_files(store: Any, storage: Any, every_s: float = 30.0) -> None:
-    """Delete files whose own lifecycle ended (`X-Fal-Object-Lifecycle-Preference`); until then they answer 410."""
-    while True:
-        try:
-            while keys := await asyncio.to_thread(store.expire_files):
-                for key in keys:
-                    await asyncio.to_thread(storage.delete, key)
-        except Exception:
-            logger.exception("file lifecycle sweep failed; retrying")
-        await asyncio.sleep(every_s)
-
-
-async def _sweep(store: Any, storage: Any, settings: Settings) -> None:
-    """Delete finished jobs and their files after the retention period."""
-    while True:
-        try:
-            keys = await asyncio.to_thread(store.delete_expired, time.time() - settings.result_retention_s)
-            for key in keys:
-                await asyncio.to_thread(storage.delete, key)
-            # Uploads belong to no job; they expire by age alone.
-            await asyncio.to_thread(storage.delete_older_than, settings.result_retention_s)
-        except Exception:
-            logger.exception("retention sweep failed; retrying")
-        await asyncio.sleep(3600)

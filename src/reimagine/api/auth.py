@@ -1,6 +1,6 @@
 """`Authorization: Key <id>:<secret>` on every API call (fal-protocol.md §2), and what the key may do.
 
-The key check is `app.state.authenticate(key) -> KeyGrant | None`, set by `create_app`. A key has a scope:
+The key check is `AppState.authenticate(key) -> KeyGrant | None` (api/state.py), set by `create_app`. A key has a scope:
 
 - `read`: status, status stream, result, listing;
 - `submit`: submit, sync run, cancel, uploads (no reads: a producer that learns results from webhooks);
@@ -24,6 +24,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from reimagine.api.state import state_of
 from reimagine.queue.keys import KeyGrant, Scope
 
 UNKNOWN_KEY = "No user found for Key ID and Secret"
@@ -46,7 +47,7 @@ async def authorize(request: Request, need: Scope) -> KeyGrant:
     Async, so that FastAPI runs it on the event loop rather than in a worker thread: a cached key or a SQLite read
     costs no thread hop; only a PostgreSQL check goes to a thread.
     """
-    authenticate: Callable[[str], KeyGrant | None] = request.app.state.authenticate
+    authenticate: Callable[[str], KeyGrant | None] = state_of(request).authenticate
     if authenticate is open_access:
         return ANONYMOUS
     header = request.headers.get("authorization", "")

@@ -1,30 +1,26 @@
-"""FastAPI dependency aliases: the app's collaborators live on `app.state`, set once by `create_app`.
+"""FastAPI dependency aliases for the app's collaborators (`api/state.py`).
 
 They are `async` only so that FastAPI calls them on the event loop instead of hopping to a worker thread.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 
+from reimagine.api.state import state_of
 from reimagine.config import Settings
+from reimagine.storage import Storage
 
 
 async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return state_of(request).settings
 
 
-async def _store(request: Request) -> Any:
-    return request.app.state.store
-
-
-async def _storage(request: Request) -> Any:
-    return request.app.state.storage
+async def _storage(request: Request) -> Storage:
+    return state_of(request).storage
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-StoreDep = Annotated[Any, Depends(_store)]
-StorageDep = Annotated[Any, Depends(_storage)]
+StorageDep = Annotated[Storage, Depends(_storage)]

@@ -12,7 +12,7 @@ a fraction of a millisecond, less than the hop to a thread and back); only a wri
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Protocol
 
 from reimagine.queue.models import IdempotencyConflict, JobState, NewJob, QueueFull
 
@@ -20,8 +20,19 @@ from reimagine.queue.models import IdempotencyConflict, JobState, NewJob, QueueF
 _MAX_BATCH = 64
 
 
+_Result = tuple[JobState, int] | QueueFull | IdempotencyConflict
+
+
+class _Store(Protocol):
+    """The slice of the job store the enqueuer writes with (`queue/submit.py`)."""
+
+    def enqueue_many(self, news: list[NewJob], *, max_queued: int | None = ...) -> list[_Result]: ...
+
+    def try_enqueue_many(self, news: list[NewJob], *, max_queued: int | None = ...) -> list[_Result] | None: ...
+
+
 class Enqueuer:
-    def __init__(self, store: Any, *, max_queued: int | None) -> None:
+    def __init__(self, store: _Store, *, max_queued: int | None) -> None:
         self._store = store
         self._max_queued = max_queued
         self._pending: list[tuple[NewJob, asyncio.Future[tuple[JobState, int]]]] = []

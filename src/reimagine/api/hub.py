@@ -15,11 +15,11 @@ import asyncio
 import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 from reimagine.api.reads import read
 from reimagine.jobs import TERMINAL
-from reimagine.queue.models import Event, JobResult
+from reimagine.queue.models import Event, EventKind, JobResult
 from reimagine.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
@@ -32,9 +32,21 @@ _GAP_TTL_S = 10.0
 _BATCH = 1000
 
 
+class _Store(Protocol):
+    """The slice of the job store the hub reads."""
+
+    reads_inline: bool
+
+    def last_event_id(self) -> int: ...
+
+    def events_since(self, after_id: int, limit: int = ...) -> list[Event]: ...
+
+    def get_result(self, job_id: str) -> JobResult | None: ...
+
+
 class EventHub:
     def __init__(
-        self, store: Any, *, poll_s: float = 0.1, on_terminal: Callable[[JobResult], None] | None = None
+        self, store: _Store, *, poll_s: float = 0.1, on_terminal: Callable[[JobResult], None] | None = None
     ) -> None:
         self._store = store
         self._on_terminal = on_terminal
@@ -97,7 +109,7 @@ class EventHub:
         events = [event for event in batch if event.id > last_id or event.id in gaps]
         finished = []
         for event in events:
-            if event.kind == "status" and event.data["status"] in _TERMINAL:
+            if event.kind == EventKind.STATUS and event.data["status"] in _TERMINAL:
                 job = self._store.get_result(event.job_id)
                 if job is not None and job.status.value in _TERMINAL:
                     finished.append(job)

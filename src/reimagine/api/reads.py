@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
 
-async def read(store: Any, fn: Callable[..., T], *args: Any) -> T:
+class _Store(Protocol):
+    #: reads cost microseconds and never wait (SQLite in WAL mode)
+    reads_inline: bool
+
+
+async def read(store: _Store, fn: Callable[..., T], *args: object) -> T:
     """`fn(*args)`, a read of `store`, run where it is cheapest (see the module docstring)."""
-    if getattr(store, "reads_inline", False):
+    if store.reads_inline:
         return fn(*args)
     return await asyncio.to_thread(fn, *args)

@@ -23,6 +23,7 @@ def serve(settings: Settings) -> int:
     """
     from reimagine.api.app import create_app
     from reimagine.api.connections import connection_cap, guarded_http_protocol, raise_descriptor_limit
+    from reimagine.api.state import app_state
     from reimagine.queue import open_store
     from reimagine.weights import check_weights
 
@@ -72,7 +73,7 @@ def serve(settings: Settings) -> int:
             timeout_graceful_shutdown=max(0.5, settings.drain_grace_s - 0.5),  # type: ignore[arg-type]
         )
         # Looked up at the signal: the lifespan replaces it once the workers run.
-        _DrainingServer(config, on_exit=lambda: app.state.begin_drain()).run(sockets=[sock])
+        _DrainingServer(config, on_exit=lambda: app_state(app).begin_drain()).run(sockets=[sock])
     finally:
         sock.close()
     return 0

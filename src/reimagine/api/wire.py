@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from reimagine.jobs import FAL_STATUS, JobStatus
-from reimagine.queue.models import Event, JobResult, JobState
+from reimagine.queue.models import Event, EventKind, JobResult, JobState
 
 QUEUE_PREFIX = "bria/reimagine"
 _FINISHED = frozenset((JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED))
@@ -31,7 +31,7 @@ def file_url(base: str, key: str) -> str:
 def log_entry(event: Event) -> dict[str, Any] | None:
     """An event as a fal log line, or None for events that are not log lines."""
     data = event.data
-    if event.kind in ("log", "progress") and "message" in data:
+    if event.kind in (EventKind.LOG, EventKind.PROGRESS) and "message" in data:
         return {
             "message": data["message"],
             "level": data.get("level", "INFO"),
@@ -46,13 +46,13 @@ def extras(base: str, events: list[Event]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for event in events:
         data = event.data
-        if event.kind == "progress":
+        if event.kind == EventKind.PROGRESS:
             out["progress"] = {"step": data["step"], "total": data["total"]}
             if data.get("preview_key"):
                 out["preview_url"] = file_url(base, data["preview_key"])
-        elif event.kind == "maps":
+        elif event.kind == EventKind.MAPS:
             out["maps"] = {name: file_url(base, key) for name, key in data["keys"].items()}
-        elif event.kind == "status" and data.get("attempt"):
+        elif event.kind == EventKind.STATUS and data.get("attempt"):
             out["attempt"] = data["attempt"]
     return out
 

@@ -28,8 +28,9 @@ from reimagine.errors import InputError, JobCancelled, OutOfMemory
 from reimagine.generation import Controls, Generate, Generated
 from reimagine.jobs import ErrorType
 from reimagine.queue.models import EventKind, FileRow, Job, LeaseState, Outcome
+from reimagine.queue.store import JobStore
 from reimagine.schemas import CONTENT_TYPES, ImageFile, OutputFormat, ReimagineInput, ReimagineOutput
-from reimagine.storage import new_key
+from reimagine.storage import Storage, new_key
 from reimagine.worker.messages import JobDone, JobEvent, WorkerMessage
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        store: Any,
-        storage: Any,
+        store: JobStore,
+        storage: Storage,
         generate: Generate,
         *,
         owner: str | None = None,
@@ -278,7 +279,7 @@ def _job_file_key(job: Job, data: bytes, content_type: str) -> str:
 class _Heartbeat:
     """Renews the current job's lease every `heartbeat_s` from one long-lived thread; remembers a cancel or a loss."""
 
-    def __init__(self, store: Any, settings: Settings) -> None:
+    def __init__(self, store: JobStore, settings: Settings) -> None:
         self._store = store
         self._settings = settings
         self._job: Job | None = None

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -78,7 +79,7 @@ class _Slot:
     def __init__(self, index: int, env: dict[str, str]) -> None:
         self.index = index
         self.env = env
-        self.process: Any = None
+        self.process: BaseProcess | None = None
         self.conn: Connection | None = None
         self.owner: str | None = None
         self.ready = False
@@ -196,7 +197,7 @@ class Supervisor:
     def _watch_on_loop(self, slot: _Slot) -> None:
         """Have the event loop read the worker's pipe; return once the worker hangs up or exits."""
         loop, conn, process = self._loop, slot.conn, slot.process
-        assert loop is not None and conn is not None
+        assert loop is not None and conn is not None and process is not None
         slot.hung_up.clear()
 
         def readable() -> None:
@@ -277,6 +278,7 @@ class Supervisor:
 
     def _reap(self, slot: _Slot) -> int | None:
         process = slot.process
+        assert process is not None
         process.join(timeout=10)
         if process.is_alive():
             process.kill()

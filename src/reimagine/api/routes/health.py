@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from reimagine.api.state import state_of
 from reimagine.errors import StorageUnavailable
 
 router = APIRouter()
@@ -22,7 +23,7 @@ async def live() -> JSONResponse:
 async def ready(request: Request) -> JSONResponse:
     """200 once requests can be served: the store and the file storage answer, and a worker is warm (unless this
     replica runs none)."""
-    state = request.app.state
+    state = state_of(request)
     try:
         store_ok = await asyncio.to_thread(state.store.ping)
     except Exception as exc:  # the store being down is exactly what this endpoint reports
@@ -31,7 +32,7 @@ async def ready(request: Request) -> JSONResponse:
         await asyncio.to_thread(state.storage.check)
     except StorageUnavailable as exc:
         return JSONResponse({"status": "unavailable", "store": "ok", "storage": str(exc)}, status_code=503)
-    workers = state.supervisor.describe() if state.supervisor is not None else {"expected": 0, "ready": 0}
+    workers = state.workers.describe() if state.workers is not None else {"expected": 0, "ready": 0}
     is_ready = store_ok and (workers["expected"] == 0 or workers["ready"] > 0)
     body = {"status": "ready" if is_ready else "starting", "store": "ok" if store_ok else "down", "workers": workers}
     cause = state.unavailable()

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from reimagine import ENDPOINT_ID
+from reimagine.api.state import state_of
 from reimagine.config import Settings
 
 router = APIRouter(include_in_schema=False)
@@ -72,7 +73,7 @@ class Capabilities(BaseModel):
 @router.get("/bria/reimagine/capabilities", include_in_schema=True, tags=["playground"])
 def get_capabilities(request: Request) -> Capabilities:
     """Which input fields do something on this server (no key needed: it says nothing about any request)."""
-    settings: Settings = request.app.state.settings
+    settings: Settings = state_of(request).settings
     enhancer = settings.enhancer != "off"
     return Capabilities(
         endpoint=ENDPOINT_ID,

@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from reimagine.api.admission import AppState, admit, submit_job
+from reimagine.api.admission import admit, submit_job
 from reimagine.api.auth import ApiKeyDep, SubmitKeyDep, authorize, require_key
 from reimagine.api.deps import SettingsDep
 from reimagine.api.reads import read
+from reimagine.api.state import state_of
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, log_entry, request_urls, result_response, status_body
 from reimagine.jobs import FAL_STATUS, TERMINAL
@@ -63,14 +64,14 @@ def _is_possible_id(job_id: str) -> bool:
 def _owned_result(request: Request, job_id: str, key_id: str) -> JobResult | None:
     if not _is_possible_id(job_id):
         return None
-    job: JobResult | None = request.app.state.store.get_result(job_id)
+    job: JobResult | None = state_of(request).store.get_result(job_id)
     # Another key's request is indistinguishable from a missing one.
     return job if job is not None and job.key_id == key_id else None
 
 
 async def submit_request(request: Request) -> JSONResponse:
     """Queue a request; answer at once with its id and URLs."""
-    state: AppState = request.app.state
+    state = state_of(request)
     settings, key_id = state.settings, (await authorize(request, Scope.SUBMIT)).id
     admitted = await admit(request, settings, key_id)
     if isinstance(admitted, JSONResponse):
@@ -92,11 +93,12 @@ async def submit_request(request: Request) -> JSONResponse:
 
 async def get_status(request: Request, request_id: str) -> JSONResponse:
     """Status: 202 while queued or running, 200 once completed."""
-    settings, key_id = request.app.state.settings, await require_key(request)
+    state = state_of(request)
+    settings, key_id = state.settings, await require_key(request)
     if not _is_possible_id(request_id):
         return _not_found(request_id)
     # One read for the job, its position and its events.
-    found = await read(request.app.state.store, request.app.state.store.status_snapshot, request_id)
+    found = await read(state.store, state.store.status_snapshot, request_id)
     if found is None or found[0].key_id != key_id:
         return _not_found(request_id)
     job, position, events = found
@@ -110,7 +112,7 @@ async def stream_status(
     request: Request, settings: SettingsDep, key_id: ApiKeyDep, request_id: str
 ) -> StreamingResponse | JSONResponse:
     """Server-sent status events until COMPLETED; resumable with Last-Event-ID."""
-    state: AppState = request.app.state
+    state = state_of(request)
     found = await read(state.store, state.store.get_with_position, request_id) if _is_possible_id(request_id) else None
     # Another key's request is indistinguishable from a missing one.
     if found is None or found[0].key_id != key_id:
@@ -171,7 +173,7 @@ async def stream_status(
 
 async def get_result(request: Request, key_id: ApiKeyDep, request_id: str) -> Response:
     """The model's answer, replayed exactly (errors included); 400 while the request is not completed."""
-    job = await read(request.app.state.store, _owned_result, request, request_id, key_id)
+    job = await read(state_of(request).store, _owned_result, request, request_id, key_id)
     if job is None:
         return _not_found(request_id)
     if job.status not in TERMINAL:
@@ -181,7 +183,7 @@ async def get_result(request: Request, key_id: ApiKeyDep, request_id: str) -> Re
 
 async def cancel_request(request: Request, key_id: SubmitKeyDep, request_id: str) -> JSONResponse:
     """Cancel: queued jobs at once, running ones at the next denoising step."""
-    state: AppState = request.app.state
+    state = state_of(request)
     if not _is_possible_id(request_id):
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     outcome = await asyncio.to_thread(state.store.request_cancel, request_id, key_id)

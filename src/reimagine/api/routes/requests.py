@@ -13,9 +13,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from reimagine.api.admission import AppState
 from reimagine.api.auth import AdminKeyDep, ApiKeyDep
 from reimagine.api.reads import read
+from reimagine.api.state import state_of
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, request_urls
 from reimagine.jobs import FAL_STATUS, JobStatus
@@ -45,7 +45,7 @@ def _bad_query(name: str, message: str) -> JSONResponse:
 
 async def list_requests(request: Request, key_id: ApiKeyDep) -> JSONResponse:
     """This key's requests, newest first; `next_cursor` fetches the next page."""
-    state: AppState = request.app.state
+    state = state_of(request)
     query = request.query_params
     raw_status = query.get("status")
     statuses: tuple[JobStatus, ...] | None = None
@@ -119,7 +119,7 @@ def _iso(timestamp: float | None) -> str | None:
 
 async def delete_request(request: Request, key_id: AdminKeyDep, request_id: str) -> JSONResponse:
     """Remove a finished request: its stored input, result, events and files (data removal on request)."""
-    state: AppState = request.app.state
+    state = state_of(request)
     if not request_id.isprintable():
         return _not_found(request_id)
     outcome, keys = await asyncio.to_thread(state.store.delete_job, request_id, key_id)

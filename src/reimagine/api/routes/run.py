@@ -13,16 +13,17 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from reimagine.api.admission import AppState, admit, new_request_id, submit_job
+from reimagine.api.admission import admit, new_request_id, submit_job
 from reimagine.api.auth import SubmitKeyDep, authorize
 from reimagine.api.deps import SettingsDep
 from reimagine.api.reads import read
+from reimagine.api.state import AppState, state_of
 from reimagine.api.urls import base_url
 from reimagine.api.wire import QUEUE_PREFIX, job_headers, request_urls, result_response, status_body
 from reimagine.config import Settings
 from reimagine.jobs import TERMINAL, ErrorType, JobStatus
 from reimagine.queue.keys import Scope
-from reimagine.queue.models import Event, JobResult, JobState
+from reimagine.queue.models import Event, EventKind, JobResult, JobState
 from reimagine.schemas import ReimagineOutput
 
 router = APIRouter(redirect_slashes=False)
@@ -78,10 +79,10 @@ async def _wait_terminal(
                 raise _Disconnected from None
             check_store = True
             continue
-        check_store = event.kind == "status" and event.data["status"] in _TERMINAL
+        check_store = event.kind == EventKind.STATUS and event.data["status"] in _TERMINAL
         while not queue.empty() and not check_store:
             event = queue.get_nowait()
-            check_store = event.kind == "status" and event.data["status"] in _TERMINAL
+            check_store = event.kind == EventKind.STATUS and event.data["status"] in _TERMINAL
 
 
 async def _cancel_if_unfinished(state: AppState, job_id: str, key_id: str) -> None:
@@ -96,7 +97,7 @@ async def _submit_watched(
 
     The flag says the run joined an earlier job (`Idempotency-Key`) instead of making one.
     """
-    state: AppState = request.app.state
+    state = state_of(request)
     admitted = await admit(request, settings, key_id)
     if isinstance(admitted, JSONResponse):
         return admitted
@@ -117,7 +118,7 @@ async def _submit_watched(
 
 async def run_sync(request: Request) -> Response:
     """Run and wait: the model's answer, or its error, in the response."""
-    state: AppState = request.app.state
+    state = state_of(request)
     # Plain calls, not FastAPI dependencies, on this hot route: see the note in queue.py.
     settings, key_id = state.settings, (await authorize(request, Scope.SUBMIT)).id
     watched = await _submit_watched(request, settings, key_id)
@@ -186,7 +187,7 @@ def _shutting_down(request: Request, settings: Settings, job_id: str) -> JSONRes
 
 async def run_stream(request: Request, settings: SettingsDep, key_id: SubmitKeyDep) -> StreamingResponse | JSONResponse:
     """Run and stream status events as server-sent events; the last event is the result (or its error)."""
-    state: AppState = request.app.state
+    state = state_of(request)
     watched = await _submit_watched(request, settings, key_id)
     if isinstance(watched, JSONResponse):
         return watched

@@ -38,6 +38,7 @@ from reimagine.api.auth import SubmitKeyDep
 from reimagine.api.deps import SettingsDep, StorageDep
 from reimagine.api.platform import UPLOAD_LIFECYCLE_HEADERS, lifecycle_ttl_s
 from reimagine.api.reads import read
+from reimagine.api.state import state_of
 from reimagine.api.urls import base_url
 from reimagine.api.wire import validation_detail
 from reimagine.config import Settings
@@ -103,10 +104,10 @@ def _json_request_body(model: type[BaseModel]) -> dict[str, Any]:
 
 def _secret(request: Request) -> bytes:
     # Read once per app: the file never changes while the server runs.
-    secret: bytes | None = getattr(request.app.state, "signing_secret", None)
+    secret: bytes | None = state_of(request).signing_secret
     if secret is None:
-        secret = load_secret(request.app.state.settings)
-        request.app.state.signing_secret = secret
+        secret = load_secret(state_of(request).settings)
+        state_of(request).signing_secret = secret
     return secret
 
 
@@ -155,7 +156,7 @@ def _upload_ttl_s(request: Request) -> float | None:
 async def _expire_upload(request: Request, key: str, key_id: str, content_type: str, ttl_s: float | None) -> None:
     """Record an upload's own expiry (the sweep deletes it then; until the sweep, it answers 410)."""
     if ttl_s is not None:
-        store = request.app.state.store
+        store = state_of(request).store
         await run_in_threadpool(store.add_upload, key, key_id=key_id, content_type=content_type, ttl_s=ttl_s)
 
 
@@ -298,7 +299,7 @@ async def get_file(request: Request, key: str, storage: StorageDep) -> Response:
     """A stored file, with the content type it was uploaded with; single byte ranges (`Range`) are honoured."""
     if not is_valid_key(key):
         return _error(404, "File not found")
-    store = request.app.state.store
+    store = state_of(request).store
     expires_at = await read(store, store.file_expiry, key)
     if expires_at is not None and expires_at <= time.time():
         # Gone until the sweep deletes it, then 404 (fal's CDN answers either).
@@ -431,7 +432,7 @@ async def _staged_body(request: Request, settings: Settings) -> AsyncIterator[tu
         path.unlink(missing_ok=True)
 
 
-def _file_url(request: Request, settings: Any, key: str) -> str:
+def _file_url(request: Request, settings: Settings, key: str) -> str:
     return f"{base_url(request, settings)}/files/{key}"
 
 

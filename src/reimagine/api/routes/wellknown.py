@@ -14,6 +14,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from reimagine.api.auth import authorize
+from reimagine.api.state import state_of
 from reimagine.config import Settings
 from reimagine.queue.keys import Scope
 
@@ -24,19 +25,19 @@ router = APIRouter()
 async def get_jwks(request: Request) -> JSONResponse:
     """The Ed25519 public keys that verify `X-Fal-Webhook-Signature` (use this instead of fal's JWKS URL)."""
     # Receivers cache the JWKS (fal's verifiers: up to 24 h); the key only changes if the key file is replaced.
-    return JSONResponse(request.app.state.webhook_key.jwks(), headers={"cache-control": "public, max-age=3600"})
+    return JSONResponse(state_of(request).webhook_key.jwks(), headers={"cache-control": "public, max-age=3600"})
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def get_metrics(request: Request) -> Response:
     """Prometheus exposition text (queue gauges are counted by the store at scrape time)."""
     await _check_metrics_access(request)
-    body, content_type = await asyncio.to_thread(request.app.state.metrics.render)
+    body, content_type = await asyncio.to_thread(state_of(request).metrics.render)
     return Response(content=body, media_type=content_type)
 
 
 async def _check_metrics_access(request: Request) -> None:
-    settings: Settings = request.app.state.settings
+    settings: Settings = state_of(request).settings
     if not settings.metrics_token and not settings.metrics_key:
         return
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
