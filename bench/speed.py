@@ -72,9 +72,9 @@ from reimagine.worker.random_full import (  # noqa: E402
 #: name -> (expected seconds on an H200 in the one-command plan, what it measures). Order = the plan's priority.
 SECTIONS: dict[str, tuple[int, str]] = {
     "peak": (3, "bf16 matmul peak (0.5 s warm, >= 100 products: median and spread) and copy bandwidth"),
-    "t2i": (95, "build; eager rows of every section; yardstick; fast path once; lossless 1024² T2I (30 steps)"),
-    "control": (12, "canny+depth lossless (its eager row runs in the eager phase), short steps"),
-    "fp8": (40, "FP8 linears (torchao) on top of the lossless path, T2I and canny+depth, short steps; then undone"),
+    "t2i": (95, "build; eager rows of every section; yardstick; fast path once; fast 1024² T2I (30 steps)"),
+    "control": (12, "canny+depth fast (its eager row runs in the eager phase), short steps"),
+    "fp8": (40, "FP8 linears (torchao) on top of the fast path, T2I and canny+depth, short steps; then undone"),
     "batch": (20, "one denoiser step at batch 2 (one request under CFG) vs 4 (two requests), random inputs"),
     "ablate": (0, "one fast-path ingredient at a time, on the way to the fast path (else a fresh build)"),
     "cache": (5, "the served step cache (First-Block-Cache) on T2I; n/a with structure images"),
@@ -322,14 +322,14 @@ def measure_peak(device: torch.device) -> dict[str, Any]:
 
 
 def _row_order(key: str) -> tuple[bool, int, bool, int]:
-    """Rows by section, 1024² first then the other buckets, T2I before canny+depth, eager -> lossless -> lossy;
+    """Rows by section, 1024² first then the other buckets, T2I before canny+depth, eager -> fast -> lossy;
     ablation rows last, in the order they were taken (a stable sort keeps it)."""
     if key.startswith("ablate"):
         return (True, 0, False, 0)
     sizes = [f"{w}x{h}" for w, h in [SQUARE, *(s for s in SIZES.values() if s != SQUARE)]]
     size = next((i for i, s in enumerate(sizes) if key.startswith(f"{s} ")), len(sizes))
     path = key.split(" ", 2)[-1]
-    ranks = ["eager", "lossless", "step at batch", "step-cache", "fp8"]
+    ranks = ["eager", "fast", "step at batch", "step-cache", "fp8"]
     rank = 2 if "step at batch" in path else next((i for i, p in enumerate(ranks) if path.startswith(p)), len(ranks))
     return (False, size, "canny" in key, rank)
 
@@ -344,6 +344,8 @@ class Results:
         old = json.loads(self.path.read_text()) if self.path.exists() else {}
         same = old.get("meta", {}).get("device") == meta["device"] and old.get("meta", {}).get("tiny") == meta["tiny"]
         self.data: dict[str, Any] = old if same else {"meta": {}, "rows": {}, "notes": {}}
+        # Rows of runs before the fast path was named for what it is (it was "lossless"; it is bf16-tolerant).
+        self.data["rows"] = {key.replace("lossless", "fast"): row for key, row in self.data["rows"].items()}
         self.data.setdefault("sections", {})
         self.data["meta"].update(meta)
         command = "python bench/speed.py " + " ".join(sys.argv[1:])
@@ -396,6 +398,9 @@ class Results:
             f" {m.get('short_steps')} measured), CFG 5, 128 text tokens, ControlNet-Union 4 double + 10 single "
             "blocks (tiny: 1 + 1), conditions at scale 0.5"
             + (f"; images generated at 1/{m['scale']} of each bucket's side" if m.get("scale", 1) > 1 else ""),
+            "- paths: eager = diffusers' modules in bf16, no compile; fast = the served default, compiled and "
+            "bf16-tolerant (fused QKV, the attention backend picked, regional torch.compile, cuDNN autotuning): "
+            "within bf16 rounding of eager (rel err), not bit-identical to it; step-cache and fp8 are lossy",
             "- mem GiB: peak CUDA memory allocated (on CPU: the process's peak RSS); spread: (slowest - fastest) / "
             "fastest denoise loop over the timed runs",
         ]
@@ -548,7 +553,7 @@ class Bench:
         self.work.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(data_dir=self.work / "data", fp8=False, step_cache=0.0)  # type: ignore[call-arg]
         self.pipe: Any = None
-        self.state = "none"  # "eager" | "lossless"
+        self.state = "none"  # "eager" | "fast"
         self.eager_done = False  # the eager phase ran (once per build)
         self.ablated = False
         self.builds = 0
@@ -675,14 +680,14 @@ class Bench:
         name = f"ref-{arch}-{self.device.type}-{steps}steps-{size[0]}x{size[1]}-{task}-{path}.pt"
         return self.work / name.replace(" ", "_")
 
-    def lossless_reference(self, task: str, steps: int) -> torch.Tensor:
-        """The lossless path's final latents at 1024² and `steps` (from an earlier row, else measured now)."""
-        latents = self.reference(SQUARE, task, "lossless", steps)
+    def fast_reference(self, task: str, steps: int) -> torch.Tensor:
+        """The fast path's final latents at 1024² and `steps` (from an earlier row, else measured now)."""
+        latents = self.reference(SQUARE, task, "fast", steps)
         if latents is None:
-            pipe = self.lossless()
+            pipe = self.fast_path()
             fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=len(TASKS[task]))
             latents = run_image(pipe, SQUARE, task, steps)["latents"]
-            self.save_reference(SQUARE, task, "lossless", steps, latents)
+            self.save_reference(SQUARE, task, "fast", steps, latents)
         return latents
 
     def projected(self, steps: int) -> str:
@@ -713,11 +718,11 @@ class Bench:
                 steps = self.args.steps if task == "t2i" else self.short_steps
                 self.try_row(f"{key} {task} eager", lambda t=task, s=steps: self.image_row(
                     f"{key} {t} eager", SQUARE, t, s, note=note))  # fmt: skip
-        self.try_row(f"{key} t2i one forward, lossless vs eager", self.yardstick_eager)
+        self.try_row(f"{key} t2i one forward, fast vs eager", self.yardstick_eager)
 
-    def lossless(self) -> Any:
-        """The pipe on the lossless fast path (applied once per build; the eager phase runs first)."""
-        if self.state == "lossless":
+    def fast_path(self) -> Any:
+        """The pipe on the fast path (applied once per build; the eager phase runs first)."""
+        if self.state == "fast":
             return self.pipe
         self.eager_phase()
         if "ablate" in self.only and not self.ablated:
@@ -726,10 +731,10 @@ class Bench:
             self.gate("fast path")
             start = time.perf_counter()
             fast.apply_fast_path(self.pipe, self.settings, options=self.options())
-            self.state = "lossless"
+            self.state = "fast"
             warm = fast.warm_buckets(self.pipe, [scaled(SQUARE)], conditions=0)
             self.setup_note(time.perf_counter() - start, warm)
-        self.try_row(f"{self.size_key(SQUARE)} t2i one forward, lossless vs eager", self.yardstick_lossless)
+        self.try_row(f"{self.size_key(SQUARE)} t2i one forward, fast vs eager", self.yardstick_fast)
         return self.pipe
 
     def setup_note(self, seconds: float, warm: dict[str, float]) -> None:
@@ -748,7 +753,7 @@ class Bench:
 
     def yardstick_eager(self) -> None:
         """One transformer forward at 1024² (CFG batch, random inputs) eager, and on an fp32 copy: the error of bf16
-        rounding alone, the yardstick for the lossless path's error (`yardstick_lossless`)."""
+        rounding alone, the yardstick for the fast path's error (`yardstick_fast`)."""
         self.gate("yardstick")
         transformer = fast.denoisers(self.pipe)[0]
         inputs = random_step_inputs(transformer, scaled(SQUARE), 2, seed=1)
@@ -759,24 +764,24 @@ class Bench:
         gc.collect()
         self.yard = {"inputs": inputs, "eager": eager, "fp32": fp32}
 
-    def yardstick_lossless(self) -> None:
+    def yardstick_fast(self) -> None:
         if not self.yard:
             return
         transformer = fast.denoisers(self.pipe)[0]
         out = transformer(**self.yard["inputs"], return_dict=False)[0].float()
         if not bool(torch.isfinite(out).all()):
-            raise RowFailed("the lossless forward is not finite")
+            raise RowFailed("the fast forward is not finite")
         yard = self.rel_err(self.yard["eager"], self.yard["fp32"])
         self.results.row(
-            f"{self.size_key(SQUARE)} t2i one forward, lossless vs eager",
+            f"{self.size_key(SQUARE)} t2i one forward, fast vs eager",
             rel_err=self.rel_err(out, self.yard["eager"]),
-            note=f"yardstick: eager vs an fp32 copy {yard:.2e}; lossless vs fp32 "
+            note=f"yardstick: eager vs an fp32 copy {yard:.2e}; fast vs fp32 "
             f"{self.rel_err(out, self.yard['fp32']):.2e}",
         )
         self.yard = {}
 
     def ablation(self) -> None:
-        """The fast path one lossless ingredient at a time (T2I 1024², short steps), ending on the full fast path."""
+        """The fast path one ingredient at a time (T2I 1024², short steps), ending on the full fast path."""
         self.ablated = True
         steps = self.short_steps
         key = self.size_key(SQUARE)
@@ -797,7 +802,7 @@ class Bench:
             warm = fast.warm_buckets(self.pipe, [scaled(SQUARE)], conditions=0)
             setup_s = time.perf_counter() - start
             if name.startswith("+compile"):
-                self.state = "lossless"
+                self.state = "fast"
                 self.setup_note(setup_s, warm)
             run = measure(self.pipe, SQUARE, "t2i", steps, self.args)
             self.results.row(
@@ -809,7 +814,7 @@ class Bench:
                 spread=run["spread"],
                 note="; ".join(s for s in (f"apply + warm {setup_s:.1f}s", self.projected(steps)) if s),
             )
-        self.state = "lossless"
+        self.state = "fast"
 
     # sections
 
@@ -821,28 +826,28 @@ class Bench:
         print(f"peak: {peak}", flush=True)
 
     def section_t2i(self) -> None:
-        """Eager (eager phase) vs the lossless fast path, T2I 1024², the true `--steps`."""
-        self.lossless()
+        """Eager (eager phase) vs the fast path, T2I 1024², the true `--steps`."""
+        self.fast_path()
         key = self.size_key(SQUARE)
         eager = self.results.data["rows"].get(f"{key} t2i eager", {}).get("denoise_s")
-        run = self.image_row(f"{key} t2i lossless", SQUARE, "t2i", self.args.steps, rel_err_vs="eager")
+        run = self.image_row(f"{key} t2i fast", SQUARE, "t2i", self.args.steps, rel_err_vs="eager")
         if eager:
-            self.results.row(f"{key} t2i lossless", note=f"{eager / run['times']['denoise']:.2f}x vs eager")
+            self.results.row(f"{key} t2i fast", note=f"{eager / run['times']['denoise']:.2f}x vs eager")
 
     def section_control(self) -> None:
-        """Canny+depth at 1024²: eager (eager phase) vs lossless, short steps."""
-        pipe = self.lossless()
+        """Canny+depth at 1024²: eager (eager phase) vs fast, short steps."""
+        pipe = self.fast_path()
         key, steps = self.size_key(SQUARE), self.short_steps
-        self.gate(f"{key} canny+depth lossless")
+        self.gate(f"{key} canny+depth fast")
         start = time.perf_counter()
         fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=2)
         warm_s = time.perf_counter() - start
         eager = self.results.data["rows"].get(f"{key} canny+depth eager", {}).get("step_ms")
-        run = self.image_row(f"{key} canny+depth lossless", SQUARE, "canny+depth", steps, rel_err_vs="eager")
+        run = self.image_row(f"{key} canny+depth fast", SQUARE, "canny+depth", steps, rel_err_vs="eager")
         note = f"ControlNet warm {warm_s:.1f}s"
         if eager:
             note = f"{eager / (1e3 * run['times']['denoise'] / steps):.2f}x vs eager; " + note
-        self.results.row(f"{key} canny+depth lossless", note="; ".join(s for s in (note, self.projected(steps)) if s))
+        self.results.row(f"{key} canny+depth fast", note="; ".join(s for s in (note, self.projected(steps)) if s))
 
     def section_ablate(self) -> str | None:
         """Measured in the eager phase's transition when requested; else a fresh build for it."""
@@ -850,16 +855,16 @@ class Bench:
             return "measured on the way to the fast path (eager phase)"
         if self.state != "eager":
             self.build()
-        self.lossless()
+        self.fast_path()
         return None
 
     def section_sizes(self) -> None:
         """The fast path, T2I, at the other eight aspect buckets; images/hour per GPU."""
-        pipe = self.lossless()
+        pipe = self.fast_path()
         for size in SIZES.values():
             if size == SQUARE:
                 continue
-            key = f"{self.size_key(size)} t2i lossless"
+            key = f"{self.size_key(size)} t2i fast"
             self.gate(key)
             start = time.perf_counter()
             fast.warm_buckets(pipe, [scaled(size)], conditions=0)
@@ -870,12 +875,12 @@ class Bench:
     def section_batch(self) -> None:
         """Does batching two same-size requests raise throughput? One transformer forward at batch 2 (one request
         under CFG) vs batch 4 (two requests), fast path, 1024², random latents and text."""
-        pipe = self.lossless()
+        pipe = self.fast_path()
         transformer = fast.denoisers(pipe)[0]
         seconds: dict[int, float] = {}
         key = self.size_key(SQUARE)
         for batch, requests in ((2, 1), (4, 2)):
-            row = f"{key} t2i lossless step at batch {batch} ({requests} request{'s' if requests > 1 else ''})"
+            row = f"{key} t2i fast step at batch {batch} ({requests} request{'s' if requests > 1 else ''})"
             self.gate(row)
             inputs = random_step_inputs(transformer, scaled(SQUARE), batch)
             start = time.perf_counter()
@@ -891,14 +896,14 @@ class Bench:
 
     def section_cache(self) -> None:
         """The served step cache (`pipeline.set_step_cache`, First-Block-Cache at `--cache-threshold`) on top of the
-        lossless path, as a request gets it: T2I only, since serving turns it off with structure images."""
+        fast path, as a request gets it: T2I only, since serving turns it off with structure images."""
         from diffusers.hooks.hooks import HookRegistry
 
         from reimagine.worker.pipeline import set_step_cache
 
-        pipe = self.lossless()
+        pipe = self.fast_path()
         steps, key = self.short_steps, self.size_key(SQUARE)
-        reference = self.lossless_reference("t2i", steps)
+        reference = self.fast_reference("t2i", steps)
         self.results.row(
             f"{key} canny+depth step-cache",
             skipped_reason="the served step cache is off with structure images (pipeline._step_cache)",
@@ -919,21 +924,21 @@ class Bench:
                 f"{key} t2i step-cache",
                 rel_err=self.rel_err(run["latents"], reference),
                 note=f"threshold {self.args.cache_threshold}, {skipped[0]} steps skipped over all runs; rel err vs "
-                f"lossless; {self.projected(steps)}".rstrip("; "),
+                f"fast; {self.projected(steps)}".rstrip("; "),
             )
         finally:
             handle.remove()
             set_step_cache(pipe, 0.0)
 
     def section_fp8(self) -> None:
-        """FP8 linears (torchao) on top of the lossless path, then undone (the plain-weight graphs stay cached)."""
-        pipe = self.lossless()
+        """FP8 linears (torchao) on top of the fast path, then undone (the plain-weight graphs stay cached)."""
+        pipe = self.fast_path()
         steps, key = self.short_steps, self.size_key(SQUARE)
         if not fast.fp8_supported(self.device):
             for task in TASKS:
                 self.results.row(f"{key} {task} fp8", skipped_reason=f"fp8 needs CUDA sm89+, not {self.device.type}")
             return
-        references = {task: self.lossless_reference(task, steps) for task in TASKS}
+        references = {task: self.fast_reference(task, steps) for task in TASKS}
         models = fast.denoisers(pipe)
         saved = linear_weights(models)
         try:
@@ -948,7 +953,7 @@ class Bench:
                 self.results.row(
                     row,
                     rel_err=self.rel_err(run["latents"], references[task]),
-                    note=f"rel err vs lossless; warm {warm_s:.1f}s; {self.projected(steps)}".rstrip("; "),
+                    note=f"rel err vs fast; warm {warm_s:.1f}s; {self.projected(steps)}".rstrip("; "),
                 )
         finally:
             restore_linear_weights(saved)
@@ -958,7 +963,7 @@ class Bench:
     def section_vae(self) -> None:
         """VAE decode at 1024², per image: as served (eager fp32, channels-last, cuDNN autotuned) vs its decoder
         compiled (`FastOptions.compile_vae`), with the compile time and the relative error; then undone."""
-        pipe = self.lossless()
+        pipe = self.fast_path()
         vae, key = pipe.bria.vae, self.size_key(SQUARE)
         width, height = scaled(SQUARE)
         generator = torch.Generator(self.device).manual_seed(2)
@@ -1054,11 +1059,11 @@ class Bench:
         return report
 
     def static_step_ms(self) -> float:
-        """One transformer forward at 1024², batch 2, random inputs, on this process's lossless pipe (today's
+        """One transformer forward at 1024², batch 2, random inputs, on this process's fast-path pipe (today's
         compile mode and static shapes): the baseline of the `dynamic` and `modes` rows."""
-        key = f"{self.size_key(SQUARE)} t2i lossless step at batch 2 (1 request)"
+        key = f"{self.size_key(SQUARE)} t2i fast step at batch 2 (1 request)"
         if "step_ms" not in self.results.data["rows"].get(key, {}):
-            transformer = fast.denoisers(self.lossless())[0]
+            transformer = fast.denoisers(self.fast_path())[0]
             inputs = random_step_inputs(transformer, scaled(SQUARE), 2)
             seconds, spread = time_forward(transformer, inputs, max(5, self.args.repeat))
             self.step_row(key, seconds, spread, 2, note="static shapes, default mode")
@@ -1080,7 +1085,7 @@ class Bench:
         not measured here), apply the fast path, warm all nine buckets with the ControlNet. First this process warms
         the eight other buckets (the empty-cache compile of the 3 new token counts; 1024² was compiled by `t2i`),
         then a fresh process restarts on the now warm compile cache (`<data dir>/compile-cache`)."""
-        pipe = self.lossless()
+        pipe = self.fast_path()
         start = time.perf_counter()
         warm = fast.warm_buckets(pipe, [scaled(size) for size in SIZES.values()], conditions=1)
         first = time.perf_counter() - start
@@ -1106,7 +1111,7 @@ class Bench:
         self.results.note("dynamic shapes, first start (empty cache)", self.start_text(first))
         if "step_s" in first:
             self.step_row(
-                f"{self.size_key(SQUARE)} t2i lossless step, dynamic shapes",
+                f"{self.size_key(SQUARE)} t2i fast step, dynamic shapes",
                 first["step_s"],
                 first.get("step_spread"),
                 2,
@@ -1122,7 +1127,7 @@ class Bench:
         mode whose autotuning outlasts the cap is stopped and its row says so."""
         static_ms = self.static_step_ms()
         for index, (name, mode, inductor) in enumerate(COMPILE_VARIANTS):
-            key = f"{self.size_key(SQUARE)} t2i lossless step, {name}"
+            key = f"{self.size_key(SQUARE)} t2i fast step, {name}"
             self.gate(key)
             data_dir = self.work / f"data-mode-{index}"
             shutil.rmtree(data_dir, ignore_errors=True)  # the compile time with an empty cache
@@ -1537,7 +1542,7 @@ def run(bench: Bench, only: list[str]) -> int:
     row failed; 3: interrupted (the budget's SIGINT)."""
     import torch._dynamo.config as dynamo_config
 
-    dynamo_config.fail_on_recompile_limit_hit = True  # else it silently runs eager under a "lossless" label
+    dynamo_config.fail_on_recompile_limit_hit = True  # else it silently runs eager under a "fast" label
     handler = signal.getsignal(signal.SIGINT)
     try:
         return _run_sections(bench, only)
@@ -1574,7 +1579,7 @@ def _run_sections(bench: Bench, only: list[str]) -> int:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny configs (CPU smoke run)")
-    parser.add_argument("--steps", type=int, default=30, help="steps of the headline rows (eager/lossless T2I)")
+    parser.add_argument("--steps", type=int, default=30, help="steps of the headline rows (eager/fast T2I)")
     parser.add_argument("--short-steps", type=int, default=10, help="steps of rows that need the per-step time")
     parser.add_argument("--out", default=None, help="RESULTS.md, results.json, speed.png (default: bench/ on a GPU)")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""The fast path on the tiny pipeline (CPU): each lossless step keeps the output, the lossy ones switch off cleanly."""
+"""The fast path on the tiny pipeline (CPU): each bf16-tolerant step keeps the output, the lossy ones switch off."""
 
 from __future__ import annotations
 

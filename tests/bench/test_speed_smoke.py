@@ -25,11 +25,11 @@ def test_speed_tiny_writes_results(tmp_path: Path) -> None:
     text = (tmp_path / "RESULTS.md").read_text()
     assert "CPU tiny smoke run" in text
     assert "measured matmul peak:" in text and "median of 10 products" in text
-    for path in ("t2i eager", "t2i lossless", "canny+depth eager", "canny+depth lossless"):
+    for path in ("t2i eager", "t2i fast", "canny+depth eager", "canny+depth fast"):
         assert re.search(rf"^ratio_to_floor 1024x1024 {re.escape(path)}: \d+\.\d\dx$", text, re.M), path
     assert re.search(r"^ratio_to_floor 1024x1024 t2i fp8: (\d+\.\d\dx|n/a \(.+\))$", text, re.M)
     assert "ratio_to_floor 1024x1024 canny+depth step-cache: n/a (the served step cache is off" in text
-    assert re.search(r"^\| 1024x1024 t2i one forward, lossless vs eager \|.*\| \d\.\d\de[+-]\d\d \|", text, re.M)
+    assert re.search(r"^\| 1024x1024 t2i one forward, fast vs eager \|.*\| \d\.\d\de[+-]\d\d \|", text, re.M)
     assert "(1 builds)" in text  # eager rows of every section first, then the fast path once: one build
     assert "1 steps, projected to 2" in text  # canny+depth ran short steps and says so
     assert re.search(r"^\| 1024x1024 vae decode eager \|", text, re.M)
