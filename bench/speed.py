@@ -83,11 +83,11 @@ SECTIONS: dict[str, tuple[int, str]] = {
     "dynamic": (110, "dynamic=True in fresh processes: first start (empty cache), restart; step time vs static"),
     "modes": (300, "compile modes / inductor settings vs today's, each in a capped fresh process (transformer)"),
     "sizes": (55, "the fast path at the other eight buckets, short steps"),
-    # issue 19, each change as its own row on the same lossless pipe (after t2i/control when those run first)
+    # issue 19, each change as its own row on the same fast-path pipe (after t2i/control when those run first)
     "nosync": (10, "no sync in the step loop (the default) vs a sync + preview at every step (before), short steps"),
     "graphs": (15, "the denoisers replayed from CUDA graphs, T2I and canny+depth, short steps"),
     "control1": (25, "canny+depth: one ControlNet forward for both conditions (default) vs one each, short steps"),
-    "fp8scale": (45, "FP8 per-row vs per-tensor scaling: one transformer forward, time and rel err vs lossless"),
+    "fp8scale": (45, "FP8 per-row vs per-tensor scaling: one transformer forward, time and rel err vs fast"),
     "pair": (25, "two T2I requests in one batch (generate_batch) vs one: images/hour, short steps"),
 }
 TASKS = {"t2i": [], "canny+depth": [("depth", 0), ("canny", 1)]}  # condition name -> ControlNet-Union mode
@@ -1166,12 +1166,12 @@ class Bench:
         with a device sync and a preview at every step boundary (what the per-step preview copy cost before) and
         with a preview of every step made the new way (on the device, copied without blocking). Also counts the
         syncs torch sees inside the step loop (`torch.cuda.set_sync_debug_mode`)."""
-        self.lossless()
+        self.fast_path()
         steps, key = self.short_steps, self.size_key(SQUARE)
         rows = [
-            ("lossless, no listener", NullHooks(), f"syncs inside the loop: {self.loop_syncs()}"),
-            ("lossless, preview every step", PreviewEveryStep(), "previews computed on the device, copied async"),
-            ("lossless, sync + preview every step", SyncEveryStep(self.device), "before item 1 (emulated)"),
+            ("fast, no listener", NullHooks(), f"syncs inside the loop: {self.loop_syncs()}"),
+            ("fast, preview every step", PreviewEveryStep(), "previews computed on the device, copied async"),
+            ("fast, sync + preview every step", SyncEveryStep(self.device), "before item 1 (emulated)"),
         ]
         for path, hooks, note in rows:
             row = f"{key} t2i {path}"
@@ -1195,46 +1195,46 @@ class Bench:
 
     def section_graphs(self) -> None:
         """Item 4. The transformer and ControlNet forwards replayed from CUDA graphs (`fast.enable_cuda_graphs`),
-        T2I and canny+depth at 1024²; rel err against the lossless rows' latents."""
-        pipe = self.lossless()
+        T2I and canny+depth at 1024²; rel err against the fast rows' latents."""
+        pipe = self.fast_path()
         steps, key = self.short_steps, self.size_key(SQUARE)
         if self.device.type != "cuda":
             for task in TASKS:
-                self.results.row(f"{key} {task} lossless + CUDA graphs", skipped_reason="CUDA graphs need CUDA")
+                self.results.row(f"{key} {task} fast + CUDA graphs", skipped_reason="CUDA graphs need CUDA")
             return
         for task in TASKS:
-            self.lossless_reference(task, steps)  # the rows' yardstick: the lossless latents at these steps
+            self.fast_reference(task, steps)  # the rows' yardstick: the fast latents at these steps
         fast.enable_cuda_graphs(pipe)
         try:
             for task in TASKS:
-                row = f"{key} {task} lossless + CUDA graphs"
+                row = f"{key} {task} fast + CUDA graphs"
                 self.gate(row)
                 start = time.perf_counter()
                 run_image(pipe, SQUARE, task, 2)  # captures this task's graphs
                 capture_s = time.perf_counter() - start
-                note = f"rel err vs lossless; first run (capture) {capture_s:.1f}s"
+                note = f"rel err vs fast; first run (capture) {capture_s:.1f}s"
                 self.try_row(row, lambda r=row, t=task, n=note: self.image_row(
-                    r, SQUARE, t, steps, rel_err_vs="lossless", note=n))  # fmt: skip
+                    r, SQUARE, t, steps, rel_err_vs="fast", note=n))  # fmt: skip
         finally:
             fast.disable_cuda_graphs(pipe)
 
     def section_control1(self) -> None:
         """Item 2. Canny+depth with both conditions in one ControlNet forward (the default) against one forward per
         condition (`BriaMultiControlNetModel.batch_conditions = False`, the code before)."""
-        pipe = self.lossless()
+        pipe = self.fast_path()
         steps, key = self.short_steps, self.size_key(SQUARE)
-        batched = f"{key} canny+depth lossless"
+        batched = f"{key} canny+depth fast"
         if batched not in self.results.data["rows"] or "step_ms" not in self.results.data["rows"][batched]:
             fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=2)
             self.try_row(batched, lambda: self.image_row(batched, SQUARE, "canny+depth", steps))
-        row = f"{key} canny+depth lossless, one ControlNet forward per condition"
+        row = f"{key} canny+depth fast, one ControlNet forward per condition"
         self.gate(row)
         pipe.controlnet.batch_conditions = False
         try:
             start = time.perf_counter()
             fast.warm_buckets(pipe, [scaled(SQUARE)], conditions=1, vae=False)
             warm_s = time.perf_counter() - start
-            self.try_row(row, lambda: self.image_row(row, SQUARE, "canny+depth", steps, rel_err_vs="lossless"))
+            self.try_row(row, lambda: self.image_row(row, SQUARE, "canny+depth", steps, rel_err_vs="fast"))
         finally:
             pipe.controlnet.batch_conditions = True
         one = self.results.data["rows"].get(batched, {}).get("step_ms")
@@ -1245,8 +1245,8 @@ class Bench:
 
     def section_fp8scale(self) -> None:
         """Item 7. FP8 with per-row and with per-tensor scales on the same weights: one transformer forward at 1024²
-        under CFG (random inputs), its time and its relative error against the lossless forward; then undone."""
-        pipe = self.lossless()
+        under CFG (random inputs), its time and its relative error against the fast forward; then undone."""
+        pipe = self.fast_path()
         key = self.size_key(SQUARE)
         rows = {scaling: f"{key} t2i one forward fp8 per-{scaling}" for scaling in ("row", "tensor")}
         if not fast.fp8_supported(self.device):
@@ -1258,10 +1258,10 @@ class Bench:
         inputs = random_step_inputs(transformer, scaled(SQUARE), 2, seed=2)
         flops = count_flops(self.arch, SQUARE, 2)["transformer"]
         floor = flops / (self.peak * 1e12)
-        lossless_out = transformer(**inputs, return_dict=False)[0].float()
+        fast_out = transformer(**inputs, return_dict=False)[0].float()
         seconds, spread = time_forward(transformer, inputs, 5)
         self.results.row(
-            f"{key} t2i one forward lossless", step_ms=1e3 * seconds, ratio=seconds / floor, spread=spread,
+            f"{key} t2i one forward fast", step_ms=1e3 * seconds, ratio=seconds / floor, spread=spread,
             tflops=flops / seconds / 1e12, note="the fp8 rows' reference: same weights and inputs",
         )  # fmt: skip
         saved = linear_weights(models)
@@ -1280,8 +1280,8 @@ class Bench:
                         raise RowFailed("the fp8 forward is not finite")
                     self.results.row(
                         row, step_ms=1e3 * fp8_s, ratio=fp8_s / floor, spread=fp8_spread,
-                        tflops=flops / fp8_s / 1e12, rel_err=self.rel_err(out, lossless_out),
-                        note=f"x{seconds / fp8_s:.2f} vs lossless; rel err vs the lossless forward; first call "
+                        tflops=flops / fp8_s / 1e12, rel_err=self.rel_err(out, fast_out),
+                        note=f"x{seconds / fp8_s:.2f} vs fast; rel err vs the fast forward; first call "
                         f"{compile_s:.1f}s",
                     )  # fmt: skip
                 finally:
@@ -1296,12 +1296,12 @@ class Bench:
         seed) against one request alone, 1024², short steps; images/hour projected to `--steps`."""
         from reimagine.worker.pipeline import generate_batch
 
-        pipe = self.lossless()
+        pipe = self.fast_path()
         steps, key = self.short_steps, self.size_key(SQUARE)
-        single = f"{key} t2i lossless, no listener"
+        single = f"{key} t2i fast, no listener"
         if "step_ms" not in self.results.data["rows"].get(single, {}):
             self.try_row(single, lambda: self.image_row(single, SQUARE, "t2i", steps))
-        row = f"{key} t2i lossless, 2 requests in one batch"
+        row = f"{key} t2i fast, 2 requests in one batch"
         self.gate(row)
         start = time.perf_counter()
         fast.warm_buckets(pipe, [scaled(SQUARE)], batch=4, conditions=0, vae=False)

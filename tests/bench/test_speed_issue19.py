@@ -23,9 +23,9 @@ def test_issue19_sections_write_their_rows(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     for path in ("no listener", "preview every step", "sync + preview every step", "2 requests in one batch"):
-        assert "step_ms" in rows[f"1024x1024 t2i lossless, {path}"], path
-    control = rows["1024x1024 canny+depth lossless, one ControlNet forward per condition"]
+        assert "step_ms" in rows[f"1024x1024 t2i fast, {path}"], path
+    control = rows["1024x1024 canny+depth fast, one ControlNet forward per condition"]
     assert "step_ms" in control and control["rel_err"] < 1e-4  # fp32 on CPU: the same function
-    assert "step_ms" in rows["1024x1024 canny+depth lossless"]
-    for row in ("t2i lossless + CUDA graphs", "canny+depth lossless + CUDA graphs", "t2i one forward fp8 per-row"):
+    assert "step_ms" in rows["1024x1024 canny+depth fast"]
+    for row in ("t2i fast + CUDA graphs", "canny+depth fast + CUDA graphs", "t2i one forward fp8 per-row"):
         assert "skipped_reason" in rows[f"1024x1024 {row}"], row
