@@ -161,6 +161,7 @@ def finish(
     usage.add(
         conn,
         finished[0],
+        job_id,
         now,
         succeeded=outcome.status == JobStatus.SUCCEEDED,
         gpu_s=outcome.gpu_s,
