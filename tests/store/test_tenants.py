@@ -8,9 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from reimagine.jobs import ErrorType, JobStatus
 from reimagine.queue import JobStore, open_store
+from reimagine.queue.db import engine_url
 from reimagine.queue.keys import Scope
 from reimagine.queue.models import (
     DeleteOutcome,
@@ -254,3 +256,58 @@ def test_keys_have_scopes_expiry_and_revocation(store: JobStore, clock: Clock) -
     assert store.keys.verify(admin) is None
     listed = {key.name: key for key in store.keys.all()}
     assert listed["dash"].scope == Scope.READ and listed["dash"].expires_at is not None
+
+
+# -- migrations --------------------------------------------------------------------------------------------------
+
+
+def _migrate(url: str, revision: str, *, down: bool = False) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from reimagine.queue.db import _MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    engine = sa.create_engine(engine_url(url))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(config, revision)
+    engine.dispose()
+
+
+def test_jobs_queued_before_the_upgrade_keep_their_order_and_usage_survives_0006(
+    database_url: str, clock: Clock
+) -> None:
+    _migrate(database_url, "0002")
+    engine = sa.create_engine(engine_url(database_url))
+    with engine.begin() as conn:
+        for n in range(2):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO jobs (id, key_id, endpoint, status, priority, input, created_at)"
+                    " VALUES (:id, 'old', 'e', 'QUEUED', 0, '{}', 1.0)"
+                ),
+                {"id": f"old-{n}"},
+            )
+    engine.dispose()
+    store = open_store(database_url, clock=clock)
+    try:
+        newer = store.enqueue(_new("b"))[0]
+        claimed = [job.id for _ in range(3) if (job := store.claim("w", 30)) is not None]
+        assert claimed[:2] == ["old-0", "old-1"] or claimed == ["old-0", newer.id, "old-1"], claimed
+        for job_id in claimed:
+            running = store.get(job_id)
+            assert running is not None
+            store.complete(job_id, running.fence, _ok(gpu_s=1.0, output_bytes=10))
+        before = store.usage.rows()
+        assert sum(row.images for row in before) == 3
+    finally:
+        store.close()
+    _migrate(database_url, "0005", down=True)
+    _migrate(database_url, "head")
+    store = open_store(database_url, clock=clock)
+    try:
+        assert store.usage.rows() == before
+    finally:
+        store.close()
