@@ -6,9 +6,11 @@ tests/store/test_tenants.py; here each is seen as a client sees it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -214,3 +216,30 @@ def _samples(metrics: str, label: str) -> dict[str, Any]:
             name, value = line.split("{", 1)[0], float(line.rsplit(" ", 1)[1])
             found[name] = value
     return found
+
+
+def test_the_lifecycle_sweep_deletes_expired_files_from_storage(tmp_path: Path) -> None:
+    """The app's sweep loop: a file past its lifecycle leaves the store and the storage; others stay."""
+    from reimagine.api.maintenance import expire_files
+    from reimagine.storage import new_key
+    from reimagine.storage.local import LocalStorage
+
+    store = open_store(f"sqlite:///{tmp_path / 'reimagine.db'}")
+    storage = LocalStorage(tmp_path / "files")
+    short, kept = (storage.put(b"x", "text/plain", key=new_key("text/plain")).key for _ in range(2))
+    store.add_upload(short, key_id="k", content_type="text/plain", ttl_s=0.01)
+    store.add_upload(kept, key_id="k", content_type="text/plain", ttl_s=3600)
+
+    async def sweep_until_gone() -> None:
+        task = asyncio.create_task(expire_files(store, storage, every_s=0.01))
+        try:
+            while storage.exists(short):
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+
+    try:
+        asyncio.run(asyncio.wait_for(sweep_until_gone(), timeout=10))
+        assert store.file_expiry(short) is None and storage.exists(kept) and store.file_expiry(kept) is not None
+    finally:
+        store.close()
