@@ -39,10 +39,10 @@ def test_the_claim_takes_the_first_queued_job_from_the_index_without_sorting(con
 
 
 def test_fair_turns_and_per_key_counts_read_one_index_entry_each(conn: sqlite3.Connection) -> None:
-    plan = _plan(conn, submit._HEAD_TURN)
-    assert "ix_jobs_queue" in plan and "TEMP B-TREE" not in plan, plan
-    plan = _plan(conn, submit._KEY_LAST_TURN, key_id="a")
-    assert "ix_jobs_key (key_id=? AND status=?)" in plan, plan
+    plan = _plan(conn, submit._HEAD_TURN, priority=0)
+    assert "ix_jobs_queue (status=? AND priority=?)" in plan and "TEMP B-TREE" not in plan, plan
+    plan = _plan(conn, submit._KEY_LAST_TURN, key_id="a", priority=0)
+    assert "ix_jobs_key (key_id=? AND status=? AND priority=?)" in plan, plan
     plan = _plan(conn, submit._KEY_QUEUED, key_id="a")
     assert "ix_jobs_key (key_id=? AND status=?)" in plan, plan
     plan = _plan(conn, transitions._SATURATED)

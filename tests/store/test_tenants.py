@@ -104,6 +104,16 @@ def _runs(keys: list[str]) -> list[int]:
     return runs
 
 
+def test_a_keys_low_priority_backlog_does_not_delay_its_normal_requests(store: JobStore) -> None:
+    for _ in range(50):
+        store.enqueue(_new("a", priority=-10))
+    others = [store.enqueue(_new("b"))[0].id for _ in range(5)]
+    urgent = store.enqueue(_new("a"))[0]
+    claimed = [job.id for _ in range(3) if (job := store.claim("w", 30)) is not None]
+    assert urgent.id in claimed, "key a's normal request waited behind key b's five"
+    assert claimed[0] == others[0]
+
+
 def test_max_concurrent_keeps_the_rest_queued_without_blocking_other_keys(store: JobStore) -> None:
     limited = store.keys.create("team-a", max_concurrent=1).partition(":")[0]
     first, second = (store.enqueue(_new(limited))[0] for _ in range(2))

@@ -25,9 +25,14 @@ _INSERT_JOB = sa.text(
     " :deadline, :now, 0, 0, :false, :turn, :no_retry, :store_io, :file_ttl_s, :input_bytes) RETURNING *"
 )
 _INSERT_INPUT = sa.text("INSERT INTO job_inputs (job_id, input) VALUES (:id, :input)")
-#: The turn at the head of the queue (from `ix_jobs_queue`) and a key's last queued turn (from `ix_jobs_key`).
-_HEAD_TURN = sa.text("SELECT turn FROM jobs WHERE status = 'QUEUED' ORDER BY priority DESC, turn, seq LIMIT 1")
-_KEY_LAST_TURN = sa.text("SELECT MAX(turn) FROM jobs WHERE key_id = :key_id AND status = 'QUEUED'")
+#: At one priority: the turn at the head of the queue (from `ix_jobs_queue`) and a key's last queued turn (from
+#: `ix_jobs_key`). Turns order jobs of equal priority only; each priority has its own round.
+_HEAD_TURN = sa.text(
+    "SELECT turn FROM jobs WHERE status = 'QUEUED' AND priority = :priority ORDER BY turn, seq LIMIT 1"
+)
+_KEY_LAST_TURN = sa.text(
+    "SELECT MAX(turn) FROM jobs WHERE key_id = :key_id AND status = 'QUEUED' AND priority = :priority"
+)
 _KEY_QUEUED = sa.text("SELECT COUNT(*) FROM jobs WHERE key_id = :key_id AND status = 'QUEUED'")
 #: How long an `Idempotency-Key` names its request.
 IDEMPOTENCY_S = 24 * 3600.0
@@ -99,8 +104,8 @@ class Submissions:
                     continue
             # Start-time fair queueing: one turn after the key's own last queued job, and never before the head of
             # the queue, so a key's 10,000-job batch takes every other turn once another key queues.
-            head = conn.first(_HEAD_TURN)
-            last = conn.scalar(_KEY_LAST_TURN, {"key_id": new.key_id})
+            head = conn.first(_HEAD_TURN, {"priority": new.priority})
+            last = conn.scalar(_KEY_LAST_TURN, {"key_id": new.key_id, "priority": new.priority})
             turn = max(int(head[0]) if head is not None else 0, int(last or 0)) + 1
             params = {
                 "id": new.id,
