@@ -511,7 +511,7 @@ def bench_image_seconds() -> dict[str, float]:
 
 def device_name() -> str:
     if shutil.which("nvidia-smi"):
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
+        with contextlib.suppress(subprocess.SubprocessError, OSError, IndexError):
             return (
                 subprocess.run(
                     ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -530,7 +530,9 @@ def device_name() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="random-full", help="'random-full' on a GPU, 'tiny' for a CPU smoke run")
+    parser.add_argument(
+        "--model", default="", help="default: 'random-full' where nvidia-smi finds a GPU, else 'tiny' (a CPU smoke run)"
+    )
     parser.add_argument(
         "--budget", type=float, default=200.0, help="seconds for everything; rows that do not fit are skipped"
     )
@@ -555,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         help="optional last rows, in order, each run only if the budget left allows ('' for none)",
     )
     args = parser.parse_args(argv)
+    args.model = args.model or ("random-full" if device_name().startswith("NVIDIA") else "tiny")
     begun = time.monotonic()
     _DEADLINE[0] = begun + args.budget - 5  # five seconds to stop the last server and write
     report = Report(
