@@ -9,7 +9,7 @@ PY ?= .venv/bin/python
 TORCH ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install test-deps lint typecheck test check bench
+.PHONY: install test-deps lint typecheck test-fast test test-gpu check bench
 
 install:
 	python3 -m venv .venv
@@ -28,8 +28,23 @@ lint:
 typecheck:
 	$(PY) -m mypy
 
+# Test tiers (docs/architecture.md, "Tests"):
+# - test-fast: in this process, no PostgreSQL, no `reimagine serve`, no browser; under a minute on two cores.
+# - test: everything CI runs (`make check`): plus PostgreSQL, S3, `serve` subprocesses (kill -9, drain, several
+#   processes), the official clients, the browser, bench smoke runs, the adversarial module.
+# - test-gpu: the `gpu`-marked tests, on a CUDA machine (skipped elsewhere).
+FAST_TESTS = tests/test_messages.py tests/test_wire.py tests/test_schemas.py tests/test_worker_loop.py \
+	tests/test_outputs.py tests/test_boundaries.py tests/store tests/inproc tests/webhooks tests/files \
+	tests/api/test_hub.py tests/api/test_enqueuer.py
+
+test-fast:
+	$(PY) -m pytest -q -m "not slow and not gpu" -k "not postgresql" $(FAST_TESTS)
+
 test: test-deps
 	$(PY) -m pytest -q
+
+test-gpu:
+	$(PY) -m pytest -q -m gpu
 
 check: lint typecheck test
 

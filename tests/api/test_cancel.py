@@ -9,10 +9,21 @@ import httpx
 from tests.api.helpers import REQUESTS, submit, wait_completed, wait_running
 
 
+def _wait_for_a_step(client: httpx.Client, request_id: str) -> None:
+    """Until the job has logged a denoising step (it is running `generate`, not just claimed)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        logs = client.get(f"{REQUESTS}/{request_id}/status", params={"logs": "1"}).json()["logs"] or []
+        if any(line["message"].startswith("Step ") for line in logs):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"request {request_id} logged no step")
+
+
 def test_cancel_running_stops_at_next_step(client: httpx.Client) -> None:
     request_id = submit(client, {"prompt": "sleep=0.1 long", "num_inference_steps": 50})["request_id"]
     wait_running(client, request_id)
-    time.sleep(0.3)
+    _wait_for_a_step(client, request_id)
     response = client.put(f"{REQUESTS}/{request_id}/cancel")
     assert response.status_code == 202 and response.json() == {"status": "CANCELLATION_REQUESTED"}
     status = wait_completed(client, request_id, timeout_s=5)

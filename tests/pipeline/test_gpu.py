@@ -3,6 +3,7 @@ allocator, the next request runs and gives the same image; requests log their pe
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,3 +28,16 @@ def test_a_request_over_the_memory_cap_is_out_of_memory_and_the_worker_recovers(
         generate(pipe, make_inputs(seed=7), Controls(), RecordingHooks(), _size=size)
     after = generate(pipe, make_inputs(seed=8), Controls(), RecordingHooks(), _size=size)
     assert after.image.tobytes() == before.image.tobytes()
+
+
+def test_the_tiny_pipeline_on_cuda_matches_the_cpu_within_tolerance() -> None:
+    # The same random-weight model, seeds and inputs on both devices: kernels differ (TF32, fused attention), so the
+    # images agree to a tolerance, not bit for bit. A broken device path (dtype, layout, a stale cache) shows as noise.
+    inputs = make_inputs(num_inference_steps=2, seed=3)
+    images = []
+    for device in ("cpu", "cuda"):
+        pipe = load_pipeline(Settings(model="tiny", device=device, fast=False))
+        images.append(generate(pipe, inputs, Controls(), RecordingHooks(), _size=(128, 96)).image)
+    cpu, cuda = (np.asarray(image, dtype=np.float32) for image in images)
+    assert cpu.shape == cuda.shape
+    assert np.abs(cpu - cuda).mean() < 4.0, np.abs(cpu - cuda).mean()

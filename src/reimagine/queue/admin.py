@@ -9,17 +9,16 @@ so in both jobs' logs.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import sqlalchemy as sa
 
 from reimagine.jobs import JobStatus
-from reimagine.queue.models import Job, NewJob
+from reimagine.queue.db import Database
+from reimagine.queue.models import Job, JobState, NewJob
 from reimagine.queue.notify import QUEUED
-
-if TYPE_CHECKING:
-    from reimagine.queue.store import JobStore
 
 _LIST = "SELECT j.*, i.input FROM jobs j LEFT JOIN job_inputs i ON i.job_id = j.id WHERE 1 = 1{where}"
 _LIST_ORDER = " ORDER BY j.seq DESC LIMIT :limit"
@@ -63,8 +62,23 @@ class QueueStats:
         return sum(self.queued_by_priority.values())
 
 
+class _Store(Protocol):
+    """The slice of `JobStore` the operator's tools use (a Protocol: `store.py` builds `Admin`, so no import back)."""
+
+    db: Database
+    clock: Callable[[], float]
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def enqueue(self, new: NewJob, *, max_queued: int | None = ...) -> tuple[JobState, int]: ...
+
+    def add_log(self, job_id: str, message: str, level: str = ...) -> int: ...
+
+    def delete_expired(self, completed_before: float, *, batch: int = ...) -> list[str]: ...
+
+
 class Admin:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: _Store) -> None:
         self._store = store
         self._db = store.db
 
