@@ -963,6 +963,7 @@ class Bench:
     def section_vae(self) -> None:
         """VAE decode at 1024², per image: as served (eager fp32, channels-last, cuDNN autotuned) vs its decoder
         compiled (`FastOptions.compile_vae`), with the compile time and the relative error; then undone."""
+        self.need(35, "vae")
         pipe = self.fast_path()
         vae, key = pipe.bria.vae, self.size_key(SQUARE)
         width, height = scaled(SQUARE)
@@ -1007,6 +1008,12 @@ class Bench:
     def time_left(self) -> float:
         """Seconds until the budget's SIGINT (inf without a budget)."""
         return self.args.budget - self.elapsed()
+
+    def need(self, seconds: float, what: str) -> None:
+        """On a GPU, do not start `what` when the budget has less than its expected H200 `seconds` left: a part
+        that the budget would cut only spends the lease."""
+        if self.device.type == "cuda" and self.time_left() - 10 < seconds:
+            raise DeadlinePassed(f"{what}: not started, needs ~{seconds:.0f}s, {self.time_left():.0f}s left")
 
     def run_child(self, name: str, spec: dict[str, Any], cap_s: float, expect_s: float = 15) -> dict[str, Any]:
         """`spec` in a fresh process (`child_main`), stopped at `cap_s` or 10 s before the budget, whichever is first:
@@ -1085,6 +1092,7 @@ class Bench:
         not measured here), apply the fast path, warm all nine buckets with the ControlNet. First this process warms
         the eight other buckets (the empty-cache compile of the 3 new token counts; 1024² was compiled by `t2i`),
         then a fresh process restarts on the now warm compile cache (`<data dir>/compile-cache`)."""
+        self.need(80, "cold")
         pipe = self.fast_path()
         start = time.perf_counter()
         warm = fast.warm_buckets(pipe, [scaled(size) for size in SIZES.values()], conditions=1)

@@ -205,3 +205,12 @@ def test_a_child_past_its_cap_is_stopped_and_the_run_goes_on(speed: ModuleType, 
     with pytest.raises(speed.DeadlinePassed):  # too little budget left for a child: not started
         bench.args.budget = bench.elapsed() + 5
         bench.run_child("too late", spec, cap_s=100)
+
+
+def test_on_a_gpu_a_part_the_budget_would_cut_is_not_started(speed: ModuleType, tmp_path: Path) -> None:
+    bench = _bench(speed, tmp_path, "--only", "cold", "--budget", "100000")
+    bench.need(80, "cold")  # plenty left
+    bench.device = torch.device("cuda")  # the check applies on a GPU only (no CUDA call is made)
+    bench.args.budget = bench.elapsed() + 60
+    with pytest.raises(speed.DeadlinePassed, match="cold: not started, needs ~80s"):
+        bench.need(80, "cold")
