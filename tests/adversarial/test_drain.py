@@ -158,3 +158,18 @@ def test_a_sync_run_that_cannot_finish_gets_a_retryable_503_and_its_job_complete
             assert client.get(f"{REQUESTS}/{job_id}").status_code == 200
     finally:
         again.stop()
+
+
+def test_a_worker_stuck_in_a_step_is_killed_at_the_end_of_the_grace_period_and_its_job_given_back(
+    tmp_path: Path,
+) -> None:
+    # A 6 s step cannot notice the drain in a 3 s grace period: serve kills the worker, and gives the job back itself.
+    serve = _serve(tmp_path, "--drain-grace-s", "3", "--max-attempts", "1")
+    with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=30) as client:
+        job_id = submit(client, {"prompt": "sleep=6 a", "num_inference_steps": STEPS})["request_id"]
+        wait_running(client, job_id)
+    took_s = _sigterm(serve)
+    (job,) = _jobs(tmp_path, [job_id])
+    print(f"worker stuck in a step, 3 s grace: exit after {took_s:.1f} s, job {job.status.value}")
+    assert took_s < 3.0 + 2.0
+    assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)
