@@ -463,6 +463,9 @@ def _denoise(pipe: ReimaginePipeline, requests: list[_Request]) -> None:
         sigmas,  # type: ignore[arg-type]
         mu=mu,
     )
+    # Else the first `scheduler.step` looks its index up with a device-to-host sync (diffusers' Flux pipeline does
+    # the same); the first timestep is unique, so the index is 0 either way.
+    bria.scheduler.set_begin_index(0)
     latent_image_ids = first.latent_image_ids[0] if first.latent_image_ids.ndim == 3 else first.latent_image_ids
     text_ids = first.text_ids[0] if first.text_ids.ndim == 3 else first.text_ids
     projection = (_LATENT_RGB.to(device), _LATENT_RGB_BIAS.to(device))
