@@ -133,3 +133,59 @@ def test_only_the_latest_preview_is_kept_and_none_once_the_job_ends(tmp_path: Pa
     assert len(set(previews)) == 5
     remaining = _stored_previews(settings)
     assert len(remaining) == 1 and remaining[0].name not in previews, "only the result is left"
+
+
+class _Batching:
+    """A `BatchGenerate` fake that records how it was called: one request at a time, or batches."""
+
+    def __init__(self) -> None:
+        self.singles: list[str] = []
+        self.batches: list[list[str]] = []
+
+    def __call__(self, inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated:
+        self.singles.append(inputs.prompt)
+        return _image(inputs, controls, hooks)
+
+    def batch(self, requests: list[tuple[ReimagineInput, Controls, Hooks]]) -> list[Generated | Exception]:
+        self.batches.append([inputs.prompt for inputs, _, _ in requests])
+        return [_image(*request) for request in requests]
+
+
+def _enqueue(store: JobStore, **fields: Any) -> str:
+    job = new_job()
+    job.input.update(fields)
+    return store.enqueue(job)[0].id
+
+
+def _run_until_idle(settings: Settings, store: JobStore, generate: Any) -> None:
+    stop = threading.Event()
+    _worker(settings, store, generate).run(stop, lambda _timeout: stop.set())
+
+
+def test_two_compatible_waiting_jobs_share_one_batch(tmp_path: Path, store: JobStore) -> None:
+    ids = [_enqueue(store, prompt=prompt, seed=seed) for prompt, seed in (("a cat", 1), ("a dog", 2))]
+    generate = _Batching()
+    _run_until_idle(Settings(data_dir=tmp_path, batch_requests=2), store, generate)
+    assert generate.batches == [["a cat", "a dog"]] and generate.singles == []
+    for job_id in ids:
+        job = store.get(job_id)
+        assert job is not None and job.status == JobStatus.SUCCEEDED and job.attempts == 1
+        assert any("one batch" in e.data.get("message", "") for e in store.events(job_id) if e.kind == "log")
+
+
+def test_incompatible_jobs_claimed_together_run_one_after_the_other(tmp_path: Path, store: JobStore) -> None:
+    ids = [_enqueue(store, prompt="square"), _enqueue(store, prompt="wide", aspect_ratio="16:9")]
+    generate = _Batching()
+    _run_until_idle(Settings(data_dir=tmp_path, batch_requests=2), store, generate)
+    assert generate.batches == [] and generate.singles == ["square", "wide"]
+    for job_id in ids:
+        job = store.get(job_id)
+        assert job is not None and job.status == JobStatus.SUCCEEDED and job.attempts == 1
+
+
+def test_batching_is_off_by_default(settings: Settings, store: JobStore) -> None:
+    for prompt in ("a cat", "a dog"):
+        _enqueue(store, prompt=prompt)
+    generate = _Batching()
+    _run_until_idle(settings, store, generate)
+    assert generate.batches == [] and generate.singles == ["a cat", "a dog"]

@@ -2,17 +2,18 @@
 
 The worker decodes the request's images (fetcher, pixel cap) and calls
 `generate(inputs, controls, hooks) -> Generated`. The real implementation is
-`functools.partial(reimagine.worker.pipeline.generate, pipe)`; tests pass a fake with the same signature.
+`reimagine.worker.pipeline.generate` bound to the loaded pipe (`worker.loop.load_generate`), which is also a
+`BatchGenerate`; tests pass a fake with the same signature.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from reimagine.schemas import AspectRatio, ReimagineInput, nearest_aspect_ratio
+from reimagine.schemas import AspectRatio, ReimagineInput, nearest_aspect_ratio, size_for
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,23 @@ class Generated:
 
 class Generate(Protocol):
     def __call__(self, inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated: ...
+
+
+@runtime_checkable
+class BatchGenerate(Generate, Protocol):
+    """A `Generate` that can also run compatible requests (equal `batch_key`) as one batch
+    (`Settings.batch_requests`): per request its `Generated` or the exception it ended with."""
+
+    def batch(self, requests: list[tuple[ReimagineInput, Controls, Hooks]]) -> list[Generated | Exception]: ...
+
+
+def batch_key(inputs: ReimagineInput, controls: Controls) -> tuple[Any, ...]:
+    """Requests with equal keys can share a denoising batch: the same output size, steps, guidance and set of
+    conditions (a condition counts when it has an image and a scale above 0). Prompts, seeds and scales may differ."""
+    given = [name for name in ("depth", "canny") if getattr(controls, name) is not None]
+    present = tuple(name for name in given if getattr(inputs, f"{name}_scale") > 0)
+    size = size_for(aspect_ratio_for(inputs, controls))
+    return (size, inputs.num_inference_steps, inputs.guidance_scale, present)
 
 
 class NullHooks:

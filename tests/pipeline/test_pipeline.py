@@ -15,9 +15,9 @@ from diffusers import BriaPipeline, BriaTransformer2DModel
 
 from reimagine.config import Settings
 from reimagine.errors import InputError, JobCancelled, ModelMissing, OutOfMemory
-from reimagine.generation import Controls, Generate, Generated
+from reimagine.generation import Controls, Generate, Generated, batch_key
 from reimagine.schemas import SIZES
-from reimagine.worker.pipeline import ReimaginePipeline, batch_key, generate, generate_batch, load_pipeline, warmup
+from reimagine.worker.pipeline import ReimaginePipeline, generate, generate_batch, load_pipeline, warmup
 from reimagine.worker.preprocess import fit_to_size
 from tests.pipeline.helpers import RecordingHooks, make_inputs, photo, pixels
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from reimagine.config import Settings
 from reimagine.errors import InputError, JobCancelled, OutOfMemory
-from reimagine.generation import Controls, Generate, Generated
+from reimagine.generation import BatchGenerate, Controls, Generate, Generated, Hooks, batch_key
 from reimagine.jobs import ErrorType
 from reimagine.queue.models import EventKind, FileRow, Job, LeaseState, Outcome
 from reimagine.queue.store import JobStore
@@ -79,9 +79,14 @@ class Worker:
         self.owner = owner or make_owner()
         self._notify = notify or (lambda _message: None)
         self._beat = _Heartbeat(store, settings)
-        self._files: list[FileRow] = []
-        #: bytes of the files the current job wrote (its usage)
-        self._output_bytes = 0
+        #: per running job: the files recorded with its completion, and the bytes of the files it wrote (its usage)
+        self._files: dict[str, list[FileRow]] = {}
+        self._output_bytes: dict[str, int] = {}
+        #: `Settings.batch_requests` > 1 and a `generate` that batches: two compatible waiting jobs share a batch
+        self._batch = generate if settings.batch_requests > 1 and isinstance(generate, BatchGenerate) else None
+        if settings.batch_requests > 1 and self._batch is None:
+            logger.warning("batch_requests=%s: this generate cannot batch; one job at a time", settings.batch_requests)
+        self._partner_beat: _Heartbeat | None = None
         self._stop = threading.Event()
         #: when this worker first saw its drain begin (monotonic); the grace period runs from then
         self._drain_seen: float | None = None
@@ -113,7 +118,11 @@ class Worker:
                     wait(1.0)
                     continue
                 self._notify(_EVENT)
-            job, looked = self._run(job, then_claim=not stop.is_set())
+            partner = self._claim_partner() if self._batch is not None else None
+            if partner is None:
+                job, looked = self._run(job, then_claim=not stop.is_set())
+            else:
+                job, looked = self._run_pair([job, partner], then_claim=not stop.is_set())
         if job is not None:
             # Claimed with the previous job's completion just as a drain began, and not started: given back.
             self.store.requeue(job.id, job.fence)
@@ -126,8 +135,7 @@ class Worker:
         """
         logger.info("job started", extra={"request_id": job.id, "attempt": job.attempts})
         self._beat.hold(job)
-        self._files = []
-        self._output_bytes = 0
+        self._files, self._output_bytes = {job.id: []}, {job.id: 0}
         try:
             outcome = self._execute(job, self._beat)
         except LeaseLost:
@@ -145,10 +153,10 @@ class Worker:
         claimed = None
         if then_claim:
             finished, claimed = self.store.complete_and_claim(
-                job.id, job.fence, outcome, files=self._files, owner=self.owner, lease_s=self.settings.lease_s
+                job.id, job.fence, outcome, files=self._files[job.id], owner=self.owner, lease_s=self.settings.lease_s
             )
         else:
-            finished = self.store.complete(job.id, job.fence, outcome, files=self._files)
+            finished = self.store.complete(job.id, job.fence, outcome, files=self._files[job.id])
         if finished:
             logger.info("job finished", extra={"request_id": job.id, "status": outcome.status.value})
         else:
@@ -158,6 +166,89 @@ class Worker:
         self._notify(JobDone(webhook_due=bool(job.webhook_url)))
         return claimed, then_claim
 
+    def _claim_partner(self) -> Job | None:
+        """A second waiting job to run with the one in hand (`Settings.batch_requests`), if there is one."""
+        partner = self.store.claim(self.owner, self.settings.lease_s)
+        if partner is not None:
+            self._notify(_EVENT)
+        return partner
+
+    def _run_pair(self, jobs: list[Job], *, then_claim: bool) -> tuple[Job | None, bool]:
+        """Two claimed jobs: one denoising batch when compatible (`batch_key`), else one after the other, the second
+        one's lease renewed meanwhile; each completes on its own (the last one claiming the next job, as `_run`).
+
+        A lost lease or an overdue drain during a batch stops both: a job whose lease is lost is dropped, the
+        other one goes back to the queue with its attempt undone.
+        """
+        if self._partner_beat is None:
+            self._partner_beat = _Heartbeat(self.store, self.settings)
+        beats = [self._beat, self._partner_beat]
+        hooks = [_JobHooks(self, job, beat) for job, beat in zip(jobs, beats, strict=True)]
+        for job, beat in zip(jobs, beats, strict=True):
+            logger.info("job started (pair)", extra={"request_id": job.id, "attempt": job.attempts})
+            beat.hold(job)
+        self._files = {job.id: [] for job in jobs}
+        self._output_bytes = {job.id: 0 for job in jobs}
+        try:
+            outcomes = self._execute_pair(jobs, hooks)
+        except (LeaseLost, Drained):
+            for job, beat in zip(jobs, beats, strict=True):
+                if beat.state == LeaseState.LOST:
+                    logger.warning("lease lost; dropping job", extra={"request_id": job.id})
+                elif self.store.requeue(job.id, job.fence):
+                    self.store.add_log(job.id, "Given back to the queue: its batch was stopped", "WARN")
+            self._notify(JobDone(webhook_due=False))
+            return None, False
+        finally:
+            for beat, job_hooks in zip(beats, hooks, strict=True):
+                beat.release()
+                job_hooks.drop_preview()
+        claimed = None
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            files = self._files[job.id]
+            if job is jobs[-1] and then_claim:
+                finished, claimed = self.store.complete_and_claim(
+                    job.id, job.fence, outcome, files=files, owner=self.owner, lease_s=self.settings.lease_s
+                )
+            else:
+                finished = self.store.complete(job.id, job.fence, outcome, files=files)
+            if finished:
+                logger.info("job finished", extra={"request_id": job.id, "status": outcome.status.value})
+            else:
+                logger.warning("lease lost before completion; result dropped", extra={"request_id": job.id})
+            self._notify(JobDone(webhook_due=bool(job.webhook_url)))
+        return claimed, then_claim
+
+    def _execute_pair(self, jobs: list[Job], hooks: list[_JobHooks]) -> list[Outcome]:
+        assert self._batch is not None
+        started, cpu_started = time.monotonic(), time.process_time()
+        loaded: list[tuple[ReimagineInput, Controls] | Outcome] = []
+        for job, job_hooks in zip(jobs, hooks, strict=True):
+            try:
+                loaded.append(self._load(job, job_hooks))
+            except Exception as exc:
+                loaded.append(self._failed(job, job_hooks, exc))
+        requests = [item for item in loaded if not isinstance(item, Outcome)]
+        if len(requests) < 2 or batch_key(*requests[0]) != batch_key(*requests[1]):
+            return [
+                item if isinstance(item, Outcome) else self._execute_with(job, job_hooks, item)
+                for job, job_hooks, item in zip(jobs, hooks, loaded, strict=True)
+            ]
+        batch: list[tuple[ReimagineInput, Controls, Hooks]] = [
+            (inputs, controls, job_hooks) for (inputs, controls), job_hooks in zip(requests, hooks, strict=True)
+        ]
+        results = self._batch.batch(batch)
+        outcomes = []
+        for job, job_hooks, (inputs, _), result in zip(jobs, hooks, requests, results, strict=True):
+            job_hooks.log("generated in one batch with another request of the same size and steps")
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                outcomes.append(self._finish(job, job_hooks, inputs, result, started, cpu_started))
+            except Exception as exc:
+                outcomes.append(self._failed(job, job_hooks, exc))
+        return outcomes
+
     def _execute(self, job: Job, beat: _Heartbeat) -> Outcome:
         hooks = _JobHooks(self, job, beat)
         try:
@@ -166,35 +257,59 @@ class Worker:
             # A finished job's previews have served their purpose: the result replaces them.
             hooks.drop_preview()
 
-    def _execute_with(self, job: Job, hooks: _JobHooks) -> Outcome:
+    def _execute_with(
+        self, job: Job, hooks: _JobHooks, loaded: tuple[ReimagineInput, Controls] | None = None
+    ) -> Outcome:
         started = time.monotonic()
         cpu_started = time.process_time()
         try:
-            inputs = ReimagineInput.model_validate(job.input)
-            controls = self._load_controls(job, inputs)
-            hooks.timings["inputs"] = time.monotonic() - started
+            inputs, controls = loaded or self._load(job, hooks)
             generated = self.generate(inputs, controls, hooks)
-            hooks.check_cancelled()
-            body = self._store_result(job, inputs, generated, hooks.timings, cpu_started)
-            gpu_s = generated.timings.get("denoise")
-        except JobCancelled:
-            return Outcome.cancelled()
-        except InputError as exc:
-            return Outcome.failed(ErrorType.VALIDATION_ERROR, exc.message, detail=exc.detail())
-        except (LeaseLost, Drained):
-            raise
+            return self._finish(job, hooks, inputs, generated, started, cpu_started)
         except Exception as exc:
-            if isinstance(exc, OutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
-                _free_accelerator_memory()
-                outcome = Outcome.out_of_memory()
-            else:
-                logger.exception("generate failed", extra={"request_id": job.id})
-                outcome = Outcome.internal(exc)
-            hooks.log(outcome.error or "", "ERROR")
-            return outcome
+            return self._failed(job, hooks, exc)
+
+    def _load(self, job: Job, hooks: _JobHooks) -> tuple[ReimagineInput, Controls]:
+        started = time.monotonic()
+        inputs = ReimagineInput.model_validate(job.input)
+        controls = self._load_controls(job, inputs)
+        hooks.timings["inputs"] = time.monotonic() - started
+        return inputs, controls
+
+    def _finish(
+        self,
+        job: Job,
+        hooks: _JobHooks,
+        inputs: ReimagineInput,
+        generated: Generated,
+        started: float,
+        cpu_started: float,
+    ) -> Outcome:
+        hooks.check_cancelled()
+        body = self._store_result(job, inputs, generated, hooks.timings, cpu_started)
         return Outcome.succeeded(
-            body, inference_time_s=round(time.monotonic() - started, 4), gpu_s=gpu_s, output_bytes=self._output_bytes
+            body,
+            inference_time_s=round(time.monotonic() - started, 4),
+            gpu_s=generated.timings.get("denoise"),
+            output_bytes=self._output_bytes[job.id],
         )
+
+    def _failed(self, job: Job, hooks: _JobHooks, exc: Exception) -> Outcome:
+        """The outcome of a job that raised `exc`; a lost lease or an overdue drain is re-raised (no outcome)."""
+        if isinstance(exc, (LeaseLost, Drained)):
+            raise exc
+        if isinstance(exc, JobCancelled):
+            return Outcome.cancelled()
+        if isinstance(exc, InputError):
+            return Outcome.failed(ErrorType.VALIDATION_ERROR, exc.message, detail=exc.detail())
+        if isinstance(exc, OutOfMemory) or type(exc).__name__ == "OutOfMemoryError":
+            _free_accelerator_memory()
+            outcome = Outcome.out_of_memory()
+        else:
+            logger.error("generate failed", exc_info=exc, extra={"request_id": job.id})
+            outcome = Outcome.internal(exc)
+        hooks.log(outcome.error or "", "ERROR")
+        return outcome
 
     def _load_controls(self, job: Job, inputs: ReimagineInput) -> Controls:
         from reimagine.images import load_image
@@ -217,7 +332,7 @@ class Worker:
         data = encode_png(image)
         stored = self.storage.put(data, "image/png", f"{kind}.png", key=key or _job_file_key(job, data, "image/png"))
         self.store.add_file(stored.key, job_id=job.id, kind=kind, content_type="image/png", size=len(data))
-        self._output_bytes += len(data)
+        self._output_bytes[job.id] = self._output_bytes.get(job.id, 0) + len(data)
         return str(stored.key)
 
     def _store_result(
@@ -244,9 +359,9 @@ class Worker:
         else:
             key = _job_file_key(job, data, content_type)
             stored = self.storage.put(data, content_type, f"image.{output_format.value}", key=key)
-            self._output_bytes += len(data)
+            self._output_bytes[job.id] += len(data)
             # Recorded in the job's completing transaction.
-            self._files.append(FileRow(stored.key, "image", content_type, len(data)))
+            self._files[job.id].append(FileRow(stored.key, "image", content_type, len(data)))
             url = f"{job.base_url}/files/{stored.key}"
         output = ReimagineOutput(
             image=ImageFile(
@@ -400,10 +515,7 @@ def load_generate(settings: Settings, log: Callable[[str], None] = logger.info) 
         factory = getattr(importlib.import_module(module_name), attr)
         generate: Generate = factory(settings)
         return generate
-    import functools
-
-    from reimagine.worker.pipeline import generate as pipeline_generate
-    from reimagine.worker.pipeline import load_pipeline, warmup
+    from reimagine.worker.pipeline import PipelineGenerate, load_pipeline, warmup
 
     started = time.monotonic()
     pipe = load_pipeline(settings)
@@ -411,7 +523,7 @@ def load_generate(settings: Settings, log: Callable[[str], None] = logger.info) 
     buckets = warmup(pipe)
     warmed = ", ".join(f"{size} {seconds:.1f}s" for size, seconds in buckets.items())
     log(f"model ready after {time.monotonic() - started:.1f}s" + (f" (compiled: {warmed})" if warmed else ""))
-    return functools.partial(pipeline_generate, pipe)
+    return PipelineGenerate(pipe)
 
 
 def install_drain_handler(stop: threading.Event) -> None:

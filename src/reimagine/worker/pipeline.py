@@ -42,7 +42,7 @@ from reimagine.worker.preprocess import DepthEstimator, canny_map, fit_to_size, 
 
 __all__ = [
     "ReimaginePipeline",
-    "batch_key",
+    "PipelineGenerate",
     "generate",
     "generate_batch",
     "load_pipeline",
@@ -264,9 +264,9 @@ def generate_batch(
     *,
     _size: tuple[int, int] | None = None,
 ) -> list[Generated | Exception]:
-    """Generate several compatible requests (`batch_key` equal) in one batch: each step runs the denoisers once
-    for all of them. Each request keeps its own generator, so its image equals `generate` alone within float
-    tolerance (batched matrix products may round differently), not bit for bit.
+    """Generate several compatible requests (`generation.batch_key` equal) in one batch: each step runs the
+    denoisers once for all of them. Each request keeps its own generator, so its image equals `generate` alone
+    within float tolerance (batched matrix products may round differently), not bit for bit.
 
     Returns per request its `Generated` or the exception it ended with: `InputError` while preparing,
     `JobCancelled` (a cancelled request leaves the batch at the next step boundary; the others go on),
@@ -297,13 +297,17 @@ def generate_batch(
     return results
 
 
-def batch_key(inputs: ReimagineInput, controls: Controls) -> tuple[Any, ...]:
-    """Requests with equal keys can share a batch: same output size, steps, guidance and set of conditions (a
-    condition counts when it has an image and a scale above 0)."""
-    given = [name for name in ("depth", "canny") if getattr(controls, name) is not None]
-    present = tuple(name for name in given if getattr(inputs, f"{name}_scale") > 0)
-    size = size_for(aspect_ratio_for(inputs, controls))
-    return (size, inputs.num_inference_steps, inputs.guidance_scale, present)
+@dataclass(frozen=True)
+class PipelineGenerate:
+    """`generate` and `generate_batch` bound to one loaded pipe: what the worker runs (a `BatchGenerate`)."""
+
+    pipe: ReimaginePipeline
+
+    def __call__(self, inputs: ReimagineInput, controls: Controls, hooks: Hooks) -> Generated:
+        return generate(self.pipe, inputs, controls, hooks)
+
+    def batch(self, requests: list[tuple[ReimagineInput, Controls, Hooks]]) -> list[Generated | Exception]:
+        return generate_batch(self.pipe, requests)
 
 
 @dataclass
