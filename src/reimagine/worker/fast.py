@@ -70,6 +70,7 @@ class FastOptions:
     cache_negative: bool = True
     vae_channels_last: bool = True  # NHWC convolutions for the fp32 VAE (same math, faster cuDNN kernels)
     cudnn_benchmark: bool = True  # pick the fastest cuDNN convolution per shape (VAE); warm_buckets pays the search
+    cuda_graphs: bool = False  # replay the denoisers from CUDA graphs (opt-in: `bench/speed.py --only graphs`)
 
 
 def _bria(pipe: Any) -> Any:
@@ -374,6 +375,8 @@ def apply_fast_path(pipe: Any, settings: Settings, *, options: FastOptions | Non
             compile_vae_decoder(bria.vae, options)
     if pipeline_cache is not None:
         transformer.enable_cache(pipeline_cache)
+    if options.cuda_graphs and device.type == "cuda":
+        enable_cuda_graphs(pipe)  # each signature is captured on its first call (the warm-up, for served shapes)
     pipe._fast_options = options  # marks the pipe as done (the bench's cold start checks it)
     logger.info(
         "fast path (compiled, bf16-tolerant): %s, fused QKV %s, attention %s, compile %s, fp8 %s, step cache %s, "
@@ -564,6 +567,9 @@ def enable_cuda_graphs(pipe: Any) -> None:
     """Replay the transformer's and the ControlNet's forwards from CUDA graphs (`CudaGraphForward`); CUDA only,
     opt-in (`bench/speed.py --only graphs` measures it against the plain fast path). Graphs share one memory pool;
     each signature keeps its inputs and outputs (for 1024² T2I under CFG ~0.1 GB) plus the pool's working set."""
+    if getattr(denoisers(pipe)[0], "is_cache_enabled", False):
+        # The step cache decides per step, on the host, whether to skip blocks: a graph would freeze one decision.
+        raise ValueError("CUDA graphs and the step cache exclude each other: turn one of them off")
     pool = torch.cuda.graph_pool_handle()
     for model in denoisers(pipe):
         if not isinstance(model.forward, CudaGraphForward):
