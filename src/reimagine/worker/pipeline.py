@@ -232,10 +232,15 @@ def warmup(pipe: ReimaginePipeline) -> dict[str, float]:
     from reimagine.worker.fast import warm_buckets
 
     # Compile the aspect buckets now (all nine by default): readiness waits for it, so no request pays a compile.
-    # Requests with one and with two structure images run the ControlNet at two batch sizes.
+    # Requests with one and with two structure images run the ControlNet at two batch sizes; with
+    # `batch_requests` 2, two requests in one batch run everything at twice the batch.
+    batches = [2, 4] if pipe.settings.batch_requests > 1 else [2]
     seconds = warm_buckets(pipe, sizes, conditions=1)
-    both = warm_buckets(pipe, sizes, conditions=2, vae=False)
-    return {size: seconds[size] + both[size] for size in seconds}
+    for batch in batches:
+        for conditions in (1, 2) if batch > 2 else (2,):
+            more = warm_buckets(pipe, sizes, batch=batch, conditions=conditions, vae=False)
+            seconds = {size: seconds[size] + more[size] for size in seconds}
+    return seconds
 
 
 @torch.no_grad()
