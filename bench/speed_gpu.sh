@@ -3,8 +3,10 @@
 # bench/README.md has the plan, the exact call and the expected seconds per section.
 #
 #   here, once:   bash bench/speed_gpu.sh wheels        # bench/gpu-wheels.txt -> .whl/ (git-ignored), prints its size
-#   on the GPU:   bash bench/speed_gpu.sh install && bash bench/speed_gpu.sh run        # inside the one `run` call,
-#                 with carry=[".whl"]; the whole call is in bench/README.md
+#   on the GPU:   the first part of the one call (bench/README.md has the whole call and the seconds per section):
+#                 run(carry=[".whl"], timeout_s=595, command="bash bench/speed_gpu.sh install
+#                     && bash bench/speed_gpu.sh run; <the -m gpu test>; bash bench/serve_gpu.sh --budget 200")
+#                 install ~15 s; run <= 340 s (ends ~315 s on the plan below); $OUT/speed gets 4 files
 #   dry run here: bash bench/speed_gpu.sh run                                           # no GPU: tiny CPU smoke
 #
 #   run [SECTIONS [BUDGET_S]] [bench/speed.py args...]
