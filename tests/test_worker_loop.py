@@ -189,3 +189,18 @@ def test_batching_is_off_by_default(settings: Settings, store: JobStore) -> None
     generate = _Batching()
     _run_until_idle(settings, store, generate)
     assert generate.batches == [] and generate.singles == ["a cat", "a dog"]
+
+
+def test_a_request_cancelled_in_a_batch_ends_cancelled_and_the_other_succeeds(tmp_path: Path, store: JobStore) -> None:
+    from reimagine.errors import JobCancelled
+
+    ids = [_enqueue(store, prompt=prompt) for prompt in ("a cat", "a dog")]
+
+    class CancelFirst(_Batching):
+        def batch(self, requests: list[tuple[ReimagineInput, Controls, Hooks]]) -> list[Generated | Exception]:
+            return [JobCancelled(), _image(*requests[1])]
+
+    _run_until_idle(Settings(data_dir=tmp_path, batch_requests=2), store, CancelFirst())
+    cancelled, done = (store.get(job_id) for job_id in ids)
+    assert cancelled is not None and cancelled.status == JobStatus.CANCELED
+    assert done is not None and done.status == JobStatus.SUCCEEDED
