@@ -68,6 +68,7 @@ _SETTINGS_FOR = {
         "step_cache",
         "enhancer",
         "enhancer_model",
+        "enhancer_api_key",
         "enhancer_timeout_s",
         "data_dir",
         "allow_hosts",

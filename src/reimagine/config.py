@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         "off", description="Prompt enhancer backend: 'off', 'local:<hf id or dir>' or 'openai:<base url>'."
     )
     enhancer_model: str = Field("", description="Model name sent to an OpenAI-compatible enhancer.")
+    enhancer_api_key: str = Field(
+        "",
+        description="Bearer key sent to an OpenAI-compatible enhancer (prefer the REIMAGINE_ENHANCER_API_KEY "
+        "environment variable: a flag shows in the process list).",
+    )
     enhancer_timeout_s: float = Field(
         30.0, gt=0, description="How long an OpenAI-compatible enhancer may take; then the original prompt is used."
     )

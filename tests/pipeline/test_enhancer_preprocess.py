@@ -128,6 +128,9 @@ def test_enhancer_backends_from_settings() -> None:
     assert load_enhancer(Settings(), device) is None
     remote = load_enhancer(Settings(enhancer="openai:http://x/v1", enhancer_model="m", enhancer_timeout_s=7), device)
     assert isinstance(remote, OpenAIEnhancer) and remote.client.timeout.read == 7
+    assert "authorization" not in remote.client.headers  # no key configured: none sent
+    keyed = load_enhancer(Settings(enhancer="openai:http://x/v1", enhancer_model="m", enhancer_api_key="sk-1"), device)
+    assert isinstance(keyed, OpenAIEnhancer) and keyed.client.headers["authorization"] == "Bearer sk-1"
     with pytest.raises(ConfigError):
         load_enhancer(Settings(enhancer="openai:http://x/v1"), device)
     with pytest.raises(ConfigError):

@@ -119,5 +119,10 @@ def load_enhancer(settings: Settings, device: torch.device) -> Enhancer | None:
     if scheme == "openai" and target:
         if not settings.enhancer_model:
             raise ConfigError("`enhancer_model` must name the model of an 'openai:' enhancer")
-        return OpenAIEnhancer(target, settings.enhancer_model, timeout_s=settings.enhancer_timeout_s)
+        return OpenAIEnhancer(
+            target,
+            settings.enhancer_model,
+            api_key=settings.enhancer_api_key,
+            timeout_s=settings.enhancer_timeout_s,
+        )
     raise ConfigError(f"`enhancer` must be 'off', 'local:<hf id or dir>' or 'openai:<base url>', got {backend!r}")
