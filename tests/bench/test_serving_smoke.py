@@ -28,6 +28,7 @@ def test_serving_bench_writes_every_row(tmp_path: Path) -> None:
         r"jobs/s, sync runs, 2 connections\s+\| \d+",
         r"jobs/s, queue submits, 2 connections \(until the last COMPLETED\)\s+\| \d+",
         r"status requests/s, 2 connections\s+\| \d+",
+        r"status requests/s, 2 connections, 8 MB data-URI inputs queued\s+\| \d+",
         r"server CPU per job, API / worker process .*\| [\d.]+ / [\d.]+",
     ):
         assert re.search(row, text), row

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from reimagine.jobs import FAL_STATUS, JobStatus
+from reimagine.jobs import FAL_STATUS, ErrorType, JobStatus
 from reimagine.queue.models import Event, EventKind, JobResult, JobState
 
 QUEUE_PREFIX = "bria/reimagine"
@@ -98,7 +98,7 @@ def result_response(job: JobResult) -> Response:
     headers = job_headers(job.id)
     if job.error_type and job.result_status != 200:
         headers["x-fal-error-type"] = job.error_type
-    if job.error_type == "request_timeout" and job.result_status == 504:
+    if job.error_type == ErrorType.REQUEST_TIMEOUT and job.result_status == 504:
         headers["x-fal-request-timeout-type"] = "user"
     # The stored body is already JSON: sent as is, not parsed and re-encoded (an inline image is megabytes).
     return Response(job.result_body, status_code=job.result_status, headers=headers, media_type="application/json")
