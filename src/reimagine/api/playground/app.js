@@ -634,8 +634,15 @@ const saveHistory = (items) => {
   localStorage.setItem(HISTORY_STORE, JSON.stringify(items.slice(0, HISTORY_MAX)));
   renderHistory();
 };
-const remember = (entry) => saveHistory([entry, ...loadHistory().filter((e) => e.id !== entry.id)]);
-const update = (id, changes) => saveHistory(loadHistory().map((e) => (e.id === id ? { ...e, ...changes } : e)));
+// What this page learns first-hand (a submit, a final state) shows at once, before the next listing.
+const remember = (entry) => {
+  if (serverHistory) serverHistory = [entry, ...serverHistory.filter((e) => e.id !== entry.id)];
+  saveHistory([entry, ...loadHistory().filter((e) => e.id !== entry.id)]);
+};
+const update = (id, changes) => {
+  if (serverHistory) serverHistory = serverHistory.map((e) => (e.id === id ? { ...e, ...changes } : e));
+  saveHistory(loadHistory().map((e) => (e.id === id ? { ...e, ...changes } : e)));
+};
 
 function historyEntries() {
   const local = loadHistory();
