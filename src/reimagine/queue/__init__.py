@@ -5,10 +5,14 @@
 
 - `db.py`: the database handle (engine, dialect, migrations, the one read path and the one write path);
 - `sqlite.py`: how the handle talks to a SQLite file; `notify.py`: PostgreSQL LISTEN/NOTIFY wake-ups;
-- `models.py`: what the store takes and returns (`Job`, `Outcome` and its factories, `ErrorType`, `EventKind`);
+- `models.py`: what the store takes and returns (`JobState`/`JobResult`/`Job`, `Outcome` and its factories keyed by
+  `reimagine.jobs.ErrorType`, `EventKind`, `NewJob`);
 - `transitions.py`: every write of a job's status, checked against `reimagine.jobs.can_transition`;
-- `store.py`: `JobStore`, a job's life (submit, claim, lease, complete, cancel, reclaim, retention), events, files;
-- `outbox.py`: the webhook outbox (`store.outbox`); `keys.py`: API keys (`store.keys`).
+- `reads.py`: status reads (never the input), events; `submit.py`: enqueue, fair turns, `Idempotency-Key`;
+  `files.py`: file rows and their expiry;
+- `store.py`: `JobStore`, the one object callers hold: a job's life (claim, lease, complete, cancel, reclaim,
+  retention) plus the parts above;
+- `outbox.py` (`store.outbox`), `keys.py` (`store.keys`), `usage.py` (`store.usage`), `admin.py` (`store.admin`).
 """
 
 from __future__ import annotations
