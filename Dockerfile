@@ -15,7 +15,8 @@ ENV REIMAGINE_DATA_DIR=/data \
     REIMAGINE_PORT=8000
 VOLUME /data
 EXPOSE 8000
-# SIGTERM drains a worker (finishes its job): give `docker stop` the time of one job.
+# SIGTERM drains a worker: its job gets --drain-grace-s (25 s by default) to finish, else goes back to the queue;
+# for long jobs raise it and give `docker stop -t` a little more (deploy/compose.yaml: 650 and 660 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["reimagine"]
 CMD ["serve", "--workers", "0"]
