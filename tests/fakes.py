@@ -69,6 +69,14 @@ def make_slow_loading_generate(settings: Settings) -> Generate:
     return fake_generate
 
 
+def make_generate_unloadable_once_told(settings: Settings) -> Generate:
+    """`make_unloadable_generate`, whose loads first wait for `<data-dir>/fail-now`: a test queues work before the
+    workers start failing."""
+    while not (settings.data_dir / "fail-now").exists():
+        time.sleep(0.05)
+    return make_unloadable_generate(settings)
+
+
 class Clock:
     """A store clock (`open_store(..., clock=)`) that tests move instead of sleeping; starts at the real time."""
 

@@ -1,7 +1,8 @@
 """Start-up and failure (issue 15): each way `serve` used to start half-broken now fails fast, or says why.
 
 - a model that cannot load: `serve` exits 2 before spawning anything; a network failure is named as one;
-- workers that fail to start N times in a row: submits get 503 `runner_scheduling_failure` until one is up;
+- workers that fail to start N times in a row: submits get 503 `runner_scheduling_failure` until one is up, and so
+  do the sync runs already waiting (their jobs stay queued);
 - a busy port: `serve` exits at once, before creating a key or spawning a worker;
 - an API-only replica with --offline or HF_HUB_OFFLINE never contacts the Hub for its tokenizer.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.helpers import ENDPOINT
+from tests.api.helpers import ENDPOINT, REQUESTS, wait_completed
 from tests.conftest import REPO, ServeProcess, free_port
 
 
@@ -107,6 +108,73 @@ def test_workers_that_cannot_start_make_submits_fail_until_one_is_up(tmp_path: P
             assert client.post(ENDPOINT, json={"prompt": "a cat"}, headers=serve.headers()).status_code == 200
     finally:
         serve.stop()
+
+
+def test_a_sync_run_waiting_when_the_workers_start_failing_gets_a_503_and_its_job_stays_queued(
+    tmp_path: Path, store_flags: list[str]
+) -> None:
+    # The worker's load waits for `fail-now`: the sync run is queued while the service still takes work.
+    serve = ServeProcess(
+        tmp_path,
+        "--generate", "tests.fakes:make_generate_unloadable_once_told", "--worker-start-failures", "2",
+        *store_flags,
+    )  # fmt: skip
+    serve.start(wait_ready=False)
+    try:
+        with httpx.Client(base_url=serve.url, timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while serve.key is None or not _answers(client, "/health/live"):
+                assert time.monotonic() < deadline, "".join(serve.output)
+                time.sleep(0.1)
+            answers: list[httpx.Response] = []
+
+            def run() -> None:
+                # Far under the sync timeout (600 s), far over what the workers' two failed starts take.
+                with httpx.Client(base_url=serve.url, headers=serve.headers(), timeout=240) as http:
+                    answers.append(http.post("/run" + ENDPOINT, json={"prompt": "a cat"}))
+
+            thread = threading.Thread(target=run)
+            thread.start()
+            job_id = _queued_job(client, serve)
+            (tmp_path / "fail-now").touch()
+            thread.join()
+
+            (answer,) = answers
+            assert answer.status_code == 503, answer.text + "".join(serve.output[-40:])
+            body = answer.json()
+            assert body["error_type"] == "runner_scheduling_failure" == answer.headers["x-fal-error-type"]
+            assert answer.headers["retry-after"] and answer.headers["x-fal-request-id"] == job_id == body["request_id"]
+            assert "fake weights are missing" in body["detail"] and "stays queued" in body["detail"]
+            assert body["status_url"] in body["detail"] and body["response_url"] in body["detail"]
+            # Not cancelled: a queue client polling it still sees it waiting.
+            client.headers.update(serve.headers())
+            status = client.get(body["status_url"])
+            assert status.status_code == 202 and status.json()["status"] == "IN_QUEUE"
+
+            (tmp_path / "weights-ok").touch()  # a worker comes up and runs it
+            wait_completed(client, job_id, timeout_s=120)
+            assert client.get(body["response_url"]).json()["image"]["url"]
+    finally:
+        serve.stop()
+
+
+def _answers(client: httpx.Client, path: str) -> bool:
+    try:
+        client.get(path)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _queued_job(client: httpx.Client, serve: ServeProcess) -> str:
+    """The id of the one request waiting in the queue (the sync run's)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listed = client.get(REQUESTS, params={"status": "IN_QUEUE"}, headers=serve.headers())
+        if listed.status_code == 200 and listed.json()["requests"]:
+            return str(listed.json()["requests"][0]["request_id"])
+        time.sleep(0.05)
+    raise TimeoutError("the sync run was never queued:\n" + "".join(serve.output))
 
 
 class _FakeHub:

@@ -205,6 +205,10 @@ async def admit(request: Request, settings: Settings, key_id: str) -> Admitted |
     )
 
 
+#: Retry-After (s) of the 503 `runner_scheduling_failure`: a worker's restart and model load take tens of seconds
+NO_WORKER_RETRY_AFTER = "30"
+
+
 def queue_full() -> JSONResponse:
     return refusal("The queue is full; try again later", 429, ErrorType.QUEUE_FULL, {"retry-after": "5"})
 
@@ -227,7 +231,7 @@ async def submit_job(
             f"No worker can run this request: {cause}",
             503,
             ErrorType.RUNNER_SCHEDULING_FAILURE,
-            {"retry-after": "30"},
+            {"retry-after": NO_WORKER_RETRY_AFTER},
         )
     options = admitted.options
     new = NewJob(

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from reimagine.api.admission import admit, new_request_id, submit_job
+from reimagine.api.admission import NO_WORKER_RETRY_AFTER, admit, new_request_id, submit_job
 from reimagine.api.auth import SubmitKeyDep, authorize
 from reimagine.api.deps import SettingsDep
 from reimagine.api.reads import read
@@ -42,8 +42,16 @@ class _Disconnected(Exception):
     pass
 
 
-class _Draining(Exception):
-    """The server is shutting down and the job is (back) in the queue: it will not run before the exit."""
+class _LeftQueued(Exception):
+    """The run's job is (back) in the queue and will not run soon: the caller is answered a retryable 503 now.
+
+    Either the server is shutting down (the job runs once a worker is back), or no worker of this replica can
+    start (the job runs once one is up). The job is not cancelled: its result stays readable by request id.
+    """
+
+    def __init__(self, error_type: ErrorType, detail: str) -> None:
+        super().__init__(detail)
+        self.error_type, self.detail = error_type, detail
 
 
 async def _wait_terminal(
@@ -56,16 +64,16 @@ async def _wait_terminal(
     # through `Idempotency-Key` is read first: it may have finished before the subscription.
     check_store = joined
     while True:
-        draining = state.draining.is_set()
-        if check_store or draining:
+        stuck = _why_it_will_not_run(state)
+        if check_store or stuck is not None:
             job: JobResult | None = state.hub.finished(job_id)
             if job is None:
                 job = await read(state.store, state.store.get_result, job_id)
             if job is not None and job.status in TERMINAL:
                 return job
-            if draining and job is not None and job.status == JobStatus.QUEUED:
-                # No worker claims it before the exit (a running one finishes or is given back, then this).
-                raise _Draining
+            if stuck is not None and job is not None and job.status == JobStatus.QUEUED:
+                # No worker claims it soon (a running one finishes, or is given back and then this).
+                raise stuck
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
@@ -83,6 +91,23 @@ async def _wait_terminal(
         while not queue.empty() and not check_store:
             event = queue.get_nowait()
             check_store = event.kind == EventKind.STATUS and event.data["status"] in _TERMINAL
+
+
+def _why_it_will_not_run(state: AppState) -> _LeftQueued | None:
+    """Why a queued job would not start soon on this replica (looked at once a second by each waiting run)."""
+    if state.draining.is_set():
+        return _LeftQueued(
+            ErrorType.SHUTTING_DOWN,
+            "The server is shutting down; the request stays queued and runs when the server is back",
+        )
+    cause = state.unavailable()
+    if cause is not None:
+        # The same refusal a new submit gets (admission.submit_job), but this request is already queued.
+        return _LeftQueued(
+            ErrorType.RUNNER_SCHEDULING_FAILURE,
+            f"No worker can run this request: {cause}. It stays queued and runs once a worker is up",
+        )
+    return None
 
 
 async def _cancel_if_unfinished(state: AppState, job_id: str, key_id: str) -> None:
@@ -136,9 +161,9 @@ async def run_sync(request: Request) -> Response:
             status_code=499,
             headers={"x-fal-error-type": error_type},
         )
-    except _Draining:
+    except _LeftQueued as left:
         finished = True  # answered: the job stays queued, and runs once a worker is back
-        return _shutting_down(request, settings, job.id)
+        return _left_queued(request, settings, job.id, left)
     finally:
         state.hub.unsubscribe(job.id, queue)
         if not finished and not joined and not state.draining.is_set():
@@ -166,22 +191,23 @@ async def run_sync(request: Request) -> Response:
     return result_response(done)
 
 
-def _shutting_down(request: Request, settings: Settings, job_id: str) -> JSONResponse:
-    """503 with Retry-After (both fal clients retry it): the server is going away before this run's job could run.
+#: seconds a client is told to wait before retrying (a new submit is refused with the same `NO_WORKER_RETRY_AFTER`)
+_RETRY_AFTER = {ErrorType.SHUTTING_DOWN: "10", ErrorType.RUNNER_SCHEDULING_FAILURE: NO_WORKER_RETRY_AFTER}
+
+
+def _left_queued(request: Request, settings: Settings, job_id: str, left: _LeftQueued) -> JSONResponse:
+    """503 with Retry-After (both fal clients retry it): this run's job will not run soon (`_LeftQueued`).
 
     The job is not cancelled: it stays queued and runs when a worker is back, and its result can be read from the
     queue URLs given here (a retry of the run would start a second job).
     """
-    error_type = ErrorType.SHUTTING_DOWN.value
+    error_type = left.error_type.value
+    urls = request_urls(base_url(request, settings), job_id)
+    detail = f"{left.detail}. Its status: {urls['status_url']}; its result, once done: {urls['response_url']}"
     return JSONResponse(
-        {
-            "detail": "The server is shutting down; the request stays queued and runs when the server is back",
-            "error_type": error_type,
-            "request_id": job_id,
-            **request_urls(base_url(request, settings), job_id),
-        },
+        {"detail": detail, "error_type": error_type, "request_id": job_id, **urls},
         status_code=503,
-        headers={**job_headers(job_id), "x-fal-error-type": error_type, "retry-after": "10"},
+        headers={**job_headers(job_id), "x-fal-error-type": error_type, "retry-after": _RETRY_AFTER[left.error_type]},
     )
 
 
