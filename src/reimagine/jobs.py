@@ -64,7 +64,8 @@ class ErrorType(StrEnum):
     # --- fal's "Request Error Types" -----------------------------------------------------------------------------
     #: 504: a start deadline passed (`X-Fal-Request-Timeout-Type: user`) or a sync run outwaited the server
     REQUEST_TIMEOUT = "request_timeout"
-    #: 503: no worker can start (each failed `worker_start_failures` times in a row): refused before queueing
+    #: 503: no worker can start (each failed `worker_start_failures` times in a row): a submit is refused before
+    #: queueing; a sync run already waiting is answered at once, its job left queued
     RUNNER_SCHEDULING_FAILURE = "runner_scheduling_failure"
     #: 503: the worker died while running a request sent with `X-Fal-No-Retry`
     RUNNER_DISCONNECTED = "runner_disconnected"
