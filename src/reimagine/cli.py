@@ -49,6 +49,9 @@ _API_ONLY = {
     "auth",
     "metrics_token",
     "metrics_key",
+    "header_timeout_s",
+    "body_timeout_s",
+    "max_connections",
 }
 
 _SETTINGS_FOR = {

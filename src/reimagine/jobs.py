@@ -73,8 +73,6 @@ class ErrorType(StrEnum):
     INTERNAL_ERROR = "internal_error"
     #: 499: a sync run's caller went away before its answer (the job is cancelled)
     CLIENT_DISCONNECTED = "client_disconnected"
-    #: 400: a malformed platform header
-    BAD_REQUEST = "bad_request"
     # --- ours ----------------------------------------------------------------------------------------------------
     #: 503: the accelerator ran out of memory; not retried
     OUT_OF_MEMORY = "out_of_memory"
@@ -90,3 +88,5 @@ class ErrorType(StrEnum):
     RATE_LIMITED = "rate_limited"
     #: 503, retryable: a sync run's server is shutting down before its job could run; the job stays queued
     SHUTTING_DOWN = "shutting_down"
+    #: 503: the file storage does not answer (a missing S3 bucket, say); the detail names it
+    STORAGE_UNAVAILABLE = "storage_unavailable"

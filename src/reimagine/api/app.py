@@ -23,6 +23,7 @@ from reimagine.api.hub import EventHub
 from reimagine.api.state import AppState, Workers
 from reimagine.config import Settings
 from reimagine.errors import ModelMissing, StorageUnavailable
+from reimagine.jobs import ErrorType
 from reimagine.queue.models import JobResult
 from reimagine.queue.store import JobStore
 from reimagine.schemas import ImageFile, QueueStatus, ReimagineInput, ReimagineOutput
@@ -176,6 +177,7 @@ def create_app(
     app.include_router(wellknown.router)
     app.include_router(proxy.router)
     app.include_router(playground.router)
+    app.include_router(playground.api_router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -189,9 +191,9 @@ async def _client_gone(_request: Request, _exc: Exception) -> Response:
 async def _storage_unavailable(_request: Request, exc: Exception) -> Response:
     logger.error("storage unavailable: %s", exc)
     return JSONResponse(
-        {"detail": str(exc), "error_type": "storage_unavailable"},
+        {"detail": str(exc), "error_type": ErrorType.STORAGE_UNAVAILABLE},
         status_code=503,
-        headers={"x-fal-error-type": "storage_unavailable"},
+        headers={"x-fal-error-type": ErrorType.STORAGE_UNAVAILABLE},
     )
 
 

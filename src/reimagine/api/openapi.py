@@ -156,6 +156,7 @@ _OPERATIONS: dict[tuple[str, str], tuple[list[dict[str, list[str]]], dict[str, A
         {},
     ),
     ("get", "/.well-known/jwks.json"): (_PUBLIC, {}, {}),
+    ("get", "/bria/reimagine/capabilities"): (_PUBLIC, {}, {}),
 }
 
 #: What `routes.proxy.target_path` maps: the queue and run hosts, and the REST host's storage and token routes.

@@ -16,6 +16,8 @@ from reimagine.api.state import state_of
 from reimagine.config import Settings
 
 router = APIRouter(include_in_schema=False)
+#: Public API beside the page (documented in the OpenAPI): what applies on this server.
+api_router = APIRouter(tags=["playground"])
 
 _DIR = Path(__file__).resolve().parent.parent / "playground"
 # Explicit types: `mimetypes` reads the host's tables, and some map .js to text/plain, which browsers refuse
@@ -70,7 +72,7 @@ class Capabilities(BaseModel):
     fields: dict[str, FieldCapability] = Field(description="Only the fields that need a word; the others apply.")
 
 
-@router.get("/bria/reimagine/capabilities", include_in_schema=True, tags=["playground"])
+@api_router.get("/bria/reimagine/capabilities", summary="Which input fields do something on this server")
 def get_capabilities(request: Request) -> Capabilities:
     """Which input fields do something on this server (no key needed: it says nothing about any request)."""
     settings: Settings = state_of(request).settings
