@@ -154,7 +154,7 @@ def t5_config(arch: dict[str, Any]) -> T5Config:
     )
 
 
-def _scheduler() -> FlowMatchEulerDiscreteScheduler:
+def released_scheduler() -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(  # the released scheduler_config.json
         num_train_timesteps=1000,
         shift=3.0,
@@ -194,7 +194,7 @@ def build_components(
         torch.set_default_dtype(default_dtype)
     components = {
         "transformer": transformer,
-        "scheduler": _scheduler(),
+        "scheduler": released_scheduler(),
         "vae": vae,
         "text_encoder": text_encoder,
         "tokenizer": T5Tokenizer(vocab=TINY_VOCAB, extra_ids=0),
@@ -220,7 +220,17 @@ def build_depth_estimator(arch: dict[str, Any], device: torch.device | str, *, s
     }
     backbone = Dinov2Config(**backbone_config)
     config = DepthAnythingConfig(backbone_config=backbone, depth_estimation_type="relative", **depth)
-    processor = DPTImageProcessor(
+    processor = depth_processor(image_size)
+    with torch.device(device):
+        torch.manual_seed(seed + 4)
+        model = DepthAnythingForDepthEstimation(config).eval()
+    return DepthEstimator(model, processor)
+
+
+def depth_processor(image_size: int) -> DPTImageProcessor:
+    """The released Depth Anything V2 preprocessing at `image_size` a side: aspect kept, multiple of 14, bicubic,
+    ImageNet normalisation."""
+    return DPTImageProcessor(
         do_resize=True,
         size={"height": image_size, "width": image_size},
         keep_aspect_ratio=True,
@@ -231,7 +241,3 @@ def build_depth_estimator(arch: dict[str, Any], device: torch.device | str, *, s
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
     )
-    with torch.device(device):
-        torch.manual_seed(seed + 4)
-        model = DepthAnythingForDepthEstimation(config).eval()
-    return DepthEstimator(model, processor)

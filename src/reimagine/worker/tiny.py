@@ -11,21 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
-from PIL import Image
-from transformers import (
-    DepthAnythingConfig,
-    DepthAnythingForDepthEstimation,
-    Dinov2Config,
-    DPTImageProcessor,
-    T5Config,
-    T5EncoderModel,
-    T5Tokenizer,
-)
+from diffusers import AutoencoderKL
+from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, T5EncoderModel, T5Tokenizer
 
 from reimagine.prompt import TINY_VOCAB
 from reimagine.worker.controlnet_bria import BriaControlledTransformer2DModel, BriaControlNetModel
 from reimagine.worker.preprocess import DepthEstimator
+from reimagine.worker.random_full import depth_processor, released_scheduler, t5_config, vae_kwargs
 
 __all__ = ["TINY_TEXT_DIM", "build_tiny_components", "build_tiny_controlnet", "build_tiny_depth_estimator"]
 
@@ -52,51 +44,33 @@ def build_tiny_components(seed: int = 0) -> dict[str, Any]:
     tokenizer = T5Tokenizer(vocab=TINY_VOCAB, extra_ids=0)
     torch.manual_seed(seed)
     text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(TINY_VOCAB),
-            d_model=TINY_TEXT_DIM,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=16,
-            feed_forward_proj="gated-gelu",  # as t5-v1_1-xxl
-            dropout_rate=0.0,
-            is_encoder_decoder=False,
-            use_cache=False,
-            pad_token_id=0,
-            eos_token_id=1,
+        t5_config(
+            {
+                "t5": dict(
+                    vocab_size=len(TINY_VOCAB),
+                    d_model=TINY_TEXT_DIM,
+                    d_kv=8,
+                    d_ff=64,
+                    num_layers=2,
+                    num_heads=4,
+                    relative_attention_num_buckets=8,
+                    relative_attention_max_distance=16,
+                )
+            }
         )
     ).eval()
     torch.manual_seed(seed + 1)
     transformer = BriaControlledTransformer2DModel(**_TRANSFORMER).eval()
     torch.manual_seed(seed + 2)
-    vae: Any = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,  # 4 levels: 8x down like the real SDXL-style VAE
-        up_block_types=["UpDecoderBlock2D"] * 4,
+    tiny_vae = dict(
         block_out_channels=[4, 4, 8, 8],  # real: [128, 256, 512, 512]
         layers_per_block=1,  # real: 2
         norm_num_groups=4,  # real: 32
-        latent_channels=4,
         sample_size=64,
-        scaling_factor=0.13025,
-        shift_factor=None,  # as released: BriaPipeline then uses 0 and keeps the VAE in fp32
-        force_upcast=False,
     )
+    vae: Any = AutoencoderKL(**vae_kwargs({"vae": tiny_vae}))
     vae.eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(  # the released scheduler_config.json
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-        time_shift_type="exponential",
-    )
+    scheduler = released_scheduler()
     return {
         "transformer": transformer,
         "scheduler": scheduler,
@@ -140,15 +114,5 @@ def build_tiny_depth_estimator(seed: int = 0) -> DepthEstimator:
         head_hidden_size=8,
         depth_estimation_type="relative",
     )
-    processor = DPTImageProcessor(
-        do_resize=True,
-        size={"height": 56, "width": 56},  # real: 518
-        keep_aspect_ratio=True,
-        ensure_multiple_of=14,
-        resample=Image.Resampling.BICUBIC,
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
-    )
+    processor = depth_processor(56)  # real: 518
     return DepthEstimator(DepthAnythingForDepthEstimation(config), processor)
