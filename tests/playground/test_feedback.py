@@ -11,29 +11,20 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from tests.conftest import ServeProcess
-from tests.playground.test_playground import ARTIFACTS, browser, open_playground, png_file  # noqa: F401
+from tests.playground.test_playground import browser, fresh_page, open_playground, png_file  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
-VIEWPORTS = {"wide": {"width": 1360, "height": 1000}, "narrow": {"width": 390, "height": 844}}
+VIEWPORTS: dict[str, ViewportSize] = {"wide": {"width": 1360, "height": 1000}, "narrow": {"width": 390, "height": 844}}
 
 
 @pytest.fixture(params=list(VIEWPORTS))
 def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:  # noqa: F811
-    context = browser.new_context(viewport=VIEWPORTS[request.param])
-    opened = context.new_page()
-    errors: list[str] = []
-    opened.on("pageerror", lambda exc: errors.append(str(exc)))
-    failed_before = request.session.testsfailed
-    yield opened
-    if request.session.testsfailed > failed_before:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        opened.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    with fresh_page(browser, request, VIEWPORTS[request.param]) as opened:
+        yield opened
 
 
 def fill_long_form(page: Page, prompt: str, steps: str = "20") -> None:

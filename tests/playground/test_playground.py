@@ -6,6 +6,7 @@ runs `test_docs_screenshot`, which serves the tiny model and saves the finished 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image, ImageDraw
-from playwright.sync_api import Browser, FilePayload, Page, expect, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, expect, sync_playwright
 
 from tests.conftest import REPO, ServeProcess
 
@@ -70,10 +71,10 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A fresh browser profile (empty localStorage) per test; a screenshot in tests/artifacts/ if the test fails."""
-    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+@contextlib.contextmanager
+def fresh_page(browser: Browser, request: pytest.FixtureRequest, viewport: ViewportSize) -> Iterator[Page]:
+    """A fresh browser profile (empty localStorage); a screenshot in tests/artifacts/ if the test fails."""
+    context = browser.new_context(viewport=viewport)
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -85,6 +86,13 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
         opened.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
     context.close()
     assert not errors, f"JavaScript errors: {errors}"
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh page per test, at the wide size."""
+    with fresh_page(browser, request, {"width": 1360, "height": 1000}) as opened:
+        yield opened
 
 
 def open_playground(page: Page, server: ServeProcess, *, key: str | None = None) -> None:
